@@ -1,0 +1,460 @@
+//! Configuration: a builder per cache, and the `TG_CACHE_*` environment variables.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `TG_CACHE_BACKEND` | `local`, `redis` or `dummy` | `local` |
+//! | `REDIS_URL` (or `TG_CACHE_REDIS_URL`, which wins) | `redis://[:password@]host[:port][/db]`, `rediss://` for TLS | `redis://127.0.0.1:6379` |
+//! | `TG_CACHE_MAX_ENTRIES` | local store bound | `1000` |
+//! | `TG_CACHE_DEFAULT_TIMEOUT` | seconds, or `none` (never expire) | `300` |
+//! | `TG_CACHE_KEY_PREFIX` | Django's `KEY_PREFIX` | none |
+//! | `TG_CACHE_VERSION` | Django's `VERSION` | none |
+//! | `TG_CACHE_MAX_CONNECTIONS` | Redis in-flight command limit | `50` |
+//! | `TG_CACHE_CONNECT_TIMEOUT_MS` | Redis connect timeout | `1000` |
+//! | `TG_CACHE_RESPONSE_TIMEOUT_MS` | Redis response timeout | `500` |
+//! | `TG_CACHE_COMPRESS_MIN_BYTES` | zlib-compress values at least this long; `off` | `off` |
+//!
+//! With no variables set the default cache is a local store: zero configuration.
+
+use crate::error::ConfigError;
+use crate::timeout::Timeout;
+use std::fmt;
+use std::time::Duration;
+
+/// Which store a cache uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// In-process moka store (Django's `LocMemCache`).
+    Local,
+    /// Redis (django-redis).
+    Redis,
+    /// Caches nothing (Django's `DummyCache`).
+    Dummy,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Local => "local",
+            Backend::Redis => "redis",
+            Backend::Dummy => "dummy",
+        })
+    }
+}
+
+/// A Redis URL whose `Debug` and `Display` never show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// Checks and wraps `url`. Accepts `redis://`, `rediss://`, `redis+unix://` and `unix://`.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: &str| ConfigError::new("REDIS_URL", redact(url), reason);
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(bad("not a URL; expected redis://[:password@]host[:port][/db]"));
+        };
+        if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") {
+            return Err(bad("unknown scheme; expected redis:// or rediss://"));
+        }
+        if rest.is_empty() && !scheme.ends_with("unix") {
+            return Err(bad("no host; expected redis://host[:port][/db]"));
+        }
+        if let Err(e) = redis::Client::open(url) {
+            return Err(bad(&format!("malformed Redis URL ({})", e.kind_name())));
+        }
+        Ok(Self(url.to_owned()))
+    }
+
+    /// The URL with its password, for connecting. Never log this.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+trait KindName {
+    fn kind_name(&self) -> String;
+}
+impl KindName for redis::RedisError {
+    fn kind_name(&self) -> String {
+        // The detail of a parse error can echo the URL; keep only the category.
+        format!("{:?}", self.kind())
+    }
+}
+
+/// Replaces the password (and a lone user-info token) of a URL by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = match userinfo.split_once(':') {
+                Some((user, _pw)) => format!("{user}:***"),
+                None => "***".to_owned(),
+            };
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({:?})", redact(&self.0))
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
+/// The configuration of one cache. Build one with [`CacheConfig::local`],
+/// [`CacheConfig::redis`], [`CacheConfig::dummy`] or [`CacheConfig::from_env`],
+/// then tune it with the setters.
+///
+/// ```
+/// use tg_cache_runtime::{CacheConfig, timeout::LONG};
+/// let cfg = CacheConfig::local().max_entries(10_000).default_timeout(LONG);
+/// let cache = cfg.build().unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub(crate) backend: Backend,
+    pub(crate) max_entries: u64,
+    pub(crate) default_timeout: Timeout,
+    pub(crate) key_prefix: String,
+    pub(crate) version: Option<u64>,
+    pub(crate) redis_url: Option<RedisUrl>,
+    pub(crate) max_connections: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+    pub(crate) compress_min_bytes: Option<usize>,
+    pub(crate) breaker_cooldown: Duration,
+    pub(crate) error: Option<ConfigError>,
+}
+
+/// The seed's development bound.
+pub const DEFAULT_MAX_ENTRIES: u64 = 1000;
+/// The seed's production connection limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50;
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self::local()
+    }
+}
+
+impl CacheConfig {
+    fn base(backend: Backend) -> Self {
+        Self {
+            backend,
+            max_entries: DEFAULT_MAX_ENTRIES,
+            default_timeout: Timeout::After(crate::timeout::MEDIUM),
+            key_prefix: String::new(),
+            version: None,
+            redis_url: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            connect_timeout: Duration::from_millis(1000),
+            response_timeout: Duration::from_millis(500),
+            compress_min_bytes: None,
+            breaker_cooldown: Duration::from_secs(1),
+            error: None,
+        }
+    }
+
+    /// A local in-memory store bounded to 1000 entries.
+    pub fn local() -> Self {
+        Self::base(Backend::Local)
+    }
+
+    /// A Redis store at `url`. A malformed URL is reported by [`CacheConfig::build`].
+    pub fn redis(url: &str) -> Self {
+        let mut c = Self::base(Backend::Redis);
+        match RedisUrl::parse(url) {
+            Ok(u) => c.redis_url = Some(u),
+            Err(e) => c.error = Some(e),
+        }
+        c
+    }
+
+    /// A store that caches nothing.
+    pub fn dummy() -> Self {
+        Self::base(Backend::Dummy)
+    }
+
+    /// The backend this configuration selects.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Bound of the local store (entries). Ignored by other stores.
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.max_entries = n;
+        self
+    }
+
+    /// Timeout used when a call passes [`Timeout::Default`].
+    pub fn default_timeout(mut self, t: impl Into<Timeout>) -> Self {
+        self.default_timeout = match t.into() {
+            Timeout::Default => Timeout::After(crate::timeout::MEDIUM),
+            t => t,
+        };
+        self
+    }
+
+    /// Prefix put before every key, as Django's `KEY_PREFIX`: the key `k` is
+    /// stored as `<prefix>:k`. Empty by default, so keys are stored as given.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Version put before every key, as Django's `VERSION`: `<prefix>:<version>:k`.
+    pub fn version(mut self, version: u64) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// Limit on concurrent in-flight Redis commands (the seed's
+    /// `max_connections`). The store multiplexes them on one auto-reconnecting
+    /// connection, which is what that limit protects in redis-py's pool.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Time allowed to establish a Redis connection.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Time allowed for Redis to answer a command.
+    pub fn response_timeout(mut self, t: Duration) -> Self {
+        self.response_timeout = t;
+        self
+    }
+
+    /// zlib-compress Redis values whose JSON is at least `bytes` long
+    /// (`None`: never). Values are read correctly either way.
+    pub fn compress_min_bytes(mut self, bytes: Option<usize>) -> Self {
+        self.compress_min_bytes = bytes;
+        self
+    }
+
+    /// After Redis is found unreachable, how long calls fail fast before the
+    /// next attempt (the circuit breaker). Default one second.
+    pub fn breaker_cooldown(mut self, t: Duration) -> Self {
+        self.breaker_cooldown = t;
+        self
+    }
+
+    /// The Redis URL, with its password redacted when displayed.
+    pub fn redis_url(&self) -> Option<&RedisUrl> {
+        self.redis_url.as_ref()
+    }
+
+    /// Reads the `TG_CACHE_*` variables (see the [module docs](self)).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`CacheConfig::from_env`], reading variables through `lookup`
+    /// (useful in tests and for other configuration sources).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let backend = match get("TG_CACHE_BACKEND").as_deref().map(str::trim) {
+            None | Some("local") => Backend::Local,
+            Some("redis") => Backend::Redis,
+            Some("dummy") => Backend::Dummy,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "TG_CACHE_BACKEND",
+                    other,
+                    "unknown backend; expected one of local, redis, dummy",
+                ));
+            }
+        };
+        let mut c = Self::base(backend);
+        if let Some(v) = get("TG_CACHE_MAX_ENTRIES") {
+            c.max_entries = parse_positive("TG_CACHE_MAX_ENTRIES", &v)?;
+        }
+        if let Some(v) = get("TG_CACHE_DEFAULT_TIMEOUT") {
+            c.default_timeout = if v.trim().eq_ignore_ascii_case("none") {
+                Timeout::Never
+            } else {
+                let secs: u64 = parse_num("TG_CACHE_DEFAULT_TIMEOUT", &v, "whole seconds or `none`")?;
+                Timeout::from(secs)
+            };
+        }
+        if let Some(v) = get("TG_CACHE_KEY_PREFIX") {
+            if v.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+                return Err(ConfigError::new(
+                    "TG_CACHE_KEY_PREFIX",
+                    v,
+                    "must not contain whitespace or control characters",
+                ));
+            }
+            c.key_prefix = v;
+        }
+        if let Some(v) = get("TG_CACHE_VERSION") {
+            c.version = Some(parse_num("TG_CACHE_VERSION", &v, "a non-negative integer")?);
+        }
+        if let Some(v) = get("TG_CACHE_MAX_CONNECTIONS") {
+            c.max_connections = parse_positive("TG_CACHE_MAX_CONNECTIONS", &v)? as usize;
+        }
+        if let Some(v) = get("TG_CACHE_CONNECT_TIMEOUT_MS") {
+            c.connect_timeout =
+                Duration::from_millis(parse_positive("TG_CACHE_CONNECT_TIMEOUT_MS", &v)?);
+        }
+        if let Some(v) = get("TG_CACHE_RESPONSE_TIMEOUT_MS") {
+            c.response_timeout =
+                Duration::from_millis(parse_positive("TG_CACHE_RESPONSE_TIMEOUT_MS", &v)?);
+        }
+        if let Some(v) = get("TG_CACHE_COMPRESS_MIN_BYTES") {
+            c.compress_min_bytes = if v.trim().eq_ignore_ascii_case("off") {
+                None
+            } else {
+                Some(parse_num("TG_CACHE_COMPRESS_MIN_BYTES", &v, "a byte count or `off`")?)
+            };
+        }
+        if backend == Backend::Redis {
+            let (var, url) = match get("TG_CACHE_REDIS_URL") {
+                Some(u) => ("TG_CACHE_REDIS_URL", u),
+                None => (
+                    "REDIS_URL",
+                    get("REDIS_URL").unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
+                ),
+            };
+            c.redis_url = Some(RedisUrl::parse(url.trim()).map_err(|mut e| {
+                e.setting = var.to_owned();
+                e
+            })?);
+        }
+        Ok(c)
+    }
+
+    /// Checks the configuration without connecting to anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        let zero = |setting: &str| {
+            Err(ConfigError::new(setting, "0", "must be greater than zero"))
+        };
+        if self.backend == Backend::Local && self.max_entries == 0 {
+            return zero("max_entries");
+        }
+        if self.backend == Backend::Redis {
+            if self.max_connections == 0 {
+                return zero("max_connections");
+            }
+            if self.connect_timeout.is_zero() {
+                return zero("connect_timeout");
+            }
+            if self.response_timeout.is_zero() {
+                return zero("response_timeout");
+            }
+            if self.redis_url.is_none() {
+                return Err(ConfigError::new(
+                    "REDIS_URL",
+                    "",
+                    "the redis backend needs a URL",
+                ));
+            }
+        }
+        if self.key_prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return Err(ConfigError::new(
+                "key_prefix",
+                self.key_prefix.clone(),
+                "must not contain whitespace or control characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(var: &str, v: &str, expected: &str) -> Result<T, ConfigError> {
+    let t = v.trim();
+    if t.starts_with('-') {
+        return Err(ConfigError::new(var, v, format!("must not be negative; expected {expected}")));
+    }
+    t.parse()
+        .map_err(|_| ConfigError::new(var, v, format!("not a number; expected {expected}")))
+}
+
+fn parse_positive(var: &str, v: &str) -> Result<u64, ConfigError> {
+    let n: u64 = parse_num(var, v, "a positive integer")?;
+    if n == 0 {
+        return Err(ConfigError::new(var, v, "must be greater than zero"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<CacheConfig, ConfigError> {
+        let pairs: Vec<(String, String)> =
+            pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        CacheConfig::from_lookup(move |n| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn zero_config_is_local() {
+        let c = env(&[]).unwrap();
+        assert_eq!(c.backend, Backend::Local);
+        assert_eq!(c.max_entries, 1000);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = env(&[("TG_CACHE_BACKEND", "memcached")]).unwrap_err();
+        assert_eq!(e.setting, "TG_CACHE_BACKEND");
+        assert!(e.to_string().contains("local, redis, dummy"), "{e}");
+        let e = env(&[("TG_CACHE_MAX_ENTRIES", "-5")]).unwrap_err();
+        assert_eq!(e.setting, "TG_CACHE_MAX_ENTRIES");
+        assert!(e.reason.contains("negative"), "{e}");
+        let e = env(&[("TG_CACHE_MAX_ENTRIES", "lots")]).unwrap_err();
+        assert!(e.reason.contains("not a number"), "{e}");
+        let e = env(&[("TG_CACHE_BACKEND", "redis"), ("REDIS_URL", "http://:hunter2@x")]).unwrap_err();
+        assert_eq!(e.setting, "REDIS_URL");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = env(&[("TG_CACHE_BACKEND", "redis"), ("REDIS_URL", "redis://:hunter2@host:notaport")])
+            .unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn redis_url_is_redacted() {
+        let u = RedisUrl::parse("redis://user:s3cret@cache.internal:6380/2").unwrap();
+        assert_eq!(u.to_string(), "redis://user:***@cache.internal:6380/2");
+        assert!(!format!("{u:?}").contains("s3cret"));
+        assert_eq!(redact("rediss://:pw@h/0"), "rediss://:***@h/0");
+        assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
+        let c = CacheConfig::redis("redis://:pw@h:1/3");
+        assert!(!format!("{c:?}").contains(":pw@"));
+    }
+
+    #[test]
+    fn env_tuning() {
+        let c = env(&[
+            ("TG_CACHE_BACKEND", "redis"),
+            ("REDIS_URL", "redis://127.0.0.1:1/3"),
+            ("TG_CACHE_DEFAULT_TIMEOUT", "none"),
+            ("TG_CACHE_COMPRESS_MIN_BYTES", "100"),
+            ("TG_CACHE_KEY_PREFIX", "app"),
+            ("TG_CACHE_VERSION", "2"),
+        ])
+        .unwrap();
+        assert_eq!(c.default_timeout, Timeout::Never);
+        assert_eq!(c.compress_min_bytes, Some(100));
+        assert_eq!(c.key_prefix, "app");
+        assert_eq!(c.version, Some(2));
+    }
+}

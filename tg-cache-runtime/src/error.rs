@@ -1,0 +1,111 @@
+//! Error types of the runtime.
+
+use std::time::Duration;
+
+/// The error type of every fallible tg-cache operation.
+///
+/// Undecodable cached bytes are *not* an error: they are treated as a miss,
+/// logged with `tracing` and counted in [`crate::CacheStats::decode_errors`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The cache configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Redis answered with an error, or the connection failed.
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis did not answer within the configured time.
+    #[error("redis did not answer within {0:?}; check that it is running and reachable")]
+    Timeout(Duration),
+    /// A recent failure opened the circuit breaker: calls fail fast until it closes.
+    #[error(
+        "redis is unavailable (a recent call failed; retrying after {retry_in:?}); the cache fails open meanwhile"
+    )]
+    Unavailable {
+        /// Time until the next attempt to reach Redis.
+        retry_in: Duration,
+    },
+    /// The value could not be serialized.
+    #[error("could not serialize the value for key `{key}`: {source}")]
+    Encode {
+        /// The key being written.
+        key: String,
+        /// The serializer's error.
+        source: serde_json::Error,
+    },
+    /// The key cannot be used (whitespace or control characters, or empty).
+    #[error("invalid cache key {key:?}: {reason}")]
+    InvalidKey {
+        /// The offending key.
+        key: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// `incr`/`decr` on a key that is not in the cache (as in Django).
+    #[error("cannot increment key `{0}`: it is not in the cache (set it first)")]
+    MissingKey(String),
+    /// `incr`/`decr` on a value that is not an integer, or an overflow.
+    #[error("cannot increment key `{0}`: the cached value is not a 64-bit integer or would overflow")]
+    NotAnInteger(String),
+    /// [`crate::caches`] was asked for an alias that is not configured.
+    #[error("no cache named `{alias}` is configured (configured: {known})")]
+    UnknownCache {
+        /// The alias asked for.
+        alias: String,
+        /// The aliases that exist, comma-separated.
+        known: String,
+    },
+    /// [`crate::configure`] was called after the caches were already set up.
+    #[error(
+        "tg-cache is already configured (configure() must run once, before the first cache() call)"
+    )]
+    AlreadyConfigured,
+}
+
+/// A configuration value is invalid. The message names the setting (the
+/// environment variable or builder method) and says what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}={value}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable or builder setting at fault, e.g. `TG_CACHE_BACKEND`.
+    pub setting: String,
+    /// The value given, with any password redacted.
+    pub value: String,
+    /// What is wrong and what is accepted instead.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(
+        setting: impl Into<String>,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            setting: setting.into(),
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `Result<T, tg_cache::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether this error means the store could not be reached (as opposed to
+    /// a bad argument): such errors open the circuit breaker.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Error::Timeout(_) | Error::Unavailable { .. } => true,
+            Error::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+            }
+            _ => false,
+        }
+    }
+}

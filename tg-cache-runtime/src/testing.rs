@@ -1,0 +1,149 @@
+//! Test support: a real `redis-server` on a free loopback port.
+//!
+//! ```no_run
+//! let server = tg_cache_runtime::testing::RedisServer::start();
+//! let cache = tg_cache_runtime::CacheConfig::redis(&server.url()).build().unwrap();
+//! ```
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` process started for a test (`--save ""`, no persistence),
+/// killed when dropped. Its log is printed if the test panics.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+const INSTALL_HINT: &str = "redis-server was not found on PATH. Install it (Debian/Ubuntu: `apt-get install -y redis-server`), or run the README's test command, which installs it.";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(
+        &([127, 0, 0, 1], port).into(),
+        Duration::from_millis(100),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+impl RedisServer {
+    /// Starts a server and waits until it answers `PING`.
+    ///
+    /// # Panics
+    /// If `redis-server` is not installed (with instructions), or if it does
+    /// not come up within ten seconds (with its log).
+    pub fn start() -> Self {
+        for _ in 0..5 {
+            if let Some(s) = Self::try_start(free_port()) {
+                return s;
+            }
+        }
+        panic!("redis-server did not start after 5 attempts");
+    }
+
+    fn try_start(port: u16) -> Option<Self> {
+        let dir = std::env::temp_dir().join(format!("tg-cache-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("cannot create a temp dir for redis-server");
+        let log = std::fs::File::create(dir.join("redis.log")).expect("cannot create redis.log");
+        let child = match Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
+            Err(e) => panic!("cannot run redis-server: {e}"),
+        };
+        let mut server = Self {
+            child: Some(child),
+            port,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if ping(port) {
+                return Some(server);
+            }
+            if let Some(c) = server.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                // Most likely the port was taken between probe and bind.
+                server.child = None;
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not answer within 10 s; log:\n{}", server.log());
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// A plain synchronous connection, for reading real keys in assertions.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("cannot connect to the test redis-server")
+    }
+
+    /// Runs one command and returns its reply.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut self.connection())
+            .unwrap_or_else(|e| panic!("redis {args:?} failed: {e}"))
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+    }
+
+    /// Kills the server (to test an unreachable Redis). Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- redis-server log (port {}) ---\n{}", self.port, self.log());
+        }
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
