@@ -13,7 +13,7 @@
 //! # #[tokio::main] async fn main() -> tg_cache::Result<()> {
 //! use tg_cache::timeout::MEDIUM;
 //! let cache = tg_cache::cache(); // local store with zero configuration
-//! cache.set("my_key", &"data", MEDIUM).await?;
+//! cache.set("my_key", &"data".to_string(), MEDIUM).await?;
 //! assert_eq!(cache.get::<String>("my_key").await?.as_deref(), Some("data"));
 //! let n = cache.get_or_set("expensive_calculation", MEDIUM, || async { 6 * 7 }).await;
 //! assert_eq!(n, 42);

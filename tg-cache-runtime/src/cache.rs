@@ -3,7 +3,7 @@
 use crate::codec;
 use crate::config::{Backend, CacheConfig};
 use crate::error::{Error, Result};
-use crate::exec::{Mode, block_on};
+use crate::exec::block_on;
 use crate::flight::Flights;
 use crate::key::{check_key, glob_escape_into, glob_match, shorten};
 use crate::stats::{CacheStats, Counters};
@@ -253,7 +253,9 @@ impl Cache {
             Error::Unavailable { .. } | Error::Config(_) => {
                 tracing::debug!(cache = %self.inner.alias, op, key, error = %err, "cache call failed")
             }
-            _ => tracing::warn!(cache = %self.inner.alias, op, key, error = %err, "cache call failed"),
+            _ => {
+                tracing::warn!(cache = %self.inner.alias, op, key, error = %err, "cache call failed")
+            }
         }
     }
 
@@ -275,7 +277,10 @@ impl Cache {
             None => {
                 self.decode_failed(
                     key,
-                    &format_args!("the entry holds another type than {}", std::any::type_name::<T>()),
+                    &format_args!(
+                        "the entry holds another type than {}",
+                        std::any::type_name::<T>()
+                    ),
                 );
                 None
             }
@@ -305,13 +310,10 @@ impl Cache {
     }
 
     /// Looks up a stored key (already namespaced).
-    async fn lookup<T: CacheValue>(&self, key: &str, mode: Mode) -> Result<Option<T>> {
+    async fn lookup<T: CacheValue>(&self, key: &str) -> Result<Option<T>> {
         match &self.inner.store {
             Store::Local(l) => Ok(l.get(key).and_then(|v| self.typed(key, &v))),
-            Store::Redis(r) => Ok(r
-                .get(mode, key)
-                .await?
-                .and_then(|bytes| self.decode(key, &bytes))),
+            Store::Redis(r) => Ok(r.get(key).await?.and_then(|bytes| self.decode(key, &bytes))),
             Store::Dummy => Ok(None),
             Store::Broken(e) => Err(Self::broken_err(e)),
         }
@@ -334,9 +336,9 @@ impl Cache {
         None
     }
 
-    async fn get_in<T: CacheValue>(&self, key: &str, mode: Mode) -> Result<Option<T>> {
+    async fn get_in<T: CacheValue>(&self, key: &str) -> Result<Option<T>> {
         let key = self.make_key(key)?;
-        let r = self.lookup(&key, mode).await;
+        let r = self.lookup(&key).await;
         if let Ok(v) = &r {
             self.count_lookup(v);
         }
@@ -348,45 +350,32 @@ impl Cache {
         key: &str,
         value: &T,
         ttl: Option<Duration>,
-        mode: Mode,
     ) -> Result<()> {
         match &self.inner.store {
             Store::Local(l) => {
                 l.insert(key.to_owned(), Arc::new(value.clone()), ttl);
                 Ok(())
             }
-            Store::Redis(r) => r.set(mode, key, self.encode(key, value)?, ttl).await,
+            Store::Redis(r) => r.set(key, self.encode(key, value)?, ttl).await,
             Store::Dummy => Ok(()),
             Store::Broken(e) => Err(Self::broken_err(e)),
         }
     }
 
-    async fn set_in<T: CacheValue>(
-        &self,
-        key: &str,
-        value: &T,
-        timeout: Timeout,
-        mode: Mode,
-    ) -> Result<()> {
+    async fn set_in<T: CacheValue>(&self, key: &str, value: &T, timeout: Timeout) -> Result<()> {
         let key = self.make_key(key)?;
         self.inner.flights.invalidate_key(&key);
         let r = match timeout.resolve(self.inner.default_timeout) {
-            None => self.delete_keys(vec![key.to_string()], mode).await.map(drop),
+            None => self.delete_keys(vec![key.to_string()]).await.map(drop),
             Some(ttl) => {
                 Counters::bump(&self.inner.counters.sets);
-                self.write(&key, value, ttl, mode).await
+                self.write(&key, value, ttl).await
             }
         };
         self.track("set", &key, r)
     }
 
-    async fn add_in<T: CacheValue>(
-        &self,
-        key: &str,
-        value: &T,
-        timeout: Timeout,
-        mode: Mode,
-    ) -> Result<bool> {
+    async fn add_in<T: CacheValue>(&self, key: &str, value: &T, timeout: Timeout) -> Result<bool> {
         let key = self.make_key(key)?;
         let Some(ttl) = timeout.resolve(self.inner.default_timeout) else {
             return Ok(false);
@@ -394,7 +383,7 @@ impl Cache {
         let r = match &self.inner.store {
             Store::Local(l) => Ok(l.add(key.to_string(), Arc::new(value.clone()), ttl)),
             Store::Redis(r) => match self.encode(&key, value) {
-                Ok(bytes) => r.add(mode, &key, bytes, ttl).await,
+                Ok(bytes) => r.add(&key, bytes, ttl).await,
                 Err(e) => Err(e),
             },
             Store::Dummy => Ok(true),
@@ -409,7 +398,7 @@ impl Cache {
     /// The shared get-or-compute path: lookup, then single-flight compute and
     /// store. Store failures are logged and counted; `f`'s result is always
     /// returned (fail-open).
-    async fn get_or_compute<P, R, F, Fut>(&self, key: &str, timeout: Timeout, mode: Mode, f: F) -> R
+    async fn get_or_compute<P, R, F, Fut>(&self, key: &str, timeout: Timeout, f: F) -> R
     where
         P: CachePolicy<R>,
         F: FnOnce() -> Fut,
@@ -425,7 +414,7 @@ impl Cache {
                 return f().await;
             }
         };
-        match self.lookup::<P::Stored>(&key, mode).await {
+        match self.lookup::<P::Stored>(&key).await {
             Ok(Some(v)) => {
                 Counters::bump(&self.inner.counters.hits);
                 return P::load(v);
@@ -450,7 +439,7 @@ impl Cache {
                 }
             };
             // Another leader may have stored the value after our lookup.
-            if let Ok(Some(v)) = self.lookup::<P::Stored>(&key, mode).await {
+            if let Ok(Some(v)) = self.lookup::<P::Stored>(&key).await {
                 leader.finish(Some(Arc::new(v.clone())));
                 return P::load(v);
             }
@@ -458,7 +447,7 @@ impl Cache {
             let result = f().await;
             let shared = match P::store(&result) {
                 Some(stored) => {
-                    if let Err(e) = self.fill(&key, &stored, ttl, &leader, mode).await {
+                    if let Err(e) = self.fill(&key, &stored, ttl, &leader).await {
                         self.report("set", &key, &e);
                     }
                     Some(Arc::new(stored) as AnyValue)
@@ -477,11 +466,11 @@ impl Cache {
         value: &T,
         ttl: Option<Duration>,
         leader: &crate::flight::Leader<'_>,
-        mode: Mode,
     ) -> Result<()> {
         match &self.inner.store {
             Store::Local(l) => {
-                if leader.store_if_current(|| l.insert(key.to_owned(), Arc::new(value.clone()), ttl))
+                if leader
+                    .store_if_current(|| l.insert(key.to_owned(), Arc::new(value.clone()), ttl))
                 {
                     Counters::bump(&self.inner.counters.sets);
                 }
@@ -493,7 +482,7 @@ impl Cache {
                     return Ok(());
                 }
                 Counters::bump(&self.inner.counters.sets);
-                r.set(mode, key, bytes, ttl).await
+                r.set(key, bytes, ttl).await
             }
             Store::Dummy => Ok(()),
             Store::Broken(e) => Err(Self::broken_err(e)),
@@ -503,7 +492,6 @@ impl Cache {
     async fn get_many_in<T: CacheValue, K: AsRef<str>>(
         &self,
         keys: &[K],
-        mode: Mode,
     ) -> Result<HashMap<String, T>> {
         let mut full = Vec::with_capacity(keys.len());
         for k in keys {
@@ -521,7 +509,7 @@ impl Cache {
                 }
                 Ok(())
             }
-            Store::Redis(r) => match r.get_many(mode, full.clone()).await {
+            Store::Redis(r) => match r.get_many(full.clone()).await {
                 Ok(values) => {
                     for ((k, f), v) in keys.iter().zip(&full).zip(values) {
                         let v = v.and_then(|b| self.decode::<T>(f, &b));
@@ -544,7 +532,6 @@ impl Cache {
         &self,
         items: &[(K, T)],
         timeout: Timeout,
-        mode: Mode,
     ) -> Result<()> {
         let mut full = Vec::with_capacity(items.len());
         for (k, _) in items {
@@ -553,7 +540,7 @@ impl Cache {
             full.push(k);
         }
         let Some(ttl) = timeout.resolve(self.inner.default_timeout) else {
-            return self.delete_keys(full, mode).await.map(drop);
+            return self.delete_keys(full).await.map(drop);
         };
         let r = match &self.inner.store {
             Store::Local(l) => {
@@ -568,7 +555,7 @@ impl Cache {
                     let bytes = self.encode(&k, v)?;
                     encoded.push((k, bytes));
                 }
-                r.set_many(mode, encoded, ttl).await
+                r.set_many(encoded, ttl).await
             }
             Store::Dummy => Ok(()),
             Store::Broken(e) => Err(Self::broken_err(e)),
@@ -583,13 +570,13 @@ impl Cache {
     }
 
     /// Deletes stored keys (already namespaced); returns how many existed.
-    async fn delete_keys(&self, keys: Vec<String>, mode: Mode) -> Result<usize> {
+    async fn delete_keys(&self, keys: Vec<String>) -> Result<usize> {
         for k in &keys {
             self.inner.flights.invalidate_key(k);
         }
         let r = match &self.inner.store {
             Store::Local(l) => Ok(keys.iter().filter(|k| l.remove(k)).count()),
-            Store::Redis(r) => r.delete_many(mode, keys).await,
+            Store::Redis(r) => r.delete_many(keys).await,
             Store::Dummy => Ok(0),
             Store::Broken(e) => Err(Self::broken_err(e)),
         };
@@ -602,48 +589,48 @@ impl Cache {
         r
     }
 
-    async fn delete_many_in<K: AsRef<str>>(&self, keys: &[K], mode: Mode) -> Result<usize> {
+    async fn delete_many_in<K: AsRef<str>>(&self, keys: &[K]) -> Result<usize> {
         let mut full = Vec::with_capacity(keys.len());
         for k in keys {
             full.push(self.make_key(k.as_ref())?.into_owned());
         }
-        let r = self.delete_keys(full, mode).await;
+        let r = self.delete_keys(full).await;
         self.track("delete_many", "", r)
     }
 
-    async fn delete_in(&self, key: &str, mode: Mode) -> Result<bool> {
+    async fn delete_in(&self, key: &str) -> Result<bool> {
         let full = self.make_key(key)?.into_owned();
-        let r = self.delete_keys(vec![full], mode).await.map(|n| n > 0);
+        let r = self.delete_keys(vec![full]).await.map(|n| n > 0);
         self.track("delete", key, r)
     }
 
-    async fn has_key_in(&self, key: &str, mode: Mode) -> Result<bool> {
+    async fn has_key_in(&self, key: &str) -> Result<bool> {
         let key = self.make_key(key)?;
         let r = match &self.inner.store {
             Store::Local(l) => Ok(l.contains(&key)),
-            Store::Redis(r) => r.exists(mode, &key).await,
+            Store::Redis(r) => r.exists(&key).await,
             Store::Dummy => Ok(false),
             Store::Broken(e) => Err(Self::broken_err(e)),
         };
         self.track("has_key", &key, r)
     }
 
-    async fn touch_in(&self, key: &str, timeout: Timeout, mode: Mode) -> Result<bool> {
+    async fn touch_in(&self, key: &str, timeout: Timeout) -> Result<bool> {
         let key = self.make_key(key)?;
         let Some(ttl) = timeout.resolve(self.inner.default_timeout) else {
-            let r = self.delete_keys(vec![key.to_string()], mode).await;
+            let r = self.delete_keys(vec![key.to_string()]).await;
             return self.track("touch", &key, r.map(|n| n > 0));
         };
         let r = match &self.inner.store {
             Store::Local(l) => Ok(l.touch(&key, ttl)),
-            Store::Redis(r) => r.touch(mode, &key, ttl).await,
+            Store::Redis(r) => r.touch(&key, ttl).await,
             Store::Dummy => Ok(false),
             Store::Broken(e) => Err(Self::broken_err(e)),
         };
         self.track("touch", &key, r)
     }
 
-    async fn incr_in(&self, key: &str, delta: i64, mode: Mode) -> Result<i64> {
+    async fn incr_in(&self, key: &str, delta: i64) -> Result<i64> {
         let full = self.make_key(key)?;
         let r = match &self.inner.store {
             Store::Local(l) => match l.incr(&full, delta) {
@@ -651,7 +638,7 @@ impl Cache {
                 Incr::Missing => Err(Error::MissingKey(key.to_owned())),
                 Incr::NotAnInteger => Err(Error::NotAnInteger(key.to_owned())),
             },
-            Store::Redis(r) => match r.incr(mode, &full, delta).await {
+            Store::Redis(r) => match r.incr(&full, delta).await {
                 Ok(Some(n)) => Ok(n),
                 Ok(None) => Err(Error::MissingKey(key.to_owned())),
                 Err(Error::Redis(e))
@@ -674,23 +661,23 @@ impl Cache {
         }
     }
 
-    async fn ttl_in(&self, key: &str, mode: Mode) -> Result<Option<Ttl>> {
+    async fn ttl_in(&self, key: &str) -> Result<Option<Ttl>> {
         let key = self.make_key(key)?;
         let r = match &self.inner.store {
             Store::Local(l) => Ok(l.ttl(&key)),
-            Store::Redis(r) => r.ttl(mode, &key).await,
+            Store::Redis(r) => r.ttl(&key).await,
             Store::Dummy => Ok(None),
             Store::Broken(e) => Err(Self::broken_err(e)),
         };
         self.track("ttl", &key, r)
     }
 
-    async fn delete_pattern_in(&self, pattern: &str, mode: Mode) -> Result<usize> {
+    async fn delete_pattern_in(&self, pattern: &str) -> Result<usize> {
         let pattern = self.make_pattern(pattern);
         self.inner.flights.invalidate(|k| glob_match(&pattern, k));
         let r = match &self.inner.store {
             Store::Local(l) => Ok(l.delete_pattern(&pattern)),
-            Store::Redis(r) => r.delete_pattern(mode, &pattern).await,
+            Store::Redis(r) => r.delete_pattern(&pattern).await,
             Store::Dummy => Ok(0),
             Store::Broken(e) => Err(Self::broken_err(e)),
         };
@@ -703,7 +690,7 @@ impl Cache {
         self.track("delete_pattern", &pattern, r)
     }
 
-    async fn clear_in(&self, mode: Mode) -> Result<()> {
+    async fn clear_in(&self) -> Result<()> {
         self.inner.flights.invalidate(|_| true);
         let r = match &self.inner.store {
             Store::Local(l) => {
@@ -716,7 +703,7 @@ impl Cache {
                 } else {
                     self.make_pattern("*")
                 };
-                r.delete_pattern(mode, &pattern).await.map(drop)
+                r.delete_pattern(&pattern).await.map(drop)
             }
             Store::Dummy => Ok(()),
             Store::Broken(e) => Err(Self::broken_err(e)),
@@ -724,24 +711,24 @@ impl Cache {
         self.track("clear", "", r)
     }
 
-    async fn flush_database_in(&self, mode: Mode) -> Result<()> {
+    async fn flush_database_in(&self) -> Result<()> {
         self.inner.flights.invalidate(|_| true);
         let r = match &self.inner.store {
             Store::Local(l) => {
                 l.clear();
                 Ok(())
             }
-            Store::Redis(r) => r.flush_db(mode).await,
+            Store::Redis(r) => r.flush_db().await,
             Store::Dummy => Ok(()),
             Store::Broken(e) => Err(Self::broken_err(e)),
         };
         self.track("flush_database", "", r)
     }
 
-    async fn health_in(&self, mode: Mode) -> Result<Duration> {
+    async fn health_in(&self) -> Result<Duration> {
         let start = Instant::now();
         let r = match &self.inner.store {
-            Store::Redis(r) => r.ping(mode).await,
+            Store::Redis(r) => r.ping().await,
             Store::Broken(e) => Err(Self::broken_err(e)),
             Store::Local(_) | Store::Dummy => Ok(()),
         };
@@ -759,7 +746,7 @@ macro_rules! api {
         impl Cache {$(
             $(#[$doc])*
             pub async fn $name $(<$($g $(: $b)?),*>)? (&self, $($arg: $ty),*) -> $ret {
-                self.$imp($($pass,)* Mode::Async).await
+                self.$imp($($pass),*).await
             }
         )*}
 
@@ -768,7 +755,7 @@ macro_rules! api {
             ///
             /// Blocking twin of the async method of the same name.
             pub fn $name $(<$($g $(: $b)?),*>)? (&self, $($arg: $ty),*) -> $ret {
-                block_on(self.0.$imp($($pass,)* Mode::Blocking))
+                block_on(self.0.$imp($($pass),*))
             }
         )*}
     };
@@ -830,7 +817,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
-        self.get_or_compute::<Always, T, F, Fut>(key, timeout.into(), Mode::Async, f)
+        self.get_or_compute::<Always, T, F, Fut>(key, timeout.into(), f)
             .await
     }
 
@@ -846,7 +833,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<T, E>>,
     {
-        self.get_or_compute::<OkOnly, _, F, Fut>(key, timeout.into(), Mode::Async, f)
+        self.get_or_compute::<OkOnly, _, F, Fut>(key, timeout.into(), f)
             .await
     }
 
@@ -862,7 +849,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = R>,
     {
-        self.get_or_compute::<P, R, F, Fut>(key, timeout.into(), Mode::Async, f)
+        self.get_or_compute::<P, R, F, Fut>(key, timeout.into(), f)
             .await
     }
 }
@@ -901,11 +888,9 @@ impl BlockingCache<'_> {
         timeout: impl Into<Timeout>,
         f: impl FnOnce() -> R,
     ) -> R {
-        block_on(self.0.get_or_compute::<P, R, _, _>(
-            key,
-            timeout.into(),
-            Mode::Blocking,
-            move || std::future::ready(f()),
-        ))
+        block_on(
+            self.0
+                .get_or_compute::<P, R, _, _>(key, timeout.into(), move || std::future::ready(f())),
+        )
     }
 }

@@ -47,7 +47,9 @@ pub(crate) enum DecodeError {
 
 /// Whether `bytes` start with a zlib header (CMF 0x78, FCHECK valid).
 fn is_zlib(bytes: &[u8]) -> bool {
-    bytes.len() >= 2 && bytes[0] == 0x78 && (u16::from(bytes[0]) << 8 | u16::from(bytes[1])) % 31 == 0
+    bytes.len() >= 2
+        && bytes[0] == 0x78
+        && (u16::from(bytes[0]) << 8 | u16::from(bytes[1])) % 31 == 0
 }
 
 /// Decodes bytes written by [`encode`], compressed or not.

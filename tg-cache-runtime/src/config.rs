@@ -50,7 +50,9 @@ impl RedisUrl {
     pub fn parse(url: &str) -> Result<Self, ConfigError> {
         let bad = |reason: &str| ConfigError::new("REDIS_URL", redact(url), reason);
         let Some((scheme, rest)) = url.split_once("://") else {
-            return Err(bad("not a URL; expected redis://[:password@]host[:port][/db]"));
+            return Err(bad(
+                "not a URL; expected redis://[:password@]host[:port][/db]",
+            ));
         };
         if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") {
             return Err(bad("unknown scheme; expected redis:// or rediss://"));
@@ -287,12 +289,15 @@ impl CacheConfig {
             c.default_timeout = if v.trim().eq_ignore_ascii_case("none") {
                 Timeout::Never
             } else {
-                let secs: u64 = parse_num("TG_CACHE_DEFAULT_TIMEOUT", &v, "whole seconds or `none`")?;
+                let secs: u64 =
+                    parse_num("TG_CACHE_DEFAULT_TIMEOUT", &v, "whole seconds or `none`")?;
                 Timeout::from(secs)
             };
         }
         if let Some(v) = get("TG_CACHE_KEY_PREFIX") {
-            if v.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            if v.bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
                 return Err(ConfigError::new(
                     "TG_CACHE_KEY_PREFIX",
                     v,
@@ -319,7 +324,11 @@ impl CacheConfig {
             c.compress_min_bytes = if v.trim().eq_ignore_ascii_case("off") {
                 None
             } else {
-                Some(parse_num("TG_CACHE_COMPRESS_MIN_BYTES", &v, "a byte count or `off`")?)
+                Some(parse_num(
+                    "TG_CACHE_COMPRESS_MIN_BYTES",
+                    &v,
+                    "a byte count or `off`",
+                )?)
             };
         }
         if backend == Backend::Redis {
@@ -343,9 +352,7 @@ impl CacheConfig {
         if let Some(e) = &self.error {
             return Err(e.clone());
         }
-        let zero = |setting: &str| {
-            Err(ConfigError::new(setting, "0", "must be greater than zero"))
-        };
+        let zero = |setting: &str| Err(ConfigError::new(setting, "0", "must be greater than zero"));
         if self.backend == Backend::Local && self.max_entries == 0 {
             return zero("max_entries");
         }
@@ -367,7 +374,11 @@ impl CacheConfig {
                 ));
             }
         }
-        if self.key_prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        if self
+            .key_prefix
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
             return Err(ConfigError::new(
                 "key_prefix",
                 self.key_prefix.clone(),
@@ -381,7 +392,11 @@ impl CacheConfig {
 fn parse_num<T: std::str::FromStr>(var: &str, v: &str, expected: &str) -> Result<T, ConfigError> {
     let t = v.trim();
     if t.starts_with('-') {
-        return Err(ConfigError::new(var, v, format!("must not be negative; expected {expected}")));
+        return Err(ConfigError::new(
+            var,
+            v,
+            format!("must not be negative; expected {expected}"),
+        ));
     }
     t.parse()
         .map_err(|_| ConfigError::new(var, v, format!("not a number; expected {expected}")))
@@ -400,9 +415,13 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Result<CacheConfig, ConfigError> {
-        let pairs: Vec<(String, String)> =
-            pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
-        CacheConfig::from_lookup(move |n| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()))
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        CacheConfig::from_lookup(move |n| {
+            pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
+        })
     }
 
     #[test]
@@ -422,11 +441,18 @@ mod tests {
         assert!(e.reason.contains("negative"), "{e}");
         let e = env(&[("TG_CACHE_MAX_ENTRIES", "lots")]).unwrap_err();
         assert!(e.reason.contains("not a number"), "{e}");
-        let e = env(&[("TG_CACHE_BACKEND", "redis"), ("REDIS_URL", "http://:hunter2@x")]).unwrap_err();
+        let e = env(&[
+            ("TG_CACHE_BACKEND", "redis"),
+            ("REDIS_URL", "http://:hunter2@x"),
+        ])
+        .unwrap_err();
         assert_eq!(e.setting, "REDIS_URL");
         assert!(!e.to_string().contains("hunter2"), "{e}");
-        let e = env(&[("TG_CACHE_BACKEND", "redis"), ("REDIS_URL", "redis://:hunter2@host:notaport")])
-            .unwrap_err();
+        let e = env(&[
+            ("TG_CACHE_BACKEND", "redis"),
+            ("REDIS_URL", "redis://:hunter2@host:notaport"),
+        ])
+        .unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 

@@ -46,7 +46,9 @@ pub enum Error {
     #[error("cannot increment key `{0}`: it is not in the cache (set it first)")]
     MissingKey(String),
     /// `incr`/`decr` on a value that is not an integer, or an overflow.
-    #[error("cannot increment key `{0}`: the cached value is not a 64-bit integer or would overflow")]
+    #[error(
+        "cannot increment key `{0}`: the cached value is not a 64-bit integer or would overflow"
+    )]
     NotAnInteger(String),
     /// [`crate::caches`] was asked for an alias that is not configured.
     #[error("no cache named `{alias}` is configured (configured: {known})")]

@@ -23,20 +23,19 @@ pub(crate) fn io_runtime() -> &'static tokio::runtime::Runtime {
     &IO_RUNTIME
 }
 
-/// How a call is being made: from async code, or from a blocking twin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
-    Async,
-    Blocking,
-}
-
-impl Mode {
-    /// Whether I/O must be handed to the tg-cache runtime rather than run in
-    /// the caller's task (always for blocking calls, whose thread is parked,
-    /// and for async calls made outside any tokio runtime).
-    pub(crate) fn needs_io_runtime(self) -> bool {
-        self == Mode::Blocking || tokio::runtime::Handle::try_current().is_err()
-    }
+/// Runs `fut` with the tg-cache runtime as the current tokio context on every
+/// poll. Sockets, connection driver tasks and timers created by `fut` then
+/// belong to that runtime, which lives as long as the process: a connection
+/// first used from one `#[tokio::test]` keeps working in the next, and the
+/// future can be polled by any executor (a tokio runtime, a blocking call, or
+/// none at all), without a hop to another thread.
+pub(crate) async fn in_io<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(move |cx| {
+        let _ctx = io_runtime().enter();
+        fut.as_mut().poll(cx)
+    })
+    .await
 }
 
 struct ThreadWaker(Thread);

@@ -131,7 +131,10 @@ impl Drop for Leader<'_> {
         lock(&self.flight.state).done = true;
         {
             let mut map = lock(&self.flights.map);
-            if map.get(&self.key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
+            if map
+                .get(&self.key)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+            {
                 map.remove(&self.key);
             }
         }

@@ -599,7 +599,9 @@ pub(crate) fn check_key(key: &str) -> Result<Cow<'_, str>, crate::Error> {
             reason: "keys must not be empty",
         });
     }
-    if key.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    if key
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
         || key.chars().any(|c| c.is_whitespace() || c.is_control())
     {
         return Err(crate::Error::InvalidKey {
@@ -680,7 +682,10 @@ mod tests {
         assert!(glob_match("a\\*", "a*"));
         assert!(!glob_match("a\\*", "ab"));
         assert!(glob_match("*", ""));
-        assert!(glob_match("tg:queryset:Character:*", "tg:queryset:Character:id=5"));
+        assert!(glob_match(
+            "tg:queryset:Character:*",
+            "tg:queryset:Character:id=5"
+        ));
     }
 
     #[test]

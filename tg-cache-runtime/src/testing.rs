@@ -29,10 +29,9 @@ fn free_port() -> u16 {
 }
 
 fn ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(
-        &([127, 0, 0, 1], port).into(),
-        Duration::from_millis(100),
-    ) else {
+    let Ok(mut s) =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(100))
+    else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
@@ -59,11 +58,21 @@ impl RedisServer {
     }
 
     fn try_start(port: u16) -> Option<Self> {
-        let dir = std::env::temp_dir().join(format!("tg-cache-redis-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tg-cache-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("cannot create a temp dir for redis-server");
         let log = std::fs::File::create(dir.join("redis.log")).expect("cannot create redis.log");
         let child = match Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(&dir)
             .stdin(Stdio::null())
@@ -94,7 +103,10 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server did not answer within 10 s; log:\n{}", server.log());
+        panic!(
+            "redis-server did not answer within 10 s; log:\n{}",
+            server.log()
+        );
     }
 
     /// The server's port.
@@ -141,7 +153,11 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- redis-server log (port {}) ---\n{}", self.port, self.log());
+            eprintln!(
+                "--- redis-server log (port {}) ---\n{}",
+                self.port,
+                self.log()
+            );
         }
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -135,7 +135,11 @@ impl LocalStore {
             .and_compute_with(|cur| match cur {
                 Some(e) if e.value().expires_at.is_none_or(|t| t > Instant::now()) => {
                     let e = e.into_value();
-                    match e.value.downcast_ref::<i64>().and_then(|v| v.checked_add(delta)) {
+                    match e
+                        .value
+                        .downcast_ref::<i64>()
+                        .and_then(|v| v.checked_add(delta))
+                    {
                         Some(n) => {
                             out = Incr::Done(n);
                             Op::Put(Entry {

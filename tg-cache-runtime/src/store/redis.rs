@@ -3,7 +3,7 @@
 
 use crate::config::RedisUrl;
 use crate::error::{Error, Result};
-use crate::exec::{Mode, io_runtime};
+use crate::exec::{in_io, io_runtime};
 use crate::timeout::Ttl;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
@@ -109,7 +109,7 @@ impl RedisStore {
     }
 
     /// Runs one Redis operation with the timeout and circuit breaker.
-    async fn run<T, F, Fut>(&self, mode: Mode, op: F) -> Result<T>
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
@@ -117,21 +117,11 @@ impl RedisStore {
     {
         self.breaker.check()?;
         let limit = self.op_timeout;
-        let fut = tokio::time::timeout(limit, op(self.conn.clone()));
-        let res = if mode.needs_io_runtime() {
-            match io_runtime().spawn(fut).await {
-                Ok(r) => r,
-                Err(join) => {
-                    return Err(Error::Redis(redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "tg-cache I/O task failed",
-                        join.to_string(),
-                    ))));
-                }
-            }
-        } else {
-            fut.await
-        };
+        let op = op(self.conn.clone());
+        // The timer is created when the future first runs, so inside whichever
+        // runtime executes it.
+        let fut = async move { tokio::time::timeout(limit, op).await };
+        let res = in_io(fut).await;
         let err = match res {
             Ok(Ok(v)) => {
                 self.breaker.reset();
@@ -146,26 +136,18 @@ impl RedisStore {
         Err(err)
     }
 
-    pub(crate) async fn get(&self, mode: Mode, key: &str) -> Result<Option<Vec<u8>>> {
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let key = key.to_owned();
-        self.run(mode, |mut c| async move {
-            redis::cmd("GET").arg(key).query_async(&mut c).await
-        })
-        .await
+        self.run(|mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
+            .await
     }
 
-    pub(crate) async fn get_many(
-        &self,
-        mode: Mode,
-        keys: Vec<String>,
-    ) -> Result<Vec<Option<Vec<u8>>>> {
+    pub(crate) async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.run(mode, |mut c| async move {
-            redis::cmd("MGET").arg(keys).query_async(&mut c).await
-        })
-        .await
+        self.run(|mut c| async move { redis::cmd("MGET").arg(keys).query_async(&mut c).await })
+            .await
     }
 
     fn set_cmd(key: &str, value: &[u8], ttl: Option<Duration>, nx: bool) -> redis::Cmd {
@@ -180,35 +162,29 @@ impl RedisStore {
         cmd
     }
 
-    pub(crate) async fn set(
-        &self,
-        mode: Mode,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-    ) -> Result<()> {
+    pub(crate) async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
         let cmd = Self::set_cmd(key, &value, ttl, false);
-        self.run(mode, |mut c| async move { cmd.query_async(&mut c).await })
+        self.run(|mut c| async move { cmd.query_async(&mut c).await })
             .await
     }
 
     pub(crate) async fn add(
         &self,
-        mode: Mode,
+
         key: &str,
         value: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<bool> {
         let cmd = Self::set_cmd(key, &value, ttl, true);
         let r: Option<String> = self
-            .run(mode, |mut c| async move { cmd.query_async(&mut c).await })
+            .run(|mut c| async move { cmd.query_async(&mut c).await })
             .await?;
         Ok(r.is_some())
     }
 
     pub(crate) async fn set_many(
         &self,
-        mode: Mode,
+
         items: Vec<(String, Vec<u8>)>,
         ttl: Option<Duration>,
     ) -> Result<()> {
@@ -220,31 +196,27 @@ impl RedisStore {
         for (k, v) in &items {
             pipe.add_command(Self::set_cmd(k, v, ttl, false)).ignore();
         }
-        self.run(mode, |mut c| async move { pipe.query_async(&mut c).await })
+        self.run(|mut c| async move { pipe.query_async(&mut c).await })
             .await
     }
 
-    pub(crate) async fn delete_many(&self, mode: Mode, keys: Vec<String>) -> Result<usize> {
+    pub(crate) async fn delete_many(&self, keys: Vec<String>) -> Result<usize> {
         if keys.is_empty() {
             return Ok(0);
         }
-        self.run(mode, |mut c| async move {
-            redis::cmd("DEL").arg(keys).query_async(&mut c).await
-        })
-        .await
+        self.run(|mut c| async move { redis::cmd("DEL").arg(keys).query_async(&mut c).await })
+            .await
     }
 
-    pub(crate) async fn exists(&self, mode: Mode, key: &str) -> Result<bool> {
+    pub(crate) async fn exists(&self, key: &str) -> Result<bool> {
         let key = key.to_owned();
-        self.run(mode, |mut c| async move {
-            redis::cmd("EXISTS").arg(key).query_async(&mut c).await
-        })
-        .await
+        self.run(|mut c| async move { redis::cmd("EXISTS").arg(key).query_async(&mut c).await })
+            .await
     }
 
-    pub(crate) async fn touch(&self, mode: Mode, key: &str, ttl: Option<Duration>) -> Result<bool> {
+    pub(crate) async fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
         let key = key.to_owned();
-        self.run(mode, |mut c| async move {
+        self.run(|mut c| async move {
             let mut pipe = redis::pipe();
             pipe.atomic().cmd("EXISTS").arg(&key);
             match ttl {
@@ -258,20 +230,16 @@ impl RedisStore {
     }
 
     /// `Ok(None)` when the key is missing.
-    pub(crate) async fn incr(&self, mode: Mode, key: &str, delta: i64) -> Result<Option<i64>> {
+    pub(crate) async fn incr(&self, key: &str, delta: i64) -> Result<Option<i64>> {
         let key = key.to_owned();
-        self.run(mode, |mut c| async move {
-            INCR.key(key).arg(delta).invoke_async(&mut c).await
-        })
-        .await
+        self.run(|mut c| async move { INCR.key(key).arg(delta).invoke_async(&mut c).await })
+            .await
     }
 
-    pub(crate) async fn ttl(&self, mode: Mode, key: &str) -> Result<Option<Ttl>> {
+    pub(crate) async fn ttl(&self, key: &str) -> Result<Option<Ttl>> {
         let key = key.to_owned();
         let ms: i64 = self
-            .run(mode, |mut c| async move {
-                redis::cmd("PTTL").arg(key).query_async(&mut c).await
-            })
+            .run(|mut c| async move { redis::cmd("PTTL").arg(key).query_async(&mut c).await })
             .await?;
         Ok(match ms {
             -2 => None,
@@ -281,13 +249,13 @@ impl RedisStore {
     }
 
     /// Deletes every key matching `pattern`, with `SCAN` in batches (never `KEYS`).
-    pub(crate) async fn delete_pattern(&self, mode: Mode, pattern: &str) -> Result<usize> {
+    pub(crate) async fn delete_pattern(&self, pattern: &str) -> Result<usize> {
         let mut cursor: u64 = 0;
         let mut deleted = 0;
         loop {
             let pat = pattern.to_owned();
             let (next, deleted_now): (u64, usize) = self
-                .run(mode, move |mut c| async move {
+                .run(move |mut c| async move {
                     let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
@@ -312,16 +280,17 @@ impl RedisStore {
         }
     }
 
-    pub(crate) async fn flush_db(&self, mode: Mode) -> Result<()> {
-        self.run(mode, |mut c| async move {
-            redis::cmd("FLUSHDB").query_async(&mut c).await
-        })
-        .await
+    pub(crate) async fn flush_db(&self) -> Result<()> {
+        self.run(|mut c| async move { redis::cmd("FLUSHDB").query_async(&mut c).await })
+            .await
     }
 
-    pub(crate) async fn ping(&self, mode: Mode) -> Result<()> {
-        self.run(mode, |mut c| async move {
-            redis::cmd("PING").query_async::<String>(&mut c).await.map(drop)
+    pub(crate) async fn ping(&self) -> Result<()> {
+        self.run(|mut c| async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .map(drop)
         })
         .await
     }

@@ -1,0 +1,57 @@
+//! The dummy store and configuration errors.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tg_cache::timeout::MEDIUM;
+use tg_cache::{CacheConfig, Error};
+
+#[tokio::test]
+async fn dummy_caches_nothing() {
+    let cache = CacheConfig::dummy().build().unwrap();
+    cache.set("k", &1, MEDIUM).await.unwrap();
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), None);
+    assert!(!cache.has_key("k").await.unwrap());
+    assert!(!cache.delete("k").await.unwrap());
+    assert!(matches!(
+        cache.incr("k", 1).await,
+        Err(Error::MissingKey(_))
+    ));
+    let runs = AtomicUsize::new(0);
+    for _ in 0..3 {
+        cache
+            .get_or_set("k", MEDIUM, || async {
+                runs.fetch_add(1, Ordering::SeqCst)
+            })
+            .await;
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn bad_builder_values_are_clear_errors() {
+    let e = CacheConfig::redis("not a url").build().unwrap_err();
+    assert!(e.to_string().starts_with("REDIS_URL="), "{e}");
+    let e = CacheConfig::redis("http://host").build().unwrap_err();
+    assert!(e.to_string().contains("scheme"), "{e}");
+    let e = CacheConfig::local().max_entries(0).build().unwrap_err();
+    assert!(e.to_string().contains("max_entries"), "{e}");
+    let e = CacheConfig::redis("redis://127.0.0.1:1")
+        .max_connections(0)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("max_connections"), "{e}");
+    let e = CacheConfig::local()
+        .key_prefix("has space")
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("key_prefix"), "{e}");
+}
+
+#[test]
+fn local_store_is_bounded() {
+    let cache = CacheConfig::local().max_entries(50).build().unwrap();
+    for i in 0..500 {
+        cache.blocking().set(&format!("k{i}"), &i, MEDIUM).unwrap();
+    }
+    let n = cache.local_len().unwrap();
+    assert!(n <= 50, "{n} entries held with max_entries 50");
+}

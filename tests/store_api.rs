@@ -1,0 +1,489 @@
+//! Every cache API method on the local store and on a real Redis.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use support::RedisServer;
+use tg_cache::timeout::{MEDIUM, SHORT};
+use tg_cache::{Cache, Error, Timeout, Ttl};
+
+for_each_store!(
+    get_set_roundtrip,
+    cached_none_is_not_a_miss,
+    add_only_if_absent,
+    get_many_set_many,
+    delete_and_delete_many,
+    has_key_and_touch,
+    incr_decr,
+    ttl_reports_remaining_life,
+    entries_expire,
+    no_cache_timeout_stores_nothing,
+    delete_pattern_counts_and_is_not_widened,
+    clear_removes_only_this_caches_keys,
+    get_or_set_computes_once_concurrently,
+    get_or_set_survives_a_panicking_leader,
+    get_or_set_survives_a_cancelled_leader,
+    different_keys_do_not_wait,
+    try_get_or_set_caches_only_ok,
+    wrong_type_is_a_counted_miss,
+    invalid_keys_are_errors,
+    long_keys_are_shortened,
+    health_answers,
+    delete_during_fill_prevents_stale_store,
+);
+
+async fn get_set_roundtrip(cache: &Cache, server: Option<&RedisServer>) {
+    assert_eq!(
+        cache
+            .get::<Vec<String>>("tg:queryset:Character:id=5")
+            .await
+            .unwrap(),
+        None
+    );
+    let mut scenes = vec!["Elysium".to_string(), "The Rack".to_string()];
+    cache
+        .set("tg:queryset:Character:id=5", &scenes, MEDIUM)
+        .await
+        .unwrap();
+    scenes.push("mutated after set".into());
+    let got: Vec<String> = cache
+        .get("tg:queryset:Character:id=5")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        vec!["Elysium", "The Rack"],
+        "the cache must hold a copy"
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses, stats.sets), (1, 1, 1));
+    if let Some(server) = server {
+        // The Redis key is exactly the given key, and the value is readable JSON.
+        let raw: String = server.cmd(&["GET", "tg:queryset:Character:id=5"]);
+        assert_eq!(raw, r#"["Elysium","The Rack"]"#);
+        let keys: Vec<String> = server.cmd(&["KEYS", "tg:*"]);
+        assert_eq!(keys, vec!["tg:queryset:Character:id=5"]);
+    }
+}
+
+async fn cached_none_is_not_a_miss(cache: &Cache, _: Option<&RedisServer>) {
+    cache.set("k", &None::<i32>, MEDIUM).await.unwrap();
+    assert_eq!(cache.get::<Option<i32>>("k").await.unwrap(), Some(None));
+    cache.set("unit", &(), MEDIUM).await.unwrap();
+    assert_eq!(cache.get::<()>("unit").await.unwrap(), Some(()));
+    assert_eq!(cache.get::<Option<i32>>("missing").await.unwrap(), None);
+}
+
+async fn add_only_if_absent(cache: &Cache, _: Option<&RedisServer>) {
+    assert!(cache.add("a", &1, MEDIUM).await.unwrap());
+    assert!(!cache.add("a", &2, MEDIUM).await.unwrap());
+    assert_eq!(cache.get::<i32>("a").await.unwrap(), Some(1));
+    // an expired entry counts as absent
+    cache
+        .set("b", &1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(cache.add("b", &2, MEDIUM).await.unwrap());
+    assert_eq!(cache.get::<i32>("b").await.unwrap(), Some(2));
+}
+
+async fn get_many_set_many(cache: &Cache, _: Option<&RedisServer>) {
+    cache
+        .set_many(
+            &[("m:1", "one".to_string()), ("m:2", "two".to_string())],
+            MEDIUM,
+        )
+        .await
+        .unwrap();
+    let got = cache
+        .get_many::<String, _>(&["m:1", "m:2", "m:3"])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got["m:1"], "one");
+    assert_eq!(got["m:2"], "two");
+    assert!(
+        cache
+            .get_many::<String, &str>(&[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn delete_and_delete_many(cache: &Cache, _: Option<&RedisServer>) {
+    cache.set("d:1", &1, MEDIUM).await.unwrap();
+    cache.set("d:2", &2, MEDIUM).await.unwrap();
+    cache.set("d:3", &3, MEDIUM).await.unwrap();
+    assert!(cache.delete("d:1").await.unwrap());
+    assert!(!cache.delete("d:1").await.unwrap());
+    assert_eq!(
+        cache
+            .delete_many(&["d:1", "d:2", "d:3", "d:4"])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(cache.get::<i32>("d:2").await.unwrap(), None);
+}
+
+async fn has_key_and_touch(cache: &Cache, _: Option<&RedisServer>) {
+    assert!(!cache.has_key("h").await.unwrap());
+    cache
+        .set("h", &1, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(cache.has_key("h").await.unwrap());
+    assert!(cache.touch("h", MEDIUM).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(
+        cache.has_key("h").await.unwrap(),
+        "touch must extend the life"
+    );
+    assert!(cache.touch("h", Timeout::Never).await.unwrap());
+    assert_eq!(cache.ttl("h").await.unwrap(), Some(Ttl::Forever));
+    assert!(!cache.touch("nope", MEDIUM).await.unwrap());
+    assert!(cache.touch("h", Timeout::NoCache).await.unwrap());
+    assert!(!cache.has_key("h").await.unwrap());
+}
+
+async fn incr_decr(cache: &Cache, _: Option<&RedisServer>) {
+    assert!(matches!(
+        cache.incr("n", 1).await,
+        Err(Error::MissingKey(_))
+    ));
+    cache.set("n", &10i64, MEDIUM).await.unwrap();
+    assert_eq!(cache.incr("n", 5).await.unwrap(), 15);
+    assert_eq!(cache.decr("n", 20).await.unwrap(), -5);
+    assert_eq!(cache.get::<i64>("n").await.unwrap(), Some(-5));
+    let ttl = cache.ttl("n").await.unwrap();
+    assert!(
+        matches!(ttl, Some(Ttl::Remaining(d)) if d > Duration::from_secs(250)),
+        "incr keeps the timeout: {ttl:?}"
+    );
+    cache.set("s", &"text".to_string(), MEDIUM).await.unwrap();
+    assert!(matches!(
+        cache.incr("s", 1).await,
+        Err(Error::NotAnInteger(_))
+    ));
+    cache.set("max", &i64::MAX, MEDIUM).await.unwrap();
+    assert!(matches!(
+        cache.incr("max", 1).await,
+        Err(Error::NotAnInteger(_))
+    ));
+    // atomic under concurrency
+    cache.set("c", &0i64, MEDIUM).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let cache = cache.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..50 {
+                cache.incr("c", 1).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(cache.get::<i64>("c").await.unwrap(), Some(400));
+}
+
+async fn ttl_reports_remaining_life(cache: &Cache, _: Option<&RedisServer>) {
+    assert_eq!(cache.ttl("t").await.unwrap(), None);
+    cache.set("t", &1, SHORT).await.unwrap();
+    match cache.ttl("t").await.unwrap() {
+        Some(Ttl::Remaining(d)) => assert!(d <= SHORT && d > Duration::from_secs(55), "{d:?}"),
+        other => panic!("expected a remaining ttl, got {other:?}"),
+    }
+    cache.set("f", &1, Timeout::Never).await.unwrap();
+    assert_eq!(cache.ttl("f").await.unwrap(), Some(Ttl::Forever));
+    cache.set("d", &1, Timeout::Default).await.unwrap();
+    assert!(
+        matches!(cache.ttl("d").await.unwrap(), Some(Ttl::Remaining(d)) if d > SHORT && d <= MEDIUM)
+    );
+}
+
+async fn entries_expire(cache: &Cache, _: Option<&RedisServer>) {
+    cache
+        .set("e", &1, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(cache.get::<i32>("e").await.unwrap(), Some(1));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(cache.get::<i32>("e").await.unwrap(), None);
+    assert!(!cache.has_key("e").await.unwrap());
+}
+
+async fn no_cache_timeout_stores_nothing(cache: &Cache, _: Option<&RedisServer>) {
+    cache.set("z", &1, MEDIUM).await.unwrap();
+    cache.set("z", &2, Timeout::NoCache).await.unwrap();
+    assert_eq!(cache.get::<i32>("z").await.unwrap(), None);
+    cache.set("z", &3, Duration::ZERO).await.unwrap();
+    assert_eq!(cache.get::<i32>("z").await.unwrap(), None);
+    let runs = AtomicUsize::new(0);
+    for _ in 0..3 {
+        cache
+            .get_or_set("z", Timeout::NoCache, || async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                1
+            })
+            .await;
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+}
+
+async fn delete_pattern_counts_and_is_not_widened(cache: &Cache, _: Option<&RedisServer>) {
+    use tg_cache::{CacheKeyGenerator as G, KeyPattern};
+    for id in 0..30 {
+        let key = G::make_model_key("Character", &[("id", &id)]);
+        cache.set(&key, &id, MEDIUM).await.unwrap();
+    }
+    cache
+        .set(&G::make_model_key("Scene", &[("id", &1)]), &1, MEDIUM)
+        .await
+        .unwrap();
+    // A user-supplied value of "*" must match only a literal "*" name.
+    let evil = G::make_model_key("Character", &[("name", &"*")]);
+    cache.set(&evil, &0, MEDIUM).await.unwrap();
+    let pat = KeyPattern::prefix("tg:queryset:Character").param("name", &"*");
+    assert_eq!(cache.delete_pattern(pat.as_str()).await.unwrap(), 1);
+    assert_eq!(
+        cache
+            .delete_pattern("tg:queryset:Character:*")
+            .await
+            .unwrap(),
+        30
+    );
+    assert!(cache.has_key("tg:queryset:Scene:id=1").await.unwrap());
+    assert_eq!(
+        cache
+            .delete_pattern("tg:queryset:Character:*")
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+async fn clear_removes_only_this_caches_keys(cache: &Cache, server: Option<&RedisServer>) {
+    cache.set("tg:view:home:", &1, MEDIUM).await.unwrap();
+    if let Some(server) = server {
+        // Another application's key in the same database survives clear().
+        let () = server.cmd(&["SET", "other_app:session", "x"]);
+        cache.clear().await.unwrap();
+        let other: Option<String> = server.cmd(&["GET", "other_app:session"]);
+        assert_eq!(other.as_deref(), Some("x"));
+        assert!(!cache.has_key("tg:view:home:").await.unwrap());
+        // The explicitly named call does flush the database.
+        cache.flush_database().await.unwrap();
+        let n: i64 = server.cmd(&["DBSIZE"]);
+        assert_eq!(n, 0);
+    } else {
+        cache.set("my_key", &1, MEDIUM).await.unwrap();
+        cache.clear().await.unwrap();
+        assert!(!cache.has_key("tg:view:home:").await.unwrap());
+        assert!(!cache.has_key("my_key").await.unwrap());
+    }
+}
+
+async fn get_or_set_computes_once_concurrently(cache: &Cache, _: Option<&RedisServer>) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (cache, runs) = (cache.clone(), runs.clone());
+        tasks.push(tokio::spawn(async move {
+            cache
+                .get_or_set("tg:fn:slow:x=1", MEDIUM, || async {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    vec![1u8, 2, 3]
+                })
+                .await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), vec![1, 2, 3]);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    // Same from blocking threads.
+    let runs = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let (cache, runs) = (cache.clone(), runs.clone());
+            std::thread::spawn(move || {
+                cache.blocking().get_or_set("tg:fn:slow:x=2", MEDIUM, || {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(100));
+                    7u32
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 7);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+async fn get_or_set_survives_a_panicking_leader(cache: &Cache, _: Option<&RedisServer>) {
+    let leader = {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            cache.blocking().get_or_set("p", MEDIUM, || -> u32 {
+                std::thread::sleep(Duration::from_millis(150));
+                panic!("body failed")
+            })
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let v = tokio::time::timeout(
+        Duration::from_secs(5),
+        cache.get_or_set("p", MEDIUM, || async { 9u32 }),
+    )
+    .await
+    .expect("a follower must not stay stuck after the leader panicked");
+    assert_eq!(v, 9);
+    assert!(leader.join().is_err());
+}
+
+async fn get_or_set_survives_a_cancelled_leader(cache: &Cache, _: Option<&RedisServer>) {
+    let c = cache.clone();
+    let leader = tokio::spawn(async move {
+        c.get_or_set("q", MEDIUM, || async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            1u32
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let c = cache.clone();
+    let follower = tokio::spawn(async move { c.get_or_set("q", MEDIUM, || async { 2u32 }).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    leader.abort();
+    let v = tokio::time::timeout(Duration::from_secs(5), follower)
+        .await
+        .expect("follower stuck after the leader was dropped")
+        .unwrap();
+    assert_eq!(v, 2);
+}
+
+async fn different_keys_do_not_wait(cache: &Cache, _: Option<&RedisServer>) {
+    let c = cache.clone();
+    let slow = tokio::spawn(async move {
+        c.get_or_set("slow", MEDIUM, || async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            1u32
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let fast = tokio::time::timeout(
+        Duration::from_secs(1),
+        cache.get_or_set("fast", MEDIUM, || async { 2u32 }),
+    )
+    .await
+    .expect("an unrelated key waited for another key's computation");
+    assert_eq!(fast, 2);
+    slow.abort();
+}
+
+async fn try_get_or_set_caches_only_ok(cache: &Cache, _: Option<&RedisServer>) {
+    let runs = AtomicUsize::new(0);
+    let r: Result<u32, String> = cache
+        .try_get_or_set("r", MEDIUM, || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Err("db down".to_string())
+        })
+        .await;
+    assert!(r.is_err());
+    let r: Result<u32, String> = cache
+        .try_get_or_set("r", MEDIUM, || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(5)
+        })
+        .await;
+    assert_eq!(r, Ok(5));
+    let r: Result<u32, String> = cache
+        .try_get_or_set("r", MEDIUM, || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(6)
+        })
+        .await;
+    assert_eq!(r, Ok(5));
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+async fn wrong_type_is_a_counted_miss(cache: &Cache, _: Option<&RedisServer>) {
+    cache
+        .set("w", &"a string".to_string(), MEDIUM)
+        .await
+        .unwrap();
+    assert_eq!(cache.get::<u64>("w").await.unwrap(), None);
+    assert_eq!(cache.stats().decode_errors, 1);
+    // get_or_set recomputes and overwrites the foreign value
+    assert_eq!(cache.get_or_set("w", MEDIUM, || async { 3u64 }).await, 3);
+    assert_eq!(cache.get::<u64>("w").await.unwrap(), Some(3));
+}
+
+async fn invalid_keys_are_errors(cache: &Cache, _: Option<&RedisServer>) {
+    for bad in ["", "has space", "tab\there", "nl\n", "nul\0"] {
+        match cache.set(bad, &1, MEDIUM).await {
+            Err(Error::InvalidKey { .. }) => {}
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    // ...but a cached function with such a key still gets its value.
+    assert_eq!(
+        cache.get_or_set("has space", MEDIUM, || async { 1 }).await,
+        1
+    );
+}
+
+async fn long_keys_are_shortened(cache: &Cache, server: Option<&RedisServer>) {
+    let long = format!("tg:fn:x:q={}", "a".repeat(500));
+    cache.set(&long, &1, MEDIUM).await.unwrap();
+    assert_eq!(cache.get::<i32>(&long).await.unwrap(), Some(1));
+    let other = format!("{long}b");
+    assert_eq!(cache.get::<i32>(&other).await.unwrap(), None);
+    if let Some(server) = server {
+        let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
+        assert_eq!(keys.len(), 1);
+        assert!(
+            keys[0].len() <= 250 && keys[0].starts_with("tg:fn:x:q=aaaa"),
+            "{}",
+            keys[0]
+        );
+    }
+}
+
+async fn health_answers(cache: &Cache, _: Option<&RedisServer>) {
+    assert!(cache.health().await.is_ok());
+    assert!(cache.blocking().health().is_ok());
+}
+
+async fn delete_during_fill_prevents_stale_store(cache: &Cache, _: Option<&RedisServer>) {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (resume_tx, resume_rx) = tokio::sync::oneshot::channel::<()>();
+    let c = cache.clone();
+    let fill = tokio::spawn(async move {
+        c.get_or_set("stale", MEDIUM, || async move {
+            started_tx.send(()).unwrap();
+            resume_rx.await.unwrap();
+            "old".to_string()
+        })
+        .await
+    });
+    started_rx.await.unwrap();
+    cache.delete("stale").await.unwrap();
+    resume_tx.send(()).unwrap();
+    assert_eq!(fill.await.unwrap(), "old");
+    assert_eq!(
+        cache.get::<String>("stale").await.unwrap(),
+        None,
+        "a fill that began before the delete must not be stored"
+    );
+}
