@@ -22,3 +22,8 @@
 #![forbid(unsafe_code)]
 
 pub use tg_cache_runtime::*;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
