@@ -328,3 +328,18 @@ async fn password_urls_work_and_are_never_shown() {
     let err = bad.set("k", &1, MEDIUM).await.unwrap_err();
     assert!(!err.to_string().contains("wrong@"), "{err}");
 }
+
+#[tokio::test]
+async fn rediss_urls_connect_over_tls() {
+    let server = RedisServer::start_tls();
+    assert!(server.url().starts_with("rediss://"));
+    let cache = redis(&server);
+    cache.set("tg:view:home:", &1, MEDIUM).await.unwrap();
+    assert_eq!(cache.get::<i32>("tg:view:home:").await.unwrap(), Some(1));
+    // a plain-text client cannot talk to this port: the value really went over TLS
+    let plain = CacheConfig::redis(&format!("redis://127.0.0.1:{}/0", server.port()))
+        .response_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(plain.get::<i32>("tg:view:home:").await.is_err());
+}

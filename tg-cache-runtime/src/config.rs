@@ -57,6 +57,11 @@ impl RedisUrl {
         if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") {
             return Err(bad("unknown scheme; expected redis:// or rediss://"));
         }
+        if scheme == "rediss" && !cfg!(feature = "tls") {
+            return Err(bad(
+                "rediss:// needs TLS support: enable the `tls` feature of tg-cache (on by default)",
+            ));
+        }
         if rest.is_empty() && !scheme.ends_with("unix") {
             return Err(bad("no host; expected redis://host[:port][/db]"));
         }

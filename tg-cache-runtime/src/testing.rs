@@ -17,6 +17,7 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    tls: bool,
 }
 
 const INSTALL_HINT: &str = "redis-server was not found on PATH. Install it (Debian/Ubuntu: `apt-get install -y redis-server`), or run the README's test command, which installs it.";
@@ -49,32 +50,75 @@ impl RedisServer {
     /// If `redis-server` is not installed (with instructions), or if it does
     /// not come up within ten seconds (with its log).
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a server that only speaks TLS, with a fresh self-signed
+    /// certificate (made with `openssl`). Connect with [`RedisServer::url`],
+    /// which is then `rediss://127.0.0.1:<port>/0#insecure`.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         for _ in 0..5 {
-            if let Some(s) = Self::try_start(free_port()) {
+            if let Some(s) = Self::try_start(free_port(), tls) {
                 return s;
             }
         }
         panic!("redis-server did not start after 5 attempts");
     }
 
-    fn try_start(port: u16) -> Option<Self> {
+    fn try_start(port: u16, tls: bool) -> Option<Self> {
         let dir =
             std::env::temp_dir().join(format!("tg-cache-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("cannot create a temp dir for redis-server");
         let log = std::fs::File::create(dir.join("redis.log")).expect("cannot create redis.log");
-        let child = match Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut cmd = Command::new("redis-server");
+        let port_s = port.to_string();
+        if tls {
+            let status = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.crt",
+                ])
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl is needed for TLS tests (apt-get install -y openssl)");
+            assert!(
+                status.success(),
+                "openssl could not make a test certificate"
+            );
+            cmd.args(["--port", "0", "--tls-port", &port_s])
+                .args([
+                    "--tls-cert-file",
+                    "server.crt",
+                    "--tls-key-file",
+                    "server.key",
+                ])
+                .args([
+                    "--tls-ca-cert-file",
+                    "server.crt",
+                    "--tls-auth-clients",
+                    "no",
+                ]);
+        } else {
+            cmd.args(["--port", &port_s]);
+        }
+        let child = match cmd
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&dir)
+            .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -88,10 +132,16 @@ impl RedisServer {
             child: Some(child),
             port,
             dir,
+            tls,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if ping(port) {
+            let ready = if tls {
+                server.log().contains("Ready to accept connections")
+            } else {
+                ping(port)
+            };
+            if ready {
                 return Some(server);
             }
             if let Some(c) = server.child.as_mut()
@@ -114,9 +164,13 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>/0`.
+    /// `redis://127.0.0.1:<port>/0` (`rediss://...#insecure` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        if self.tls {
+            format!("rediss://127.0.0.1:{}/0#insecure", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}/0", self.port)
+        }
     }
 
     /// A plain synchronous connection, for reading real keys in assertions.

@@ -81,6 +81,12 @@ fn px(ttl: Duration) -> u64 {
 
 impl RedisStore {
     pub(crate) fn new(s: &RedisSettings) -> Result<Self> {
+        #[cfg(feature = "tls")]
+        {
+            // rustls needs a process-wide crypto provider; keep the
+            // application's if it installed one.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let client = redis::Client::open(s.url.expose())?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(s.connect_timeout))
