@@ -23,6 +23,8 @@
 
 pub use tg_cache_runtime::*;
 
+pub use tg_cache_macros::cache_function;
+
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

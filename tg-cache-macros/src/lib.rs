@@ -1,1 +1,15 @@
-//! placeholder
+//! Procedural macros of [tg-cache](https://docs.rs/tg-cache). Use them
+//! through the `tg-cache` facade, which they expand to.
+#![forbid(unsafe_code)]
+
+mod cache_function;
+
+use proc_macro::TokenStream;
+
+/// Caches a function's result, keyed by its arguments. See the `tg-cache`
+/// crate documentation of `cache_function` for the options and the
+/// generated helpers.
+#[proc_macro_attribute]
+pub fn cache_function(attr: TokenStream, item: TokenStream) -> TokenStream {
+    cache_function::cache_function(attr.into(), item.into()).into()
+}

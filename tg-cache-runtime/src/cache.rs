@@ -22,6 +22,11 @@ use std::time::{Duration, Instant};
 /// What a cache can hold: serde-serializable (for Redis), `Clone` (values are
 /// copied in and out, so later mutation by the caller never reaches the
 /// cache), and shareable between threads.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored in a cache",
+    label = "a cached value must be Serialize + Deserialize + Clone + Send + Sync + 'static",
+    note = "derive `Clone`, `serde::Serialize` and `serde::Deserialize` for it, or return a type that has them (wrap shared data in `Arc`)"
+)]
 pub trait CacheValue: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> CacheValue for T {}
 
@@ -851,6 +856,30 @@ impl Cache {
     {
         self.get_or_compute::<P, R, F, Fut>(key, timeout.into(), f)
             .await
+    }
+}
+
+impl Cache {
+    /// Stores `result` as policy `P` says (used by refresh scopes of
+    /// `#[cache_function]`). Failures are logged and counted, not returned.
+    #[doc(hidden)]
+    pub async fn __store_result<P: CachePolicy<R>, R>(
+        &self,
+        key: &str,
+        timeout: Timeout,
+        result: &R,
+    ) {
+        if let Some(stored) = P::store(result) {
+            let _ = self.set_in(key, &stored, timeout).await;
+        }
+    }
+}
+
+impl BlockingCache<'_> {
+    /// Blocking [`Cache::__store_result`].
+    #[doc(hidden)]
+    pub fn __store_result<P: CachePolicy<R>, R>(&self, key: &str, timeout: Timeout, result: &R) {
+        block_on(self.0.__store_result::<P, R>(key, timeout, result))
     }
 }
 

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// killed when dropped. Its log is printed if the test panics.
 pub struct RedisServer {
     child: Option<Child>,
+    /// Kills the server if this process dies without dropping it (a
+    /// `static` server, an abort): servers never outlive their test run.
+    watchdog: Option<Child>,
     port: u16,
     dir: PathBuf,
     tls: bool,
@@ -128,7 +131,20 @@ impl RedisServer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
             Err(e) => panic!("cannot run redis-server: {e}"),
         };
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {parent} 2>/dev/null; do sleep 0.2; done; kill {server} 2>/dev/null",
+                parent = std::process::id(),
+                server = child.id()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
         let mut server = Self {
+            watchdog,
             child: Some(child),
             port,
             dir,
@@ -197,7 +213,10 @@ impl RedisServer {
 
     /// Kills the server (to test an unreachable Redis). Idempotent.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        for mut c in [self.child.take(), self.watchdog.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -1,0 +1,369 @@
+//! Checks of the attribute against the function's signature, producing the
+//! [`Plan`] that `expand.rs` turns into code. Every error is spanned on the
+//! token at fault.
+
+use super::attr::Args;
+use proc_macro2::Span;
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::visit::Visit;
+use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+
+/// What part of a result is cached.
+pub(crate) enum Policy {
+    /// Every value (`tg_cache::Always`).
+    Always,
+    /// `Ok` values of a `Result` (`tg_cache::OkOnly`).
+    OkOnly,
+    /// `Some` values of an `Option` (`tg_cache::SomeOnly`).
+    SomeOnly,
+}
+
+/// One piece of the key after `tg:fn:<prefix>`.
+pub(crate) enum Piece {
+    /// Literal text (already valid key text).
+    Literal(String),
+    /// A parameter's value, escaped at run time.
+    Param(Ident),
+    /// `self.<field>`, escaped at run time.
+    SelfField(Ident, Span),
+}
+
+/// A parameter that is part of the key.
+pub(crate) struct KeyParam {
+    pub(crate) ident: Ident,
+    pub(crate) ty: Type,
+}
+
+pub(crate) struct Plan {
+    pub(crate) key_prefix: String,
+    pub(crate) pieces: Vec<Piece>,
+    pub(crate) key_params: Vec<KeyParam>,
+    pub(crate) key_uses_self: bool,
+    pub(crate) policy: Policy,
+    /// The type that is stored in the cache.
+    pub(crate) stored: Type,
+    pub(crate) ret: Type,
+}
+
+/// Collects errors so that all of them are reported at once.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, span: Span, msg: impl std::fmt::Display) {
+        let e = syn::Error::new(span, msg);
+        match &mut self.0 {
+            Some(all) => all.combine(e),
+            None => self.0 = Some(e),
+        }
+    }
+    pub(crate) fn finish(self) -> syn::Result<()> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+fn valid_prefix_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
+}
+
+/// Characters allowed in the literal text of a `key` template.
+fn valid_template_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '=' | '/' | '@' | '+')
+}
+
+/// Percent-escapes a parameter name as the runtime escapes key text.
+pub(crate) fn escape_name(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/' | b'@' | b'+') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Finds `impl Trait` or a use of one of `generics` in a type.
+struct TypeUses<'a> {
+    generics: &'a [Ident],
+    impl_trait: bool,
+    generic: bool,
+    reference: bool,
+}
+
+impl<'ast> Visit<'ast> for TypeUses<'_> {
+    fn visit_type_impl_trait(&mut self, _: &'ast syn::TypeImplTrait) {
+        self.impl_trait = true;
+    }
+    fn visit_type_reference(&mut self, r: &'ast syn::TypeReference) {
+        self.reference = true;
+        syn::visit::visit_type_reference(self, r);
+    }
+    fn visit_type_path(&mut self, p: &'ast syn::TypePath) {
+        if p.qself.is_none()
+            && let Some(first) = p.path.segments.first()
+            && self.generics.contains(&first.ident)
+        {
+            self.generic = true;
+        }
+        syn::visit::visit_type_path(self, p);
+    }
+}
+
+fn type_uses<'a>(ty: &Type, generics: &'a [Ident]) -> TypeUses<'a> {
+    let mut v = TypeUses {
+        generics,
+        impl_trait: false,
+        generic: false,
+        reference: false,
+    };
+    v.visit_type(ty);
+    v
+}
+
+/// `Result<T, ..>` → (OkOnly, T); `Option<T>` → (SomeOnly, T); else Always.
+fn policy_of(ret: &Type, cache_none: bool) -> (Policy, Type) {
+    if let Type::Path(p) = ret
+        && p.qself.is_none()
+        && let Some(last) = p.path.segments.last()
+        && let PathArguments::AngleBracketed(args) = &last.arguments
+        && let Some(GenericArgument::Type(first)) = args.args.first()
+    {
+        if last.ident == "Result" {
+            return (Policy::OkOnly, first.clone());
+        }
+        if last.ident == "Option" && !cache_none {
+            return (Policy::SomeOnly, first.clone());
+        }
+    }
+    (Policy::Always, ret.clone())
+}
+
+fn is_option(ret: &Type) -> bool {
+    matches!(ret, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Option"))
+}
+
+pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
+    let mut errors = Errors::default();
+    let sig = &f.sig;
+
+    if let Some(c) = &sig.constness {
+        errors.push(
+            c.span(),
+            "#[cache_function] cannot be used on a `const fn`: a cache lookup happens at run time; remove `const`",
+        );
+    }
+
+    // key_prefix
+    let key_prefix = match &args.key_prefix {
+        None => {
+            errors.push(
+                Span::call_site(),
+                "missing `key_prefix`: write `#[cache_function(key_prefix = \"name\")]`, a name unique to this function (letters, digits, `_`, `-`, `.`)",
+            );
+            String::new()
+        }
+        Some(lit) => {
+            let v = lit.value();
+            if v.is_empty() {
+                errors.push(lit.span(), "`key_prefix` must not be empty; name it after the function, e.g. `key_prefix = \"char_scenes\"`");
+            } else if let Some(bad) = v.chars().find(|c| !valid_prefix_char(*c)) {
+                errors.push(
+                    lit.span(),
+                    format!("`key_prefix` may only contain letters, digits, `_`, `-` and `.`; found {bad:?}"),
+                );
+            }
+            v
+        }
+    };
+
+    if let Some(alias) = &args.cache
+        && alias.value().trim().is_empty()
+    {
+        errors.push(alias.span(), "`cache` names a configured cache alias and must not be empty; remove it to use the default cache");
+    }
+
+    // generics
+    let type_generics: Vec<Ident> = sig
+        .generics
+        .type_params()
+        .map(|t| t.ident.clone())
+        .collect();
+
+    // parameters
+    let mut params: Vec<(Ident, Type)> = Vec::new();
+    let mut has_self = false;
+    for arg in &sig.inputs {
+        match arg {
+            FnArg::Receiver(_) => has_self = true,
+            FnArg::Typed(pt) => match &*pt.pat {
+                Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
+                    params.push((pi.ident.clone(), (*pt.ty).clone()));
+                }
+                other => errors.push(
+                    other.span(),
+                    "#[cache_function] needs a plain `name: Type` parameter here, so the key can name it; bind it to a name and destructure inside the function",
+                ),
+            },
+        }
+    }
+    let param_names = || {
+        let names: Vec<String> = params.iter().map(|(i, _)| i.to_string()).collect();
+        if names.is_empty() {
+            "the function has no parameters".to_owned()
+        } else {
+            format!("parameters are: {}", names.join(", "))
+        }
+    };
+
+    for s in &args.skip {
+        if !params.iter().any(|(i, _)| i == s) {
+            errors.push(
+                s.span(),
+                format!(
+                    "`skip({s})`: there is no parameter named `{s}`; {}",
+                    param_names()
+                ),
+            );
+        }
+    }
+    let skipped = |i: &Ident| args.skip.iter().any(|s| s == i);
+
+    // key pieces
+    let mut pieces = Vec::new();
+    let mut key_uses_self = false;
+    let mut in_key: Vec<Ident> = Vec::new();
+    match &args.key {
+        None => {
+            for (ident, _) in params.iter().filter(|(i, _)| !skipped(i)) {
+                pieces.push(Piece::Literal(format!(
+                    ":{}=",
+                    escape_name(&ident.unraw().to_string())
+                )));
+                pieces.push(Piece::Param(ident.clone()));
+                in_key.push(ident.clone());
+            }
+        }
+        Some(lit) => {
+            let template = lit.value();
+            let span = lit.span();
+            pieces.push(Piece::Literal(":".into()));
+            let mut rest = template.as_str();
+            if template.is_empty() {
+                errors.push(span, "`key` template is empty; write e.g. `key = \"{character_id}\"`, or remove `key` to use every parameter");
+            }
+            while !rest.is_empty() {
+                if let Some(stripped) = rest.strip_prefix('{') {
+                    let Some(end) = stripped.find('}') else {
+                        errors.push(span, "unclosed `{` in the `key` template");
+                        break;
+                    };
+                    let name = stripped[..end].trim();
+                    rest = &stripped[end + 1..];
+                    if let Some(field) = name.strip_prefix("self.") {
+                        if !has_self {
+                            errors.push(span, format!("`{{self.{field}}}` in the `key` template, but the function has no `self` parameter"));
+                        } else if syn::parse_str::<Ident>(field).is_err() {
+                            errors.push(span, format!("`{{self.{field}}}` is not a field name"));
+                        } else {
+                            key_uses_self = true;
+                            pieces.push(Piece::SelfField(Ident::new(field, span), span));
+                        }
+                        continue;
+                    }
+                    match params.iter().find(|(i, _)| i.unraw() == name) {
+                        Some((ident, _)) if skipped(ident) => errors.push(
+                            span,
+                            format!("`{{{name}}}` is in the `key` template but `{name}` is also in `skip(..)`; remove one"),
+                        ),
+                        Some((ident, _)) => {
+                            pieces.push(Piece::Param(ident.clone()));
+                            if !in_key.contains(ident) {
+                                in_key.push(ident.clone());
+                            }
+                        }
+                        None => errors.push(
+                            span,
+                            format!("`{{{name}}}` in the `key` template names no parameter; {}, or `{{self.field}}`", param_names()),
+                        ),
+                    }
+                } else {
+                    let end = rest.find('{').unwrap_or(rest.len());
+                    let text = &rest[..end];
+                    if let Some(bad) = text.chars().find(|c| !valid_template_char(*c)) {
+                        errors.push(
+                            span,
+                            format!("{bad:?} is not allowed in the literal text of a `key` template (letters, digits and `_ - . : = / @ +` are)"),
+                        );
+                    }
+                    pieces.push(Piece::Literal(text.to_owned()));
+                    rest = &rest[end..];
+                }
+            }
+            for (ident, _) in &params {
+                if !skipped(ident) && !in_key.contains(ident) {
+                    errors.push(
+                        ident.span(),
+                        format!("parameter `{ident}` is not in the `key` template, so calls that differ only in `{ident}` would share an entry; add `{{{ident}}}` to the template or `skip({ident})`"),
+                    );
+                }
+            }
+        }
+    }
+
+    // key parameter types
+    let mut key_params = Vec::new();
+    for (ident, ty) in &params {
+        if !in_key.contains(ident) {
+            continue;
+        }
+        let uses = type_uses(ty, &type_generics);
+        if uses.impl_trait || uses.generic {
+            errors.push(
+                ty.span(),
+                format!("parameter `{ident}` has a generic or `impl Trait` type, which a cache key cannot tell apart from other types; use a concrete type, or leave it out of the key with `skip({ident})`"),
+            );
+        }
+        key_params.push(KeyParam {
+            ident: ident.clone(),
+            ty: ty.clone(),
+        });
+    }
+
+    // return type
+    let ret: Type = match &sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    };
+    let uses = type_uses(&ret, &type_generics);
+    if uses.impl_trait {
+        errors.push(ret.span(), "#[cache_function] cannot cache an `impl Trait` return type: a cached value must be a concrete type it can deserialize; return a concrete type");
+    } else if uses.reference {
+        errors.push(ret.span(), "#[cache_function] cannot cache a borrowed return type: cached values outlive the call; return owned data (e.g. `String`, `Vec<T>`, `Arc<T>`)");
+    } else if uses.generic {
+        errors.push(ret.span(), "#[cache_function] cannot cache a return type that depends on a generic parameter: the cache could not tell the instantiations apart; use a concrete type");
+    }
+    let cache_none = args.cache_none.as_ref().is_some_and(|b| b.value);
+    if let Some(b) = &args.cache_none
+        && !is_option(&ret)
+    {
+        errors.push(
+            b.span(),
+            "`cache_none` only applies to functions returning `Option<T>`; remove it",
+        );
+    }
+    let (policy, stored) = policy_of(&ret, cache_none);
+
+    errors.finish()?;
+    Ok(Plan {
+        key_prefix,
+        pieces,
+        key_params,
+        key_uses_self,
+        policy,
+        stored,
+        ret,
+    })
+}

@@ -1,0 +1,260 @@
+//! Code generation for `#[cache_function]`. Generated code reaches the
+//! runtime only through `::tg_cache::...` paths.
+
+use super::attr::{Args, TimeoutArg};
+use super::check::{Piece, Plan, Policy};
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericParam, ItemFn, Type};
+
+/// Statements that append the whole key to `__tg_buf: &mut String`.
+fn key_writer(plan: &Plan) -> TokenStream {
+    let mut out = TokenStream::new();
+    let mut literal = format!("tg:fn:{}", plan.key_prefix);
+    let flush = |literal: &mut String, out: &mut TokenStream| {
+        if !literal.is_empty() {
+            let l = std::mem::take(literal);
+            out.extend(quote!(__tg_buf.push_str(#l);));
+        }
+    };
+    for piece in &plan.pieces {
+        match piece {
+            Piece::Literal(s) => literal.push_str(s),
+            Piece::Param(id) => {
+                flush(&mut literal, &mut out);
+                out.extend(quote!(::tg_cache::KeyPart::write_key_part(&#id, __tg_buf);));
+            }
+            Piece::SelfField(field, span) => {
+                flush(&mut literal, &mut out);
+                out.extend(
+                    quote_spanned!(*span=> ::tg_cache::KeyPart::write_key_part(&self.#field, __tg_buf);),
+                );
+            }
+        }
+    }
+    flush(&mut literal, &mut out);
+    out
+}
+
+/// An expression building the key as a `String`.
+fn key_string(writer: &TokenStream) -> TokenStream {
+    quote!({
+        let mut __tg_owned = ::std::string::String::with_capacity(64);
+        {
+            let __tg_buf = &mut __tg_owned;
+            #writer
+        }
+        ::tg_cache::key::shorten(__tg_owned)
+    })
+}
+
+/// `&T` for a parameter of type `T` or `&T` / `&mut T` (lifetime elided).
+fn borrowed(ty: &Type) -> TokenStream {
+    match ty {
+        Type::Reference(r) => {
+            let elem = &r.elem;
+            quote!(&#elem)
+        }
+        other => quote!(&#other),
+    }
+}
+
+pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = f;
+    let name = &sig.ident;
+    let name_str = name.unraw().to_string();
+    let key_prefix = &plan.key_prefix;
+    let is_async = sig.asyncness.is_some();
+    let ret = &plan.ret;
+    let stored = &plan.stored;
+    let alias = match &args.cache {
+        Some(l) => quote!(::std::option::Option::Some(#l)),
+        None => quote!(::std::option::Option::None),
+    };
+    let timeout = match &args.timeout {
+        None => quote!(::tg_cache::Timeout::Default),
+        Some(TimeoutArg::Named(id)) => {
+            quote_spanned!(id.span()=> ::tg_cache::Timeout::from(::tg_cache::timeout::#id))
+        }
+        Some(TimeoutArg::Seconds(n, span)) => {
+            quote_spanned!(*span=> ::tg_cache::Timeout::from(::std::time::Duration::from_secs(#n)))
+        }
+        Some(TimeoutArg::Expr(e)) => quote_spanned!(e.span()=> ::tg_cache::Timeout::from(#e)),
+    };
+    // Spanned on the return type, so that a type the cache cannot store is
+    // reported there (and once) rather than on the attribute.
+    let rs = ret.span();
+    let policy = match plan.policy {
+        Policy::Always => quote_spanned!(rs=> ::tg_cache::Always),
+        Policy::OkOnly => quote_spanned!(rs=> ::tg_cache::OkOnly),
+        Policy::SomeOnly => quote_spanned!(rs=> ::tg_cache::SomeOnly),
+    };
+
+    // Compile-time checks spanned on the user's tokens.
+    let mut asserts = quote_spanned!(ret.span()=>
+        ::tg_cache::__private::assert_cacheable::<#stored>();
+    );
+    for p in &plan.key_params {
+        let ty = &p.ty;
+        asserts
+            .extend(quote_spanned!(ty.span()=> ::tg_cache::__private::assert_key_part::<#ty>();));
+    }
+
+    let writer = key_writer(&plan);
+    let key_string = key_string(&writer);
+    let path = quote!(::std::concat!(::std::module_path!(), "::", #name_str));
+
+    let (body_fn, run, store, aw) = if is_async {
+        (
+            quote!(move || ::tg_cache::__private::run_body_async::<#ret, _>(async move #block)),
+            quote!(get_or_set_with::<#policy, #ret, _, _>),
+            quote!(__store_result::<#policy, #ret>),
+            quote!(.await),
+        )
+    } else {
+        (
+            quote!(move || ::tg_cache::__private::run_body::<#ret, _>(move || -> #ret #block)),
+            quote!(blocking().get_or_set_with::<#policy, #ret>),
+            quote!(blocking().__store_result::<#policy, #ret>),
+            quote!(),
+        )
+    };
+
+    let wrapper = quote! {
+        #(#attrs)*
+        #vis #sig {
+            ::tg_cache::__private::inventory::submit! {
+                ::tg_cache::CachedFunction {
+                    key_prefix: #key_prefix,
+                    path: #path,
+                    file: ::std::file!(),
+                    line: ::std::line!(),
+                }
+            }
+            let _ = || { #asserts };
+            static __TG_CACHE: ::std::sync::OnceLock<::std::option::Option<&'static ::tg_cache::Cache>> =
+                ::std::sync::OnceLock::new();
+            let __tg_cache = *__TG_CACHE
+                .get_or_init(|| ::tg_cache::__private::resolve(#alias, #key_prefix, #path));
+            let __tg_mode = ::tg_cache::__private::current_mode();
+            let __tg_key: ::std::option::Option<::std::string::String> = match (__tg_cache, __tg_mode) {
+                (::std::option::Option::Some(__tg_c), ::tg_cache::__private::CallMode::Normal) => {
+                    match ::tg_cache::__private::local_hit::<#policy, #ret>(
+                        __tg_c,
+                        |__tg_buf: &mut ::std::string::String| { #writer },
+                    ) {
+                        ::std::result::Result::Ok(__tg_hit) => return __tg_hit,
+                        ::std::result::Result::Err(__tg_k) => ::std::option::Option::Some(__tg_k),
+                    }
+                }
+                (::std::option::Option::Some(_), ::tg_cache::__private::CallMode::Refresh) => {
+                    ::std::option::Option::Some(#key_string)
+                }
+                _ => ::std::option::Option::None,
+            };
+            let __tg_body = #body_fn;
+            match (__tg_cache, __tg_key) {
+                (::std::option::Option::Some(__tg_c), ::std::option::Option::Some(__tg_k))
+                    if __tg_mode == ::tg_cache::__private::CallMode::Refresh =>
+                {
+                    let __tg_r = __tg_body() #aw;
+                    __tg_c.#store(&__tg_k, #timeout, &__tg_r) #aw;
+                    __tg_r
+                }
+                (::std::option::Option::Some(__tg_c), ::std::option::Option::Some(__tg_k)) => {
+                    __tg_c.#run(&__tg_k, #timeout, __tg_body) #aw
+                }
+                _ => __tg_body() #aw,
+            }
+        }
+    };
+
+    // Sibling helpers: same visibility, same lifetimes, key values only.
+    let lifetimes: Vec<&GenericParam> = sig
+        .generics
+        .params
+        .iter()
+        .filter(|p| matches!(p, GenericParam::Lifetime(_)))
+        .collect();
+    let generics = if lifetimes.is_empty() {
+        quote!()
+    } else {
+        quote!(<#(#lifetimes),*>)
+    };
+    let self_param = if plan.key_uses_self {
+        let recv = sig.inputs.iter().find_map(|a| match a {
+            FnArg::Receiver(r) => Some(r.self_token),
+            FnArg::Typed(_) => None,
+        });
+        quote!(&#recv,)
+    } else {
+        quote!()
+    };
+    let key_params = plan.key_params.iter().map(|p| {
+        let id = &p.ident;
+        let ty = borrowed(&p.ty);
+        quote!(#id: #ty)
+    });
+    let key_params: Vec<TokenStream> = key_params.collect();
+    let key_fn = format_ident!("{}_cache_key", name_str);
+    let inv_fn = format_ident!("{}_invalidate", name_str);
+    let inv_all_fn = format_ident!("{}_invalidate_all", name_str);
+    let key_doc = format!(
+        "The cache key [`{name_str}`] uses for these arguments (generated by `#[cache_function]`)."
+    );
+    let inv_doc = format!(
+        "Removes the entry [`{name_str}`] cached for these arguments; `Ok(true)` if there was one (generated by `#[cache_function]`)."
+    );
+    let inv_all_doc = format!(
+        "Removes every entry of [`{name_str}`] (all arguments); returns how many (generated by `#[cache_function]`)."
+    );
+    let exact = format!("tg:fn:{key_prefix}");
+    let pattern = format!("tg:fn:{key_prefix}:*");
+    let (asyncness, delete, delete_pattern) = if is_async {
+        (
+            quote!(async),
+            quote!(__tg_c.delete(&__tg_key).await),
+            quote!(__tg_c.delete_pattern(#pattern).await?  + __tg_c.delete_pattern(#exact).await?),
+        )
+    } else {
+        (
+            quote!(),
+            quote!(__tg_c.blocking().delete(&__tg_key)),
+            quote!(__tg_c.blocking().delete_pattern(#pattern)? + __tg_c.blocking().delete_pattern(#exact)?),
+        )
+    };
+
+    quote! {
+        #wrapper
+
+        #[doc = #key_doc]
+        #[allow(dead_code, clippy::needless_lifetimes)]
+        #vis fn #key_fn #generics (#self_param #(#key_params),*) -> ::std::string::String {
+            #key_string
+        }
+
+        #[doc = #inv_doc]
+        #[allow(dead_code, clippy::needless_lifetimes)]
+        #vis #asyncness fn #inv_fn #generics (#self_param #(#key_params),*)
+            -> ::std::result::Result<bool, ::tg_cache::Error>
+        {
+            let __tg_key = #key_string;
+            let __tg_c = ::tg_cache::__private::cache_for(#alias)?;
+            #delete
+        }
+
+        #[doc = #inv_all_doc]
+        #[allow(dead_code)]
+        #vis #asyncness fn #inv_all_fn () -> ::std::result::Result<usize, ::tg_cache::Error> {
+            let __tg_c = ::tg_cache::__private::cache_for(#alias)?;
+            ::std::result::Result::Ok(#delete_pattern)
+        }
+    }
+}

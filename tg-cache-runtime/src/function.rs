@@ -1,0 +1,250 @@
+//! Support for `#[cache_function]`: the registry of cached functions, the
+//! duplicate-prefix check, bypass/refresh scopes, and the local hit path.
+
+use crate::cache::{Cache, CachePolicy};
+use crate::key::{MAX_KEY_LEN, shorten};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::LazyLock;
+
+/// One `#[cache_function]`, registered at link time (see [`cached_functions`]).
+#[derive(Debug)]
+pub struct CachedFunction {
+    /// Its `key_prefix`.
+    pub key_prefix: &'static str,
+    /// `module::path::fn_name`.
+    pub path: &'static str,
+    /// Source file of the function.
+    pub file: &'static str,
+    /// Source line of the function.
+    pub line: u32,
+}
+
+inventory::collect!(CachedFunction);
+
+impl std::fmt::Display for CachedFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}:{})", self.path, self.file, self.line)
+    }
+}
+
+/// Every `#[cache_function]` linked into this program.
+pub fn cached_functions() -> impl Iterator<Item = &'static CachedFunction> {
+    inventory::iter::<CachedFunction>.into_iter()
+}
+
+/// Two or more cached functions share a `key_prefix`, so their entries could
+/// overwrite each other.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", describe(.0))]
+pub struct DuplicateKeyPrefix(pub Vec<(String, Vec<String>)>);
+
+fn describe(dups: &[(String, Vec<String>)]) -> String {
+    let mut s = String::new();
+    for (prefix, fns) in dups {
+        if !s.is_empty() {
+            s.push_str("; ");
+        }
+        s.push_str(&format!(
+            "key_prefix \"{prefix}\" is used by {}: give each #[cache_function] its own key_prefix",
+            fns.join(" and ")
+        ));
+    }
+    s
+}
+
+static DUPLICATES: LazyLock<BTreeMap<&'static str, Vec<&'static CachedFunction>>> =
+    LazyLock::new(|| {
+        let mut by_prefix: BTreeMap<&'static str, Vec<&'static CachedFunction>> = BTreeMap::new();
+        for f in cached_functions() {
+            by_prefix.entry(f.key_prefix).or_default().push(f);
+        }
+        by_prefix.retain(|_, v| v.len() > 1);
+        for v in by_prefix.values_mut() {
+            v.sort_by_key(|f| (f.path, f.file, f.line));
+        }
+        by_prefix
+    });
+
+/// Checks that no two `#[cache_function]`s of this program share a
+/// `key_prefix`. It also runs by itself before the first call of any cached
+/// function: the functions of a duplicated prefix then run uncached, and the
+/// error is logged. Call it in a test to catch the mistake in CI:
+///
+/// ```
+/// // in a test of the application:
+/// tg_cache_runtime::check_cache_functions().unwrap();
+/// ```
+pub fn check_cache_functions() -> Result<(), DuplicateKeyPrefix> {
+    if DUPLICATES.is_empty() {
+        return Ok(());
+    }
+    Err(DuplicateKeyPrefix(
+        DUPLICATES
+            .iter()
+            .map(|(p, fns)| (p.to_string(), fns.iter().map(|f| f.to_string()).collect()))
+            .collect(),
+    ))
+}
+
+/// How the next cached call made in a scope behaves.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CallMode {
+    /// Read the cache, compute and store on a miss.
+    #[default]
+    Normal,
+    /// Run the body; neither read nor write the cache.
+    Uncached,
+    /// Run the body and store its result, ignoring what is cached.
+    Refresh,
+}
+
+thread_local! {
+    static SYNC_MODE: Cell<CallMode> = const { Cell::new(CallMode::Normal) };
+    static KEY_BUF: RefCell<String> = RefCell::new(String::with_capacity(128));
+}
+
+tokio::task_local! {
+    static ASYNC_MODE: CallMode;
+}
+
+/// The mode for a cached call made now.
+#[doc(hidden)]
+#[inline]
+pub fn current_mode() -> CallMode {
+    ASYNC_MODE
+        .try_with(|m| *m)
+        .unwrap_or_else(|_| SYNC_MODE.with(Cell::get))
+}
+
+struct Restore(CallMode);
+impl Drop for Restore {
+    fn drop(&mut self) {
+        SYNC_MODE.with(|m| m.set(self.0));
+    }
+}
+
+fn with_sync_mode<R>(mode: CallMode, f: impl FnOnce() -> R) -> R {
+    let _restore = Restore(SYNC_MODE.with(|m| m.replace(mode)));
+    f()
+}
+
+/// Runs `f`; cached functions called directly inside it run their bodies
+/// without reading or writing the cache (calls nested inside those bodies
+/// are cached as usual).
+///
+/// ```
+/// # use tg_cache_runtime as tg_cache;
+/// let fresh = tg_cache::uncached(|| 2 + 2); // e.g. uncached(|| get_scenes(5))
+/// ```
+pub fn uncached<R>(f: impl FnOnce() -> R) -> R {
+    with_sync_mode(CallMode::Uncached, f)
+}
+
+/// Runs `f`; cached functions called directly inside it recompute their
+/// result and store it, replacing what was cached.
+pub fn refresh<R>(f: impl FnOnce() -> R) -> R {
+    with_sync_mode(CallMode::Refresh, f)
+}
+
+/// Async [`uncached`]: `uncached_async(get_scenes(5)).await`.
+pub async fn uncached_async<F: Future>(fut: F) -> F::Output {
+    ASYNC_MODE.scope(CallMode::Uncached, fut).await
+}
+
+/// Async [`refresh`]: `refresh_async(get_scenes(5)).await`.
+pub async fn refresh_async<F: Future>(fut: F) -> F::Output {
+    ASYNC_MODE.scope(CallMode::Refresh, fut).await
+}
+
+/// Runs a sync body with the normal mode, so a bypass or refresh scope
+/// applies to the outermost cached call only.
+#[doc(hidden)]
+pub fn run_body<R, F: FnOnce() -> R>(f: F) -> R {
+    with_sync_mode(CallMode::Normal, f)
+}
+
+/// Async [`run_body`].
+#[doc(hidden)]
+pub fn run_body_async<R, F: Future<Output = R>>(fut: F) -> impl Future<Output = R> {
+    ASYNC_MODE.scope(CallMode::Normal, fut)
+}
+
+/// The cache a generated `_invalidate` function works on.
+#[doc(hidden)]
+pub fn cache_for(alias: Option<&str>) -> crate::Result<&'static Cache> {
+    match alias {
+        None => Ok(crate::cache()),
+        Some(a) => crate::caches(a),
+    }
+}
+
+/// Resolves the cache of a cached function once: `None` means run uncached
+/// (its alias is not configured, or its prefix is shared with another
+/// function); the reason is logged.
+#[doc(hidden)]
+pub fn resolve(
+    alias: Option<&str>,
+    key_prefix: &'static str,
+    path: &str,
+) -> Option<&'static Cache> {
+    if let Some(fns) = DUPLICATES.get(key_prefix) {
+        let names: Vec<String> = fns.iter().map(|f| f.to_string()).collect();
+        tracing::error!(
+            function = path,
+            key_prefix,
+            "key_prefix \"{key_prefix}\" is used by {}; these functions run uncached until each has its own key_prefix",
+            names.join(" and ")
+        );
+        return None;
+    }
+    match alias {
+        None => Some(crate::cache()),
+        Some(a) => match crate::caches(a) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(function = path, error = %e, "cached function runs uncached");
+                None
+            }
+        },
+    }
+}
+
+/// The local hit path: writes the key into a reused thread-local buffer and
+/// looks it up without allocating; on a miss returns the key as a `String`.
+#[doc(hidden)]
+#[inline]
+pub fn local_hit<P: CachePolicy<R>, R>(
+    cache: &Cache,
+    write_key: impl Fn(&mut String),
+) -> Result<R, String> {
+    let looked_up = KEY_BUF.try_with(|buf| {
+        let mut buf = buf.try_borrow_mut().ok()?;
+        buf.clear();
+        write_key(&mut buf);
+        if buf.len() > MAX_KEY_LEN {
+            return Some(Err(shorten(buf.clone())));
+        }
+        Some(cache.__local_hit::<P, R>(&buf).ok_or_else(|| buf.clone()))
+    });
+    match looked_up {
+        Ok(Some(r)) => r,
+        // The buffer is in use (a key part that itself calls a cached
+        // function) or the thread is exiting: build the key on its own.
+        _ => {
+            let mut key = String::new();
+            write_key(&mut key);
+            Err(shorten(key))
+        }
+    }
+}
+
+/// Asserts at compile time that `T` can be stored in a cache.
+#[doc(hidden)]
+pub fn assert_cacheable<T: crate::CacheValue>() {}
+
+/// Asserts at compile time that `T` can be part of a key.
+#[doc(hidden)]
+pub fn assert_key_part<T: crate::KeyPart + ?Sized>() {}
