@@ -23,6 +23,91 @@
 
 pub use tg_cache_runtime::*;
 
+/// Caches a function's result in a tg-cache store, keyed by its arguments:
+/// the seed's `@cache_function`, checked at compile time.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use tg_cache::cache_function;
+///
+/// #[derive(Clone, Serialize, Deserialize)]
+/// struct Scene { id: i64, title: String }
+///
+/// #[cache_function(timeout = MEDIUM, key_prefix = "char_scenes")]
+/// async fn get_character_scenes(character_id: i64) -> Result<Vec<Scene>, String> {
+///     // the expensive query
+///     Ok(vec![Scene { id: 1, title: format!("Elysium ({character_id})") }])
+/// }
+///
+/// # #[tokio::main] async fn main() -> Result<(), tg_cache::Error> {
+/// let scenes = get_character_scenes(5).await; // runs the body, stores Ok
+/// let again = get_character_scenes(5).await;  // served from the cache
+/// assert_eq!(get_character_scenes_cache_key(&5), "tg:fn:char_scenes:character_id=5");
+/// get_character_scenes_invalidate(&5).await?;  // drop this entry
+/// # Ok(()) }
+/// ```
+///
+/// # Keys
+///
+/// `tg:fn:<key_prefix>:<param>=<value>:...`, parameters in declaration order,
+/// values escaped by [`KeyPart`] (so `"a:b"` and `"a"`+`"b"` never collide).
+/// With the default Redis configuration this is literally the Redis key.
+///
+/// # Options
+///
+/// | option | meaning |
+/// |---|---|
+/// | `key_prefix = "name"` | required; letters, digits, `_`, `-`, `.`; unique per program |
+/// | `timeout = MEDIUM` | `SHORT`, `MEDIUM`, `LONG`, `VERY_LONG`, `DAY`, whole seconds, or any expression convertible into [`Timeout`] (`Duration::from_millis(500)`, `Timeout::Never`); default: the cache's default |
+/// | `key = "{character_id}:{page}"` | key template over parameter names and `{self.field}`; every non-skipped parameter must appear |
+/// | `skip(pool, request)` | parameters left out of the key (a pool, a request) |
+/// | `cache = "alias"` | a named cache (see [`caches`]) instead of the default |
+/// | `cache_none = true` | also cache `None` results |
+///
+/// # What is cached
+///
+/// * `Result<T, E>`: only `Ok` values; errors are recomputed next time.
+/// * `Option<T>`: only `Some`, unless `cache_none = true`.
+/// * anything else: every value. The stored type must be `Serialize +
+///   Deserialize + Clone + Send + Sync + 'static`; return `Arc<T>` to make a
+///   local hit a reference-count increment.
+///
+/// # Shapes
+///
+/// Sync and async fns; free fns, associated fns in an `impl` (the seed's
+/// `@staticmethod`), and methods (`self` is not part of the key unless the
+/// template names `{self.field}`). Parameters may be owned or references.
+/// Generic and `impl Trait` parameters must be skipped (a key cannot tell
+/// concrete types apart), and the return type must be concrete and owned.
+///
+/// # Generated helpers
+///
+/// Next to the function (inside the same `impl` for associated fns), taking
+/// only the key's values, by reference, in parameter order (so
+/// `with_pool(pool, id)` with `skip(pool)` gives `with_pool_cache_key(&id)`):
+///
+/// * `<fn>_cache_key(..) -> String`: the key a call would use.
+/// * `<fn>_invalidate(..) -> Result<bool, Error>`: removes that entry (async
+///   when the fn is async); an unreachable store is an error here.
+/// * `<fn>_invalidate_all() -> Result<usize, Error>`: removes every entry of
+///   the function.
+///
+/// To run the body bypassing the cache, call the function inside
+/// [`uncached`] / [`uncached_async`]; to recompute and store, inside
+/// [`refresh`] / [`refresh_async`]. Both affect the cached calls made
+/// directly in the scope, not the calls nested inside their bodies.
+///
+/// # Behaviour
+///
+/// * Concurrent callers of one cold key run the body once per process; a
+///   panicking or cancelled caller releases the others.
+/// * A failing store (Redis down, undecodable value) never fails the
+///   function: the body's result is returned, the failure logged and counted.
+/// * A local hit takes no lock, has no await point and, with an `Arc<T>`
+///   return, allocates nothing.
+/// * Two functions with the same `key_prefix` are found before the first
+///   call (both then run uncached, with an error log naming both) and by
+///   [`check_cache_functions`], which a test of the application should call.
 pub use tg_cache_macros::cache_function;
 
 /// The README's examples, compiled and run as doc tests.

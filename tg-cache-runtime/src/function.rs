@@ -244,7 +244,3 @@ pub fn local_hit<P: CachePolicy<R>, R>(
 /// Asserts at compile time that `T` can be stored in a cache.
 #[doc(hidden)]
 pub fn assert_cacheable<T: crate::CacheValue>() {}
-
-/// Asserts at compile time that `T` can be part of a key.
-#[doc(hidden)]
-pub fn assert_key_part<T: crate::KeyPart + ?Sized>() {}

@@ -302,8 +302,11 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
                     rest = &rest[end..];
                 }
             }
+            // After a misspelt placeholder, "parameter not in template" would
+            // only repeat the same mistake.
+            let misspelt = errors.0.is_some();
             for (ident, _) in &params {
-                if !skipped(ident) && !in_key.contains(ident) {
+                if !misspelt && !skipped(ident) && !in_key.contains(ident) {
                     errors.push(
                         ident.span(),
                         format!("parameter `{ident}` is not in the `key` template, so calls that differ only in `{ident}` would share an entry; add `{{{ident}}}` to the template or `skip({ident})`"),

@@ -24,7 +24,16 @@ fn key_writer(plan: &Plan) -> TokenStream {
             Piece::Literal(s) => literal.push_str(s),
             Piece::Param(id) => {
                 flush(&mut literal, &mut out);
-                out.extend(quote!(::tg_cache::KeyPart::write_key_part(&#id, __tg_buf);));
+                // Spanned on the parameter's type: a type that cannot be part
+                // of a key is reported there.
+                let span = plan
+                    .key_params
+                    .iter()
+                    .find(|p| p.ident == *id)
+                    .map_or_else(|| id.span(), |p| p.ty.span());
+                out.extend(
+                    quote_spanned!(span=> ::tg_cache::KeyPart::write_key_part(&#id, __tg_buf);),
+                );
             }
             Piece::SelfField(field, span) => {
                 flush(&mut literal, &mut out);
@@ -90,7 +99,7 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
     };
     // Spanned on the return type, so that a type the cache cannot store is
     // reported there (and once) rather than on the attribute.
-    let rs = ret.span();
+    let rs = stored.span();
     let policy = match plan.policy {
         Policy::Always => quote_spanned!(rs=> ::tg_cache::Always),
         Policy::OkOnly => quote_spanned!(rs=> ::tg_cache::OkOnly),
@@ -98,14 +107,10 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
     };
 
     // Compile-time checks spanned on the user's tokens.
-    let mut asserts = quote_spanned!(ret.span()=>
+    // Key parameter types are checked by the key writer, spanned on them.
+    let asserts = quote_spanned!(rs=>
         ::tg_cache::__private::assert_cacheable::<#stored>();
     );
-    for p in &plan.key_params {
-        let ty = &p.ty;
-        asserts
-            .extend(quote_spanned!(ty.span()=> ::tg_cache::__private::assert_key_part::<#ty>();));
-    }
 
     let writer = key_writer(&plan);
     let key_string = key_string(&writer);
