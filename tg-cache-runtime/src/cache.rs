@@ -311,7 +311,11 @@ impl Cache {
 
     fn count_lookup<T>(&self, v: &Option<T>) {
         let c = &self.inner.counters;
-        Counters::bump(if v.is_some() { &c.hits } else { &c.misses });
+        if v.is_some() {
+            c.hits.bump()
+        } else {
+            c.misses.bump()
+        }
     }
 
     /// Looks up a stored key (already namespaced).
@@ -335,7 +339,7 @@ impl Cache {
         if let Store::Local(l) = &self.inner.store {
             let v = l.get(key)?;
             let s = v.downcast_ref::<P::Stored>()?;
-            Counters::bump(&self.inner.counters.hits);
+            self.inner.counters.hits.bump();
             return Some(P::load(s.clone()));
         }
         None
@@ -421,12 +425,12 @@ impl Cache {
         };
         match self.lookup::<P::Stored>(&key).await {
             Ok(Some(v)) => {
-                Counters::bump(&self.inner.counters.hits);
+                self.inner.counters.hits.bump();
                 return P::load(v);
             }
-            Ok(None) => Counters::bump(&self.inner.counters.misses),
+            Ok(None) => self.inner.counters.misses.bump(),
             Err(e) => {
-                Counters::bump(&self.inner.counters.misses);
+                self.inner.counters.misses.bump();
                 self.report("get", &key, &e);
             }
         }

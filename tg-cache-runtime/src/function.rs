@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// One `#[cache_function]`, registered at link time (see [`cached_functions`]).
 #[derive(Debug)]
@@ -110,13 +111,34 @@ tokio::task_local! {
     static ASYNC_MODE: CallMode;
 }
 
+/// How many bypass/refresh scopes are open in the process. While none is,
+/// the hit path skips the thread- and task-local lookups.
+static OPEN_SCOPES: AtomicUsize = AtomicUsize::new(0);
+
 /// The mode for a cached call made now.
 #[doc(hidden)]
 #[inline]
 pub fn current_mode() -> CallMode {
+    if OPEN_SCOPES.load(Ordering::Acquire) == 0 {
+        return CallMode::Normal;
+    }
     ASYNC_MODE
         .try_with(|m| *m)
         .unwrap_or_else(|_| SYNC_MODE.with(Cell::get))
+}
+
+/// Counts an open scope for as long as it lives.
+struct OpenScope;
+impl OpenScope {
+    fn new() -> Self {
+        OPEN_SCOPES.fetch_add(1, Ordering::AcqRel);
+        OpenScope
+    }
+}
+impl Drop for OpenScope {
+    fn drop(&mut self) {
+        OPEN_SCOPES.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct Restore(CallMode);
@@ -131,6 +153,16 @@ fn with_sync_mode<R>(mode: CallMode, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+fn scoped<R>(mode: CallMode, f: impl FnOnce() -> R) -> R {
+    let _open = OpenScope::new();
+    with_sync_mode(mode, f)
+}
+
+async fn scoped_async<F: Future>(mode: CallMode, fut: F) -> F::Output {
+    let _open = OpenScope::new();
+    ASYNC_MODE.scope(mode, fut).await
+}
+
 /// Runs `f`; cached functions called directly inside it run their bodies
 /// without reading or writing the cache (calls nested inside those bodies
 /// are cached as usual).
@@ -140,23 +172,23 @@ fn with_sync_mode<R>(mode: CallMode, f: impl FnOnce() -> R) -> R {
 /// let fresh = tg_cache::uncached(|| 2 + 2); // e.g. uncached(|| get_scenes(5))
 /// ```
 pub fn uncached<R>(f: impl FnOnce() -> R) -> R {
-    with_sync_mode(CallMode::Uncached, f)
+    scoped(CallMode::Uncached, f)
 }
 
 /// Runs `f`; cached functions called directly inside it recompute their
 /// result and store it, replacing what was cached.
 pub fn refresh<R>(f: impl FnOnce() -> R) -> R {
-    with_sync_mode(CallMode::Refresh, f)
+    scoped(CallMode::Refresh, f)
 }
 
 /// Async [`uncached`]: `uncached_async(get_scenes(5)).await`.
 pub async fn uncached_async<F: Future>(fut: F) -> F::Output {
-    ASYNC_MODE.scope(CallMode::Uncached, fut).await
+    scoped_async(CallMode::Uncached, fut).await
 }
 
 /// Async [`refresh`]: `refresh_async(get_scenes(5)).await`.
 pub async fn refresh_async<F: Future>(fut: F) -> F::Output {
-    ASYNC_MODE.scope(CallMode::Refresh, fut).await
+    scoped_async(CallMode::Refresh, fut).await
 }
 
 /// Runs a sync body with the normal mode, so a bypass or refresh scope

@@ -148,7 +148,7 @@ macro_rules! int_key_part {
         impl KeyPart for $t {
             #[inline]
             fn write_key_part(&self, out: &mut String) {
-                let _ = write!(out, "{}", self);
+                out.push_str(itoa::Buffer::new().format(*self));
             }
         }
     )*};

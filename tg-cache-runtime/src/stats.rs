@@ -1,11 +1,83 @@
 //! Hit, miss and error counters.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+/// Threads that own a slot of every [`HotCounter`].
+const OWNED_SLOTS: usize = 64;
+
+/// One cache line per slot, so threads never write the same line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Slot(AtomicU64);
+
+/// A counter for the hit path: each of the first 64 live threads owns a slot
+/// and bumps it with a plain load and store (no locked instruction, no cache
+/// line shared with other cores); further threads share one atomic slot.
+/// Exact: a slot has one writer, or is only written with `fetch_add`.
+#[derive(Debug)]
+pub(crate) struct HotCounter {
+    slots: Box<[Slot]>,
+}
+
+impl Default for HotCounter {
+    fn default() -> Self {
+        Self {
+            slots: (0..=OWNED_SLOTS).map(|_| Slot::default()).collect(),
+        }
+    }
+}
+
+static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
+static FREE_THREAD_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// This thread's slot; returned to the free list when the thread exits.
+struct ThreadSlot(usize);
+
+impl ThreadSlot {
+    fn new() -> Self {
+        let free = FREE_THREAD_SLOTS.lock().ok().and_then(|mut f| f.pop());
+        Self(free.unwrap_or_else(|| NEXT_THREAD_SLOT.fetch_add(1, Relaxed)))
+    }
+}
+
+impl Drop for ThreadSlot {
+    fn drop(&mut self) {
+        if self.0 < OWNED_SLOTS
+            && let Ok(mut f) = FREE_THREAD_SLOTS.lock()
+        {
+            f.push(self.0);
+        }
+    }
+}
+
+thread_local! {
+    static THREAD_SLOT: ThreadSlot = ThreadSlot::new();
+}
+
+impl HotCounter {
+    #[inline]
+    pub(crate) fn bump(&self) {
+        match THREAD_SLOT.try_with(|s| s.0) {
+            Ok(i) if i < OWNED_SLOTS => {
+                let slot = &self.slots[i].0;
+                slot.store(slot.load(Relaxed) + 1, Relaxed);
+            }
+            _ => {
+                self.slots[OWNED_SLOTS].0.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.slots.iter().map(|s| s.0.load(Relaxed)).sum()
+    }
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
+    pub(crate) hits: HotCounter,
+    pub(crate) misses: HotCounter,
     pub(crate) sets: AtomicU64,
     pub(crate) deletes: AtomicU64,
     pub(crate) errors: AtomicU64,
@@ -20,8 +92,8 @@ impl Counters {
 
     pub(crate) fn snapshot(&self) -> CacheStats {
         CacheStats {
-            hits: self.hits.load(Relaxed),
-            misses: self.misses.load(Relaxed),
+            hits: self.hits.get(),
+            misses: self.misses.get(),
             sets: self.sets.load(Relaxed),
             deletes: self.deletes.load(Relaxed),
             errors: self.errors.load(Relaxed),
