@@ -32,6 +32,9 @@ for_each_store!(
     long_keys_are_shortened,
     health_answers,
     delete_during_fill_prevents_stale_store,
+    set_during_fill_wins,
+    invalidate_family_hides_every_entry,
+    family_invalidation_during_fill_prevents_stale_store,
 );
 
 async fn get_set_roundtrip(cache: &Cache, server: Option<&RedisServer>) {
@@ -485,5 +488,180 @@ async fn delete_during_fill_prevents_stale_store(cache: &Cache, _: Option<&Redis
         cache.get::<String>("stale").await.unwrap(),
         None,
         "a fill that began before the delete must not be stored"
+    );
+}
+
+async fn set_during_fill_wins(cache: &Cache, _: Option<&RedisServer>) {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (resume_tx, resume_rx) = tokio::sync::oneshot::channel::<()>();
+    let c = cache.clone();
+    let fill = tokio::spawn(async move {
+        c.get_or_set("raced", MEDIUM, || async move {
+            started_tx.send(()).unwrap();
+            resume_rx.await.unwrap();
+            "computed before the write".to_string()
+        })
+        .await
+    });
+    started_rx.await.unwrap();
+    cache
+        .set("raced", &"written".to_string(), MEDIUM)
+        .await
+        .unwrap();
+    resume_tx.send(()).unwrap();
+    fill.await.unwrap();
+    assert_eq!(
+        cache.get::<String>("raced").await.unwrap().as_deref(),
+        Some("written")
+    );
+}
+
+async fn invalidate_family_hides_every_entry(cache: &Cache, server: Option<&RedisServer>) {
+    use tg_cache::CacheKeyGenerator as G;
+    for id in 0..50 {
+        cache
+            .set(&G::make_model_key("Character", &[("id", &id)]), &id, MEDIUM)
+            .await
+            .unwrap();
+    }
+    cache
+        .set(&G::make_model_key("Scene", &[("id", &1)]), &1, MEDIUM)
+        .await
+        .unwrap();
+    cache
+        .set("tg:queryset:Character:counter", &10i64, MEDIUM)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache
+            .incr("tg:queryset:Character:counter", 1)
+            .await
+            .unwrap(),
+        11
+    );
+
+    cache
+        .invalidate_family("tg:queryset:Character")
+        .await
+        .unwrap();
+    for id in 0..50 {
+        let key = G::make_model_key("Character", &[("id", &id)]);
+        assert_eq!(cache.get::<i32>(&key).await.unwrap(), None, "{key}");
+        assert!(!cache.has_key(&key).await.unwrap());
+        assert_eq!(cache.ttl(&key).await.unwrap(), None);
+        assert!(!cache.touch(&key, MEDIUM).await.unwrap());
+    }
+    assert!(matches!(
+        cache.incr("tg:queryset:Character:counter", 1).await,
+        Err(Error::MissingKey(_))
+    ));
+    let many = cache
+        .get_many::<i32, _>(&["tg:queryset:Character:id=1", "tg:queryset:Scene:id=1"])
+        .await
+        .unwrap();
+    assert_eq!(many.len(), 1, "other families are untouched: {many:?}");
+    assert_eq!(
+        cache.get::<i32>("tg:queryset:Scene:id=1").await.unwrap(),
+        Some(1)
+    );
+
+    // New entries of the family are visible again, and behave normally.
+    assert!(
+        cache
+            .add("tg:queryset:Character:id=1", &100, MEDIUM)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        cache
+            .get::<i32>("tg:queryset:Character:id=1")
+            .await
+            .unwrap(),
+        Some(100)
+    );
+    cache
+        .set("tg:queryset:Character:counter", &1i64, MEDIUM)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache
+            .incr("tg:queryset:Character:counter", 41)
+            .await
+            .unwrap(),
+        42
+    );
+    assert_eq!(
+        cache
+            .get::<i64>("tg:queryset:Character:counter")
+            .await
+            .unwrap(),
+        Some(42)
+    );
+    assert!(matches!(
+        cache.ttl("tg:queryset:Character:counter").await.unwrap(),
+        Some(Ttl::Remaining(_))
+    ));
+    let r = cache
+        .get_or_set("tg:queryset:Character:id=2", MEDIUM, || async { 7 })
+        .await;
+    assert_eq!(r, 7);
+    assert_eq!(
+        cache
+            .get::<i32>("tg:queryset:Character:id=2")
+            .await
+            .unwrap(),
+        Some(7)
+    );
+
+    if let Some(server) = server {
+        // Keys keep their seed-style names; only the value says its generation.
+        let keys: Vec<String> = server.cmd(&["KEYS", "tg:queryset:Character:*"]);
+        assert!(
+            keys.contains(&"tg:queryset:Character:id=1".to_string()),
+            "{keys:?}"
+        );
+        let raw: String = server.cmd(&["GET", "tg:queryset:Character:id=1"]);
+        assert_eq!(raw, "g1:100");
+        let generation: String = server.cmd(&["GET", "tg:gen:queryset:Character"]);
+        assert_eq!(generation, "1");
+    }
+    assert!(matches!(
+        cache.invalidate_family("tg:queryset").await,
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        cache.invalidate_family("my_key").await,
+        Err(Error::InvalidKey { .. })
+    ));
+}
+
+async fn family_invalidation_during_fill_prevents_stale_store(
+    cache: &Cache,
+    _: Option<&RedisServer>,
+) {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (resume_tx, resume_rx) = tokio::sync::oneshot::channel::<()>();
+    let c = cache.clone();
+    let fill = tokio::spawn(async move {
+        c.get_or_set("tg:queryset:Character:id=9", MEDIUM, || async move {
+            started_tx.send(()).unwrap();
+            resume_rx.await.unwrap();
+            "old".to_string()
+        })
+        .await
+    });
+    started_rx.await.unwrap();
+    cache
+        .invalidate_family("tg:queryset:Character")
+        .await
+        .unwrap();
+    resume_tx.send(()).unwrap();
+    assert_eq!(fill.await.unwrap(), "old");
+    assert_eq!(
+        cache
+            .get::<String>("tg:queryset:Character:id=9")
+            .await
+            .unwrap(),
+        None
     );
 }

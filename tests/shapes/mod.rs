@@ -247,9 +247,17 @@ pub async fn seed_example() {
     get_character_scenes(5).await.unwrap();
     assert_eq!(SCENE_RUNS.load(SeqCst), 4);
     get_character_scenes(6).await.unwrap();
-    assert_eq!(get_character_scenes_invalidate_all().await.unwrap(), 2);
+    get_character_scenes_invalidate_all().await.unwrap();
+    get_character_scenes(5).await.unwrap();
+    assert_eq!(
+        SCENE_RUNS.load(SeqCst),
+        6,
+        "invalidate_all dropped the entry of 5"
+    );
     get_character_scenes(6).await.unwrap();
-    assert_eq!(SCENE_RUNS.load(SeqCst), 6);
+    assert_eq!(SCENE_RUNS.load(SeqCst), 7, "and the entry of 6");
+    get_character_scenes(6).await.unwrap();
+    assert_eq!(SCENE_RUNS.load(SeqCst), 7, "new entries are cached again");
 }
 
 pub fn sync_free_fn() {

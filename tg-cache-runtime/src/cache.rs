@@ -5,11 +5,11 @@ use crate::config::{Backend, CacheConfig};
 use crate::error::{Error, Result};
 use crate::exec::block_on;
 use crate::flight::Flights;
-use crate::key::{check_key, glob_escape_into, glob_match, shorten};
+use crate::key::{check_key, family_of, generation_key, glob_escape_into, glob_match, shorten};
 use crate::stats::{CacheStats, Counters};
 use crate::store::Store;
 use crate::store::local::{AnyValue, Incr, LocalStore};
-use crate::store::redis::{RedisSettings, RedisStore};
+use crate::store::redis::{FillTicket, RedisSettings, RedisStore};
 use crate::timeout::{Timeout, Ttl};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -17,6 +17,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// What a cache can hold: serde-serializable (for Redis), `Clone` (values are
@@ -76,6 +77,16 @@ impl<T: CacheValue> CachePolicy<Option<T>> for SomeOnly {
     fn load(s: T) -> Option<T> {
         Some(s)
     }
+}
+
+/// A key as the store sees it.
+struct Loc<'k> {
+    /// Namespaced, checked, shortened.
+    full: Cow<'k, str>,
+    /// Its family, for generation checks.
+    family: Option<&'k str>,
+    /// On Redis, where the family's generation is kept.
+    gen_key: Option<String>,
 }
 
 /// A cache: a store plus key namespace, default timeout and counters.
@@ -318,13 +329,56 @@ impl Cache {
         }
     }
 
-    /// Looks up a stored key (already namespaced).
-    async fn lookup<T: CacheValue>(&self, key: &str) -> Result<Option<T>> {
+    /// Where `key` lives in the store: namespaced, with its family.
+    fn locate<'k>(&self, key: &'k str) -> Result<Loc<'k>> {
+        let full = self.make_key(key)?;
+        let family = family_of(key);
+        let gen_key = match (&self.inner.store, family) {
+            (Store::Redis(_), Some(f)) => Some(self.namespaced(generation_key(f))),
+            _ => None,
+        };
+        Ok(Loc {
+            full,
+            family,
+            gen_key,
+        })
+    }
+
+    fn namespaced(&self, key: String) -> String {
+        if self.inner.namespace.is_empty() {
+            key
+        } else {
+            format!("{}:{key}", self.inner.namespace)
+        }
+    }
+
+    /// Looks up a located key; returns the value (if live) and the current
+    /// generation of its family.
+    async fn lookup<T: CacheValue>(&self, loc: &Loc<'_>) -> Result<(Option<T>, u64)> {
         match &self.inner.store {
-            Store::Local(l) => Ok(l.get(key).and_then(|v| self.typed(key, &v))),
-            Store::Redis(r) => Ok(r.get(key).await?.and_then(|bytes| self.decode(key, &bytes))),
-            Store::Dummy => Ok(None),
+            Store::Local(l) => {
+                let g = l.generation(loc.family);
+                Ok((
+                    l.get(&loc.full, g).and_then(|v| self.typed(&loc.full, &v)),
+                    g,
+                ))
+            }
+            Store::Redis(r) => {
+                let (bytes, g) = r.get(&loc.full, loc.gen_key.as_deref()).await?;
+                Ok((bytes.and_then(|b| self.decode(&loc.full, &b)), g))
+            }
+            Store::Dummy => Ok((None, 0)),
             Store::Broken(e) => Err(Self::broken_err(e)),
+        }
+    }
+
+    /// The generation handle of `family` on a local store (for the hit path
+    /// of `#[cache_function]`); `None` for other stores.
+    #[doc(hidden)]
+    pub fn __family_generation(&self, family: &str) -> Option<Arc<AtomicU64>> {
+        match &self.inner.store {
+            Store::Local(l) if self.inner.namespace.is_empty() => Some(l.generation_handle(family)),
+            _ => None,
         }
     }
 
@@ -332,12 +386,13 @@ impl Cache {
     /// `#[cache_function]`. `None` when this is not a local store.
     #[doc(hidden)]
     #[inline]
-    pub fn __local_hit<P: CachePolicy<R>, R>(&self, key: &str) -> Option<R> {
-        if !self.inner.namespace.is_empty() {
-            return None;
-        }
+    pub fn __local_hit<P: CachePolicy<R>, R>(
+        &self,
+        key: &str,
+        generation: &AtomicU64,
+    ) -> Option<R> {
         if let Store::Local(l) = &self.inner.store {
-            let v = l.get(key)?;
+            let v = l.get(key, generation.load(Ordering::Acquire))?;
             let s = v.downcast_ref::<P::Stored>()?;
             self.inner.counters.hits.bump();
             return Some(P::load(s.clone()));
@@ -346,67 +401,67 @@ impl Cache {
     }
 
     async fn get_in<T: CacheValue>(&self, key: &str) -> Result<Option<T>> {
-        let key = self.make_key(key)?;
-        let r = self.lookup(&key).await;
+        let loc = self.locate(key)?;
+        let r = self.lookup(&loc).await.map(|(v, _)| v);
         if let Ok(v) = &r {
             self.count_lookup(v);
         }
-        self.track("get", &key, r)
-    }
-
-    async fn write<T: CacheValue>(
-        &self,
-        key: &str,
-        value: &T,
-        ttl: Option<Duration>,
-    ) -> Result<()> {
-        match &self.inner.store {
-            Store::Local(l) => {
-                l.insert(key.to_owned(), Arc::new(value.clone()), ttl);
-                Ok(())
-            }
-            Store::Redis(r) => r.set(key, self.encode(key, value)?, ttl).await,
-            Store::Dummy => Ok(()),
-            Store::Broken(e) => Err(Self::broken_err(e)),
-        }
+        self.track("get", &loc.full, r)
     }
 
     async fn set_in<T: CacheValue>(&self, key: &str, value: &T, timeout: Timeout) -> Result<()> {
-        let key = self.make_key(key)?;
-        self.inner.flights.invalidate_key(&key);
-        let r = match timeout.resolve(self.inner.default_timeout) {
-            None => self.delete_keys(vec![key.to_string()]).await.map(drop),
-            Some(ttl) => {
-                Counters::bump(&self.inner.counters.sets);
-                self.write(&key, value, ttl).await
-            }
+        let loc = self.locate(key)?;
+        self.inner.flights.invalidate_key(&loc.full);
+        let Some(ttl) = timeout.resolve(self.inner.default_timeout) else {
+            let r = self.delete_keys(vec![loc.full.to_string()]).await.map(drop);
+            return self.track("set", &loc.full, r);
         };
-        self.track("set", &key, r)
+        Counters::bump(&self.inner.counters.sets);
+        let r = match &self.inner.store {
+            Store::Local(l) => {
+                let g = l.generation(loc.family);
+                l.insert(loc.full.to_string(), Arc::new(value.clone()), ttl, g);
+                Ok(())
+            }
+            Store::Redis(r) => match self.encode(&loc.full, value) {
+                Ok(bytes) => r.set(&loc.full, bytes, ttl, loc.gen_key.as_deref()).await,
+                Err(e) => Err(e),
+            },
+            Store::Dummy => Ok(()),
+            Store::Broken(e) => Err(Self::broken_err(e)),
+        };
+        self.track("set", &loc.full, r)
     }
 
     async fn add_in<T: CacheValue>(&self, key: &str, value: &T, timeout: Timeout) -> Result<bool> {
-        let key = self.make_key(key)?;
+        let loc = self.locate(key)?;
         let Some(ttl) = timeout.resolve(self.inner.default_timeout) else {
             return Ok(false);
         };
         let r = match &self.inner.store {
-            Store::Local(l) => Ok(l.add(key.to_string(), Arc::new(value.clone()), ttl)),
-            Store::Redis(r) => match self.encode(&key, value) {
-                Ok(bytes) => r.add(&key, bytes, ttl).await,
+            Store::Local(l) => {
+                let g = l.generation(loc.family);
+                Ok(l.add(loc.full.to_string(), Arc::new(value.clone()), ttl, g))
+            }
+            Store::Redis(r) => match self.encode(&loc.full, value) {
+                Ok(bytes) => r.add(&loc.full, bytes, ttl, loc.gen_key.as_deref()).await,
                 Err(e) => Err(e),
             },
             Store::Dummy => Ok(true),
             Store::Broken(e) => Err(Self::broken_err(e)),
         };
         if matches!(r, Ok(true)) {
+            self.inner.flights.invalidate_key(&loc.full);
             Counters::bump(&self.inner.counters.sets);
         }
-        self.track("add", &key, r)
+        self.track("add", &loc.full, r)
     }
 
     /// The shared get-or-compute path: lookup, then single-flight compute and
     /// store. Store failures are logged and counted; `f`'s result is always
-    /// returned (fail-open).
+    /// returned (fail-open). A value computed while its key was invalidated
+    /// (deleted, overwritten, or its family invalidated) is returned but not
+    /// stored.
     async fn get_or_compute<P, R, F, Fut>(&self, key: &str, timeout: Timeout, f: F) -> R
     where
         P: CachePolicy<R>,
@@ -416,27 +471,31 @@ impl Cache {
         let Some(ttl) = timeout.resolve(self.inner.default_timeout) else {
             return f().await;
         };
-        let key = match self.make_key(key) {
-            Ok(k) => k,
+        let loc = match self.locate(key) {
+            Ok(l) => l,
             Err(e) => {
                 self.report("get_or_set", key, &e);
                 return f().await;
             }
         };
-        match self.lookup::<P::Stored>(&key).await {
-            Ok(Some(v)) => {
+        let mut generation = None;
+        match self.lookup::<P::Stored>(&loc).await {
+            Ok((Some(v), _)) => {
                 self.inner.counters.hits.bump();
                 return P::load(v);
             }
-            Ok(None) => self.inner.counters.misses.bump(),
+            Ok((None, g)) => {
+                generation = Some(g);
+                self.inner.counters.misses.bump();
+            }
             Err(e) => {
                 self.inner.counters.misses.bump();
-                self.report("get", &key, &e);
+                self.report("get", &loc.full, &e);
             }
         }
         let mut f = Some(f);
         loop {
-            let leader = match self.inner.flights.join(&key) {
+            let leader = match self.inner.flights.join(&loc.full) {
                 Ok(leader) => leader,
                 Err(flight) => {
                     if let Some(v) = flight.wait().await
@@ -448,50 +507,79 @@ impl Cache {
                 }
             };
             // Another leader may have stored the value after our lookup.
-            if let Ok(Some(v)) = self.lookup::<P::Stored>(&key).await {
-                leader.finish(Some(Arc::new(v.clone())));
-                return P::load(v);
+            if let Ok((found, g)) = self.lookup::<P::Stored>(&loc).await {
+                if let Some(v) = found {
+                    leader.finish(Some(Arc::new(v.clone())));
+                    return P::load(v);
+                }
+                generation = Some(g);
             }
+            let ticket = match (&self.inner.store, generation) {
+                (Store::Redis(r), Some(g)) => match r.begin_fill(&loc.full, g).await {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        self.report("begin_fill", &loc.full, &e);
+                        None
+                    }
+                },
+                _ => None,
+            };
             let f = f.take().expect("the leader computes once");
             let result = f().await;
-            let shared = match P::store(&result) {
-                Some(stored) => {
-                    if let Err(e) = self.fill(&key, &stored, ttl, &leader).await {
-                        self.report("set", &key, &e);
+            let shared = match (P::store(&result), generation) {
+                (Some(stored), Some(g)) => {
+                    if let Err(e) = self.fill(&loc, &stored, ttl, g, &leader, ticket).await {
+                        self.report("set", &loc.full, &e);
                     }
                     Some(Arc::new(stored) as AnyValue)
                 }
-                None => None,
+                (Some(stored), None) => Some(Arc::new(stored) as AnyValue),
+                (None, _) => None,
             };
             leader.finish(shared);
             return result;
         }
     }
 
-    /// Stores a computed value unless its key was invalidated meanwhile.
+    /// Stores a computed value unless its key was invalidated since the
+    /// computation began (atomically: the flight's lock locally, a Lua script
+    /// checking the fill marker and the generation on Redis).
     async fn fill<T: CacheValue>(
         &self,
-        key: &str,
+        loc: &Loc<'_>,
         value: &T,
         ttl: Option<Duration>,
+        generation: u64,
         leader: &crate::flight::Leader<'_>,
+        ticket: Option<FillTicket>,
     ) -> Result<()> {
         match &self.inner.store {
             Store::Local(l) => {
-                if leader
-                    .store_if_current(|| l.insert(key.to_owned(), Arc::new(value.clone()), ttl))
-                {
+                let stored = leader.store_if_current(|| {
+                    l.insert(
+                        loc.full.to_string(),
+                        Arc::new(value.clone()),
+                        ttl,
+                        generation,
+                    )
+                });
+                if stored {
                     Counters::bump(&self.inner.counters.sets);
                 }
                 Ok(())
             }
             Store::Redis(r) => {
-                let bytes = self.encode(key, value)?;
+                let Some(ticket) = ticket else { return Ok(()) };
+                let bytes = self.encode(&loc.full, value)?;
                 if leader.invalidated() {
                     return Ok(());
                 }
-                Counters::bump(&self.inner.counters.sets);
-                r.set(key, bytes, ttl).await
+                if r.fill(&loc.full, bytes, ttl, loc.gen_key.as_deref(), ticket)
+                    .await?
+                {
+                    Counters::bump(&self.inner.counters.sets);
+                }
+                Ok(())
             }
             Store::Dummy => Ok(()),
             Store::Broken(e) => Err(Self::broken_err(e)),
@@ -502,35 +590,44 @@ impl Cache {
         &self,
         keys: &[K],
     ) -> Result<HashMap<String, T>> {
-        let mut full = Vec::with_capacity(keys.len());
+        let mut locs = Vec::with_capacity(keys.len());
         for k in keys {
-            full.push(self.make_key(k.as_ref())?.into_owned());
+            locs.push(self.locate(k.as_ref())?);
         }
         let mut out = HashMap::with_capacity(keys.len());
+        let mut take = |k: &K, v: Option<T>| {
+            self.count_lookup(&v);
+            if let Some(v) = v {
+                out.insert(k.as_ref().to_owned(), v);
+            }
+        };
         let r = match &self.inner.store {
             Store::Local(l) => {
-                for (k, f) in keys.iter().zip(&full) {
-                    let v = l.get(f).and_then(|v| self.typed::<T>(f, &v));
-                    self.count_lookup(&v);
-                    if let Some(v) = v {
-                        out.insert(k.as_ref().to_owned(), v);
-                    }
+                for (k, loc) in keys.iter().zip(&locs) {
+                    let g = l.generation(loc.family);
+                    take(
+                        k,
+                        l.get(&loc.full, g)
+                            .and_then(|v| self.typed::<T>(&loc.full, &v)),
+                    );
                 }
                 Ok(())
             }
-            Store::Redis(r) => match r.get_many(full.clone()).await {
-                Ok(values) => {
-                    for ((k, f), v) in keys.iter().zip(&full).zip(values) {
-                        let v = v.and_then(|b| self.decode::<T>(f, &b));
-                        self.count_lookup(&v);
-                        if let Some(v) = v {
-                            out.insert(k.as_ref().to_owned(), v);
+            Store::Redis(r) => {
+                let req = locs
+                    .iter()
+                    .map(|l| (l.full.to_string(), l.gen_key.clone()))
+                    .collect();
+                match r.get_many(req).await {
+                    Ok(values) => {
+                        for ((k, loc), v) in keys.iter().zip(&locs).zip(values) {
+                            take(k, v.and_then(|b| self.decode::<T>(&loc.full, &b)));
                         }
+                        Ok(())
                     }
-                    Ok(())
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
             Store::Dummy => Ok(()),
             Store::Broken(e) => Err(Self::broken_err(e)),
         };
@@ -542,27 +639,29 @@ impl Cache {
         items: &[(K, T)],
         timeout: Timeout,
     ) -> Result<()> {
-        let mut full = Vec::with_capacity(items.len());
+        let mut locs = Vec::with_capacity(items.len());
         for (k, _) in items {
-            let k = self.make_key(k.as_ref())?.into_owned();
-            self.inner.flights.invalidate_key(&k);
-            full.push(k);
+            let loc = self.locate(k.as_ref())?;
+            self.inner.flights.invalidate_key(&loc.full);
+            locs.push(loc);
         }
         let Some(ttl) = timeout.resolve(self.inner.default_timeout) else {
-            return self.delete_keys(full).await.map(drop);
+            let keys = locs.iter().map(|l| l.full.to_string()).collect();
+            return self.delete_keys(keys).await.map(drop);
         };
         let r = match &self.inner.store {
             Store::Local(l) => {
-                for (k, (_, v)) in full.into_iter().zip(items) {
-                    l.insert(k, Arc::new(v.clone()), ttl);
+                for (loc, (_, v)) in locs.iter().zip(items) {
+                    let g = l.generation(loc.family);
+                    l.insert(loc.full.to_string(), Arc::new(v.clone()), ttl, g);
                 }
                 Ok(())
             }
             Store::Redis(r) => {
                 let mut encoded = Vec::with_capacity(items.len());
-                for (k, (_, v)) in full.into_iter().zip(items) {
-                    let bytes = self.encode(&k, v)?;
-                    encoded.push((k, bytes));
+                for (loc, (_, v)) in locs.iter().zip(items) {
+                    let bytes = self.encode(&loc.full, v)?;
+                    encoded.push((loc.full.to_string(), bytes, loc.gen_key.clone()));
                 }
                 r.set_many(encoded, ttl).await
             }
@@ -614,40 +713,40 @@ impl Cache {
     }
 
     async fn has_key_in(&self, key: &str) -> Result<bool> {
-        let key = self.make_key(key)?;
+        let loc = self.locate(key)?;
         let r = match &self.inner.store {
-            Store::Local(l) => Ok(l.contains(&key)),
-            Store::Redis(r) => r.exists(&key).await,
+            Store::Local(l) => Ok(l.contains(&loc.full, l.generation(loc.family))),
+            Store::Redis(r) => r.exists(&loc.full, loc.gen_key.as_deref()).await,
             Store::Dummy => Ok(false),
             Store::Broken(e) => Err(Self::broken_err(e)),
         };
-        self.track("has_key", &key, r)
+        self.track("has_key", &loc.full, r)
     }
 
     async fn touch_in(&self, key: &str, timeout: Timeout) -> Result<bool> {
-        let key = self.make_key(key)?;
+        let loc = self.locate(key)?;
         let Some(ttl) = timeout.resolve(self.inner.default_timeout) else {
-            let r = self.delete_keys(vec![key.to_string()]).await;
-            return self.track("touch", &key, r.map(|n| n > 0));
+            let r = self.delete_keys(vec![loc.full.to_string()]).await;
+            return self.track("touch", &loc.full, r.map(|n| n > 0));
         };
         let r = match &self.inner.store {
-            Store::Local(l) => Ok(l.touch(&key, ttl)),
-            Store::Redis(r) => r.touch(&key, ttl).await,
+            Store::Local(l) => Ok(l.touch(&loc.full, ttl, l.generation(loc.family))),
+            Store::Redis(r) => r.touch(&loc.full, ttl, loc.gen_key.as_deref()).await,
             Store::Dummy => Ok(false),
             Store::Broken(e) => Err(Self::broken_err(e)),
         };
-        self.track("touch", &key, r)
+        self.track("touch", &loc.full, r)
     }
 
     async fn incr_in(&self, key: &str, delta: i64) -> Result<i64> {
-        let full = self.make_key(key)?;
+        let loc = self.locate(key)?;
         let r = match &self.inner.store {
-            Store::Local(l) => match l.incr(&full, delta) {
+            Store::Local(l) => match l.incr(&loc.full, delta, l.generation(loc.family)) {
                 Incr::Done(n) => Ok(n),
                 Incr::Missing => Err(Error::MissingKey(key.to_owned())),
                 Incr::NotAnInteger => Err(Error::NotAnInteger(key.to_owned())),
             },
-            Store::Redis(r) => match r.incr(&full, delta).await {
+            Store::Redis(r) => match r.incr(&loc.full, delta, loc.gen_key.as_deref()).await {
                 Ok(Some(n)) => Ok(n),
                 Ok(None) => Err(Error::MissingKey(key.to_owned())),
                 Err(Error::Redis(e))
@@ -662,23 +761,49 @@ impl Cache {
             Store::Broken(e) => Err(Self::broken_err(e)),
         };
         if r.is_ok() {
-            self.inner.flights.invalidate_key(&full);
+            self.inner.flights.invalidate_key(&loc.full);
         }
         match r {
             Err(e @ (Error::MissingKey(_) | Error::NotAnInteger(_))) => Err(e),
-            r => self.track("incr", &full, r),
+            r => self.track("incr", &loc.full, r),
         }
     }
 
     async fn ttl_in(&self, key: &str) -> Result<Option<Ttl>> {
-        let key = self.make_key(key)?;
+        let loc = self.locate(key)?;
         let r = match &self.inner.store {
-            Store::Local(l) => Ok(l.ttl(&key)),
-            Store::Redis(r) => r.ttl(&key).await,
+            Store::Local(l) => Ok(l.ttl(&loc.full, l.generation(loc.family))),
+            Store::Redis(r) => r.ttl(&loc.full, loc.gen_key.as_deref()).await,
             Store::Dummy => Ok(None),
             Store::Broken(e) => Err(Self::broken_err(e)),
         };
-        self.track("ttl", &key, r)
+        self.track("ttl", &loc.full, r)
+    }
+
+    async fn invalidate_family_in(&self, family: &str) -> Result<()> {
+        if family_of(family) != Some(family) {
+            return Err(Error::InvalidKey {
+                key: family.to_owned(),
+                reason: "a key family is the first three segments of a tg: key, e.g. `tg:queryset:Character` or `tg:fn:char_scenes`",
+            });
+        }
+        let prefix = format!("{family}:");
+        self.inner
+            .flights
+            .invalidate(|k| k == family || k.starts_with(&prefix));
+        let r = match &self.inner.store {
+            Store::Local(l) => {
+                l.bump(family);
+                Ok(())
+            }
+            Store::Redis(r) => r
+                .bump(&self.namespaced(generation_key(family)))
+                .await
+                .map(drop),
+            Store::Dummy => Ok(()),
+            Store::Broken(e) => Err(Self::broken_err(e)),
+        };
+        self.track("invalidate_family", family, r)
     }
 
     async fn delete_pattern_in(&self, pattern: &str) -> Result<usize> {
@@ -803,6 +928,11 @@ api! {
     /// never `KEYS`. Build patterns from user data with
     /// [`crate::key::KeyPattern`], which escapes it.
     fn delete_pattern(pattern: &str) -> Result<usize> => delete_pattern_in(pattern);
+    /// Invalidates every entry of a key family (`tg:queryset:Character`,
+    /// `tg:fn:char_scenes`, `tg:view:home`) in O(1), whatever the number of
+    /// entries: their generation is bumped, so they read as misses and are
+    /// overwritten or evicted later. Fills in progress are not stored.
+    fn invalidate_family(family: &str) -> Result<()> => invalidate_family_in(family);
     /// Removes this cache's keys only: every key under its key prefix/version
     /// when one is configured, else every key of the `tg:` namespace (all keys
     /// tg-cache generates). Never a `FLUSHDB`: see [`Cache::flush_database`].

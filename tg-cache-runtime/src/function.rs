@@ -6,8 +6,8 @@ use crate::key::{MAX_KEY_LEN, shorten};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 
 /// One `#[cache_function]`, registered at link time (see [`cached_functions`]).
 #[derive(Debug)]
@@ -213,15 +213,20 @@ pub fn cache_for(alias: Option<&str>) -> crate::Result<&'static Cache> {
     }
 }
 
+/// A cached function's cache, resolved once per function.
+#[doc(hidden)]
+pub struct Resolved {
+    /// The cache.
+    pub cache: &'static Cache,
+    /// The generation of the function's key family, on a local store.
+    generation: Option<Arc<AtomicU64>>,
+}
+
 /// Resolves the cache of a cached function once: `None` means run uncached
 /// (its alias is not configured, or its prefix is shared with another
 /// function); the reason is logged.
 #[doc(hidden)]
-pub fn resolve(
-    alias: Option<&str>,
-    key_prefix: &'static str,
-    path: &str,
-) -> Option<&'static Cache> {
+pub fn resolve(alias: Option<&str>, key_prefix: &'static str, path: &str) -> Option<Resolved> {
     if let Some(fns) = DUPLICATES.get(key_prefix) {
         let names: Vec<String> = fns.iter().map(|f| f.to_string()).collect();
         tracing::error!(
@@ -232,26 +237,36 @@ pub fn resolve(
         );
         return None;
     }
-    match alias {
-        None => Some(crate::cache()),
+    let cache = match alias {
+        None => crate::cache(),
         Some(a) => match crate::caches(a) {
-            Ok(c) => Some(c),
+            Ok(c) => c,
             Err(e) => {
                 tracing::error!(function = path, error = %e, "cached function runs uncached");
-                None
+                return None;
             }
         },
-    }
+    };
+    Some(Resolved {
+        cache,
+        generation: cache.__family_generation(&format!("tg:fn:{key_prefix}")),
+    })
 }
 
 /// The local hit path: writes the key into a reused thread-local buffer and
-/// looks it up without allocating; on a miss returns the key as a `String`.
+/// looks it up without allocating; on a miss (or on another store) returns
+/// the key as a `String`.
 #[doc(hidden)]
 #[inline]
 pub fn local_hit<P: CachePolicy<R>, R>(
-    cache: &Cache,
+    resolved: &Resolved,
     write_key: impl Fn(&mut String),
 ) -> Result<R, String> {
+    let Some(generation) = &resolved.generation else {
+        let mut key = String::with_capacity(64);
+        write_key(&mut key);
+        return Err(shorten(key));
+    };
     let looked_up = KEY_BUF.try_with(|buf| {
         let mut buf = buf.try_borrow_mut().ok()?;
         buf.clear();
@@ -259,7 +274,12 @@ pub fn local_hit<P: CachePolicy<R>, R>(
         if buf.len() > MAX_KEY_LEN {
             return Some(Err(shorten(buf.clone())));
         }
-        Some(cache.__local_hit::<P, R>(&buf).ok_or_else(|| buf.clone()))
+        Some(
+            resolved
+                .cache
+                .__local_hit::<P, R>(&buf, generation)
+                .ok_or_else(|| buf.clone()),
+        )
     });
     match looked_up {
         Ok(Some(r)) => r,

@@ -590,6 +590,34 @@ fn match_class(p: &[u8], c: u8) -> Option<(bool, usize)> {
     Some((matched != negate, i + 1))
 }
 
+/// The family of a tg-cache key: its first three segments
+/// (`tg:queryset:Character`, `tg:fn:char_scenes`, `tg:view:home`). Entries
+/// of one family can be invalidated together in O(1) (a generation bump);
+/// keys outside the `tg:` namespace belong to no family.
+///
+/// ```
+/// use tg_cache_runtime::key::family_of;
+/// assert_eq!(family_of("tg:queryset:Character:id=5"), Some("tg:queryset:Character"));
+/// assert_eq!(family_of("tg:view:home"), Some("tg:view:home"));
+/// assert_eq!(family_of("my_key"), None);
+/// ```
+pub fn family_of(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("tg:")?;
+    if rest.starts_with("gen:") {
+        return None;
+    }
+    let first = rest.find(':')?;
+    match rest[first + 1..].find(':') {
+        Some(second) => Some(&key[..3 + first + 1 + second]),
+        None => Some(key),
+    }
+}
+
+/// Where a family's generation is kept: `tg:gen:queryset:Character`.
+pub(crate) fn generation_key(family: &str) -> String {
+    format!("tg:gen:{}", &family[3..])
+}
+
 /// Checks a key given to the manual API: it must be non-empty and free of
 /// whitespace and control characters. Keys over [`MAX_KEY_LEN`] are shortened.
 pub(crate) fn check_key(key: &str) -> Result<Cow<'_, str>, crate::Error> {
@@ -669,6 +697,21 @@ mod tests {
         let s = shorten(esc);
         let head = s.split(":#").next().unwrap();
         assert!(!head.ends_with('%') && !head.ends_with("%2"), "{head}");
+    }
+
+    #[test]
+    fn families() {
+        assert_eq!(family_of("tg:fn:square:x=3"), Some("tg:fn:square"));
+        assert_eq!(
+            family_of("tg:queryset:Character:"),
+            Some("tg:queryset:Character")
+        );
+        assert_eq!(family_of("tg:x"), None);
+        assert_eq!(family_of("tg:gen:queryset:Character"), None);
+        assert_eq!(
+            generation_key("tg:queryset:Character"),
+            "tg:gen:queryset:Character"
+        );
     }
 
     #[test]

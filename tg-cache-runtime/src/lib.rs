@@ -44,8 +44,8 @@ pub use timeout::{Timeout, Ttl};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::function::{
-        CallMode, assert_cacheable, cache_for, current_mode, local_hit, resolve, run_body,
-        run_body_async,
+        CallMode, Resolved, assert_cacheable, cache_for, current_mode, local_hit, resolve,
+        run_body, run_body_async,
     };
     pub use inventory;
 }

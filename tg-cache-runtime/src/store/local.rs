@@ -1,25 +1,38 @@
-//! The local in-memory store (moka): bounded, per-entry expiry, no serialization.
+//! The local in-memory store (moka): bounded, per-entry expiry, per-family
+//! generations, no serialization.
 
 use crate::key::glob_match;
 use crate::timeout::Ttl;
 use moka::ops::compute::Op;
-use std::any::Any;
-use std::sync::Arc;
 // A TSC-based clock: the expiry check on the hit path costs a few
 // nanoseconds instead of a clock_gettime call.
 use quanta::Instant;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// A value as the local store keeps it: shared, immutable, type-erased.
 pub(crate) type AnyValue = Arc<dyn Any + Send + Sync>;
 
-/// An entry and its deadline. Expiry is checked on read (moka's own
-/// per-entry expiry costs about twice as much on the hit path); expired
-/// entries are dropped by the size bound or overwritten.
+/// An entry, its deadline and the generation of its key family when it was
+/// written. Expiry is checked on read (moka's own per-entry expiry costs
+/// about twice as much on the hit path); an entry of an older generation is
+/// invisible. Expired and outdated entries are dropped by the size bound or
+/// overwritten.
 #[derive(Clone)]
 pub(crate) struct Entry {
     pub(crate) value: AnyValue,
     pub(crate) expires_at: Option<Instant>,
+    pub(crate) generation: u64,
+}
+
+impl Entry {
+    #[inline]
+    fn live(&self, generation: u64) -> bool {
+        self.generation == generation && self.expires_at.is_none_or(|t| t > Instant::now())
+    }
 }
 
 /// Outcome of an atomic increment.
@@ -31,6 +44,8 @@ pub(crate) enum Incr {
 
 pub(crate) struct LocalStore {
     cache: moka::sync::Cache<String, Entry>,
+    /// Current generation of each key family that was ever invalidated as a whole.
+    generations: RwLock<HashMap<String, Arc<AtomicU64>>>,
 }
 
 fn deadline(ttl: Option<Duration>) -> Option<Instant> {
@@ -47,45 +62,85 @@ impl LocalStore {
             cache: moka::sync::Cache::builder()
                 .max_capacity(max_entries)
                 .build(),
+            generations: RwLock::new(HashMap::new()),
         }
     }
 
-    /// The live value at `key`.
+    /// The current generation of `family` (0 until it is first bumped).
+    pub(crate) fn generation(&self, family: Option<&str>) -> u64 {
+        let Some(family) = family else { return 0 };
+        let map = self.generations.read().unwrap_or_else(|p| p.into_inner());
+        map.get(family).map_or(0, |g| g.load(Ordering::Acquire))
+    }
+
+    /// A handle on `family`'s generation, for hit paths that read it often.
+    pub(crate) fn generation_handle(&self, family: &str) -> Arc<AtomicU64> {
+        if let Some(g) = self
+            .generations
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(family)
+        {
+            return g.clone();
+        }
+        let mut map = self.generations.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(family.to_owned()).or_default().clone()
+    }
+
+    /// Makes every entry of `family` invisible, in O(1).
+    pub(crate) fn bump(&self, family: &str) {
+        self.generation_handle(family)
+            .fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The live value at `key` of generation `generation`.
     #[inline]
-    pub(crate) fn get(&self, key: &str) -> Option<AnyValue> {
+    pub(crate) fn get(&self, key: &str, generation: u64) -> Option<AnyValue> {
         let e = self.cache.get(key)?;
-        match e.expires_at {
-            Some(t) if t <= Instant::now() => None,
-            _ => Some(e.value),
-        }
+        e.live(generation).then_some(e.value)
     }
 
-    pub(crate) fn insert(&self, key: String, value: AnyValue, ttl: Option<Duration>) {
+    pub(crate) fn insert(
+        &self,
+        key: String,
+        value: AnyValue,
+        ttl: Option<Duration>,
+        generation: u64,
+    ) {
         self.cache.insert(
             key,
             Entry {
                 value,
                 expires_at: deadline(ttl),
+                generation,
             },
         );
     }
 
     /// Inserts only if no live entry exists; returns whether it inserted.
-    pub(crate) fn add(&self, key: String, value: AnyValue, ttl: Option<Duration>) -> bool {
+    pub(crate) fn add(
+        &self,
+        key: String,
+        value: AnyValue,
+        ttl: Option<Duration>,
+        generation: u64,
+    ) -> bool {
         let mut inserted = false;
         self.cache.entry(key).and_compute_with(|cur| match cur {
-            Some(e) if e.value().expires_at.is_none_or(|t| t > Instant::now()) => Op::Nop,
+            Some(e) if e.value().live(generation) => Op::Nop,
             _ => {
                 inserted = true;
                 Op::Put(Entry {
                     value,
                     expires_at: deadline(ttl),
+                    generation,
                 })
             }
         });
         inserted
     }
 
+    /// Removes `key`; returns whether a live entry (of any generation) was there.
     pub(crate) fn remove(&self, key: &str) -> bool {
         match self.cache.remove(key) {
             Some(e) => e.expires_at.is_none_or(|t| t > Instant::now()),
@@ -93,21 +148,22 @@ impl LocalStore {
         }
     }
 
-    pub(crate) fn contains(&self, key: &str) -> bool {
-        self.get(key).is_some()
+    pub(crate) fn contains(&self, key: &str, generation: u64) -> bool {
+        self.get(key, generation).is_some()
     }
 
     /// Sets a new expiry on a live entry; returns whether it existed.
-    pub(crate) fn touch(&self, key: &str, ttl: Option<Duration>) -> bool {
+    pub(crate) fn touch(&self, key: &str, ttl: Option<Duration>, generation: u64) -> bool {
         let mut found = false;
         self.cache
             .entry(key.to_owned())
             .and_compute_with(|cur| match cur {
-                Some(e) if e.value().expires_at.is_none_or(|t| t > Instant::now()) => {
+                Some(e) if e.value().live(generation) => {
                     found = true;
+                    let e = e.into_value();
                     Op::Put(Entry {
-                        value: e.into_value().value,
                         expires_at: deadline(ttl),
+                        ..e
                     })
                 }
                 _ => Op::Nop,
@@ -116,12 +172,12 @@ impl LocalStore {
     }
 
     /// Atomically adds `delta` to an integer entry, keeping its expiry.
-    pub(crate) fn incr(&self, key: &str, delta: i64) -> Incr {
+    pub(crate) fn incr(&self, key: &str, delta: i64, generation: u64) -> Incr {
         let mut out = Incr::Missing;
         self.cache
             .entry(key.to_owned())
             .and_compute_with(|cur| match cur {
-                Some(e) if e.value().expires_at.is_none_or(|t| t > Instant::now()) => {
+                Some(e) if e.value().live(generation) => {
                     let e = e.into_value();
                     match e
                         .value
@@ -132,7 +188,7 @@ impl LocalStore {
                             out = Incr::Done(n);
                             Op::Put(Entry {
                                 value: Arc::new(n),
-                                expires_at: e.expires_at,
+                                ..e
                             })
                         }
                         None => {
@@ -146,15 +202,15 @@ impl LocalStore {
         out
     }
 
-    pub(crate) fn ttl(&self, key: &str) -> Option<Ttl> {
+    pub(crate) fn ttl(&self, key: &str, generation: u64) -> Option<Ttl> {
         let e = self.cache.get(key)?;
-        match e.expires_at {
-            None => Some(Ttl::Forever),
-            Some(t) => {
-                let left = t.saturating_duration_since(Instant::now());
-                (!left.is_zero()).then_some(Ttl::Remaining(left))
-            }
+        if !e.live(generation) {
+            return None;
         }
+        Some(match e.expires_at {
+            None => Ttl::Forever,
+            Some(t) => Ttl::Remaining(t.saturating_duration_since(Instant::now())),
+        })
     }
 
     pub(crate) fn delete_pattern(&self, pattern: &str) -> usize {

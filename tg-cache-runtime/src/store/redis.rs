@@ -68,12 +68,133 @@ pub(crate) struct RedisStore {
     url: RedisUrl,
 }
 
-const INCR_SCRIPT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-return redis.call('INCRBY', KEYS[1], ARGV[1])
+/// Shared by the scripts: whether `k`'s value is live in generation `g`
+/// (values of a generation > 0 start with `g<gen>:`).
+const PRELUDE: &str = r"
+local function gen_of(v)
+  return string.match(v, '^g(%d+):') or '0'
+end
+local function current_gen(gk)
+  if gk then return redis.call('GET', gk) or '0' end
+  return '0'
+end
+local function with_gen(v, g)
+  if g == '0' then return v end
+  return 'g' .. g .. ':' .. v
+end
+local function put(k, v, px)
+  if px == '0' then
+    redis.call('SET', k, v)
+  else
+    redis.call('SET', k, v, 'PX', px)
+  end
+end
 ";
 
-static INCR: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(INCR_SCRIPT));
+/// KEYS: key, fill marker, [generation key]. ARGV: value, px.
+/// Writes in the current generation and cancels any fill in progress.
+const SET_SCRIPT: &str = r"
+local g = current_gen(KEYS[3])
+put(KEYS[1], with_gen(ARGV[1], g), ARGV[2])
+redis.call('DEL', KEYS[2])
+return 1
+";
+
+/// KEYS: key, fill marker, [generation key]. ARGV: value, px, token, generation seen.
+/// Stores a computed value only if no invalidation happened since the fill
+/// began: its marker is still there and the generation is unchanged.
+const FILL_SCRIPT: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
+redis.call('DEL', KEYS[2])
+local g = current_gen(KEYS[3])
+if g ~= ARGV[4] then return 0 end
+put(KEYS[1], with_gen(ARGV[1], g), ARGV[2])
+return 1
+";
+
+/// KEYS: key, fill marker, [generation key]. ARGV: value, px.
+const ADD_SCRIPT: &str = r"
+local g = current_gen(KEYS[3])
+local cur = redis.call('GET', KEYS[1])
+if cur and gen_of(cur) == g then return 0 end
+put(KEYS[1], with_gen(ARGV[1], g), ARGV[2])
+redis.call('DEL', KEYS[2])
+return 1
+";
+
+/// KEYS: key, [generation key]. ARGV: delta. Nil when missing.
+const INCR_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return false end
+local g = current_gen(KEYS[2])
+local hg = gen_of(cur)
+if hg ~= g then return false end
+if g == '0' then return redis.call('INCRBY', KEYS[1], ARGV[1]) end
+local n = tonumber(string.sub(cur, #g + 3))
+local limit = 9007199254740991
+if not n or n ~= math.floor(n) or math.abs(n) > limit then
+  return redis.error_reply('ERR value is not an integer or out of range')
+end
+n = n + tonumber(ARGV[1])
+if math.abs(n) > limit then return redis.error_reply('ERR increment would overflow') end
+redis.call('SET', KEYS[1], with_gen(string.format('%d', n), g), 'KEEPTTL')
+return n
+";
+
+/// KEYS: key, [generation key]. ARGV: px ('0': persist), or '' to only read the TTL.
+/// Returns -2 when the key is missing or outdated, else PTTL after touching.
+const TTL_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur or gen_of(cur) ~= current_gen(KEYS[2]) then return -2 end
+if ARGV[1] == '0' then
+  redis.call('PERSIST', KEYS[1])
+elseif ARGV[1] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return redis.call('PTTL', KEYS[1])
+";
+
+fn script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{PRELUDE}{body}"))
+}
+
+static SET: LazyLock<redis::Script> = LazyLock::new(|| script(SET_SCRIPT));
+static FILL: LazyLock<redis::Script> = LazyLock::new(|| script(FILL_SCRIPT));
+static ADD: LazyLock<redis::Script> = LazyLock::new(|| script(ADD_SCRIPT));
+static INCR: LazyLock<redis::Script> = LazyLock::new(|| script(INCR_SCRIPT));
+static TTL: LazyLock<redis::Script> = LazyLock::new(|| script(TTL_SCRIPT));
+
+/// How long a fill marker lives: a computation slower than this is not stored.
+const FILL_LEASE: Duration = Duration::from_secs(60);
+
+/// The marker a fill leaves while it computes; any invalidation deletes it.
+pub(crate) fn marker_key(key: &str) -> String {
+    format!("{key}:#fill")
+}
+
+/// Splits the generation header off a stored value.
+pub(crate) fn split_generation(bytes: &[u8]) -> (u64, &[u8]) {
+    if bytes.first() == Some(&b'g')
+        && let Some(colon) = bytes.iter().position(|&b| b == b':')
+        && let Ok(digits) = std::str::from_utf8(&bytes[1..colon])
+        && let Ok(g) = digits.parse::<u64>()
+    {
+        return (g, &bytes[colon + 1..]);
+    }
+    (0, bytes)
+}
+
+fn parse_gen(v: Option<Vec<u8>>) -> u64 {
+    v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A fill in progress: the token of its marker and the generation it saw.
+#[derive(Debug, Clone)]
+pub(crate) struct FillTicket {
+    token: String,
+    generation: u64,
+}
 
 fn px(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -142,111 +263,250 @@ impl RedisStore {
         Err(err)
     }
 
-    pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let key = key.to_owned();
-        self.run(|mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
-            .await
+    /// The payload at `key` if live, and the current generation of its family.
+    pub(crate) async fn get(
+        &self,
+        key: &str,
+        gen_key: Option<&str>,
+    ) -> Result<(Option<Vec<u8>>, u64)> {
+        let keys: Vec<String> = std::iter::once(key.to_owned())
+            .chain(gen_key.map(str::to_owned))
+            .collect();
+        let mut values: Vec<Option<Vec<u8>>> = self
+            .run(|mut c| async move { redis::cmd("MGET").arg(keys).query_async(&mut c).await })
+            .await?;
+        let current = if values.len() > 1 {
+            parse_gen(values.pop().flatten())
+        } else {
+            0
+        };
+        let payload = values.pop().flatten().and_then(|v| {
+            let (g, body) = split_generation(&v);
+            (g == current).then(|| body.to_vec())
+        });
+        Ok((payload, current))
     }
 
-    pub(crate) async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>> {
+    /// Payloads of `keys` (live ones), each with its optional generation key.
+    pub(crate) async fn get_many(
+        &self,
+        keys: Vec<(String, Option<String>)>,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.run(|mut c| async move { redis::cmd("MGET").arg(keys).query_async(&mut c).await })
-            .await
+        let mut gen_keys: Vec<String> = keys.iter().filter_map(|(_, g)| g.clone()).collect();
+        gen_keys.sort();
+        gen_keys.dedup();
+        let args: Vec<String> = keys
+            .iter()
+            .map(|(k, _)| k.clone())
+            .chain(gen_keys.iter().cloned())
+            .collect();
+        let mut values: Vec<Option<Vec<u8>>> = self
+            .run(|mut c| async move { redis::cmd("MGET").arg(args).query_async(&mut c).await })
+            .await?;
+        let gens: Vec<Option<Vec<u8>>> = values.split_off(keys.len());
+        let current = |gk: &Option<String>| match gk {
+            None => 0,
+            Some(gk) => {
+                let i = gen_keys.binary_search(gk).unwrap_or(usize::MAX);
+                parse_gen(gens.get(i).cloned().flatten())
+            }
+        };
+        Ok(values
+            .into_iter()
+            .zip(&keys)
+            .map(|(v, (_, gk))| {
+                let v = v?;
+                let (g, body) = split_generation(&v);
+                (g == current(gk)).then(|| body.to_vec())
+            })
+            .collect())
     }
 
-    fn set_cmd(key: &str, value: &[u8], ttl: Option<Duration>, nx: bool) -> redis::Cmd {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(value);
-        if let Some(ttl) = ttl {
-            cmd.arg("PX").arg(px(ttl));
+    fn invocation(
+        script: &'static redis::Script,
+        key: &str,
+        gen_key: Option<&str>,
+        marker: bool,
+    ) -> redis::ScriptInvocation<'static> {
+        let mut inv = script.prepare_invoke();
+        inv.key(key);
+        if marker {
+            inv.key(marker_key(key));
         }
-        if nx {
-            cmd.arg("NX");
+        if let Some(g) = gen_key {
+            inv.key(g);
         }
-        cmd
+        inv
     }
 
-    pub(crate) async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
-        let cmd = Self::set_cmd(key, &value, ttl, false);
-        self.run(|mut c| async move { cmd.query_async(&mut c).await })
-            .await
+    fn ttl_arg(ttl: Option<Duration>) -> String {
+        ttl.map_or_else(|| "0".to_owned(), |t| px(t).to_string())
     }
 
-    pub(crate) async fn add(
+    /// Writes `value` in the current generation, cancelling fills in progress.
+    pub(crate) async fn set(
         &self,
-
         key: &str,
         value: Vec<u8>,
         ttl: Option<Duration>,
-    ) -> Result<bool> {
-        let cmd = Self::set_cmd(key, &value, ttl, true);
-        let r: Option<String> = self
-            .run(|mut c| async move { cmd.query_async(&mut c).await })
-            .await?;
-        Ok(r.is_some())
+        gen_key: Option<&str>,
+    ) -> Result<()> {
+        let mut inv = Self::invocation(&SET, key, gen_key, true);
+        inv.arg(value).arg(Self::ttl_arg(ttl));
+        self.run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await.map(drop) })
+            .await
     }
 
+    /// Writes several values (one round trip), each as [`RedisStore::set`].
     pub(crate) async fn set_many(
         &self,
-
-        items: Vec<(String, Vec<u8>)>,
+        items: Vec<(String, Vec<u8>, Option<String>)>,
         ttl: Option<Duration>,
     ) -> Result<()> {
         if items.is_empty() {
             return Ok(());
         }
+        let ttl = Self::ttl_arg(ttl);
         let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (k, v) in &items {
-            pipe.add_command(Self::set_cmd(k, v, ttl, false)).ignore();
+        for (k, v, gk) in &items {
+            let mut keys = vec![k.clone(), marker_key(k)];
+            keys.extend(gk.clone());
+            pipe.cmd("EVALSHA")
+                .arg(SET.get_hash())
+                .arg(keys.len())
+                .arg(keys)
+                .arg(v)
+                .arg(&ttl)
+                .ignore();
         }
-        self.run(|mut c| async move { pipe.query_async(&mut c).await })
-            .await
-    }
-
-    pub(crate) async fn delete_many(&self, keys: Vec<String>) -> Result<usize> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        self.run(|mut c| async move { redis::cmd("DEL").arg(keys).query_async(&mut c).await })
-            .await
-    }
-
-    pub(crate) async fn exists(&self, key: &str) -> Result<bool> {
-        let key = key.to_owned();
-        self.run(|mut c| async move { redis::cmd("EXISTS").arg(key).query_async(&mut c).await })
-            .await
-    }
-
-    pub(crate) async fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
-        let key = key.to_owned();
         self.run(|mut c| async move {
-            let mut pipe = redis::pipe();
-            pipe.atomic().cmd("EXISTS").arg(&key);
-            match ttl {
-                Some(t) => pipe.cmd("PEXPIRE").arg(&key).arg(px(t)).ignore(),
-                None => pipe.cmd("PERSIST").arg(&key).ignore(),
-            };
-            let (exists,): (bool,) = pipe.query_async(&mut c).await?;
-            Ok(exists)
+            // Make sure the script is loaded before the EVALSHA pipeline.
+            SET.prepare_invoke().load_async(&mut c).await?;
+            pipe.query_async::<()>(&mut c).await
         })
         .await
     }
 
-    /// `Ok(None)` when the key is missing.
-    pub(crate) async fn incr(&self, key: &str, delta: i64) -> Result<Option<i64>> {
-        let key = key.to_owned();
-        self.run(|mut c| async move { INCR.key(key).arg(delta).invoke_async(&mut c).await })
+    /// Stores only if `key` has no live value; returns whether it stored.
+    pub(crate) async fn add(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+        gen_key: Option<&str>,
+    ) -> Result<bool> {
+        let mut inv = Self::invocation(&ADD, key, gen_key, true);
+        inv.arg(value).arg(Self::ttl_arg(ttl));
+        self.run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await.map(|n| n == 1) })
             .await
     }
 
-    pub(crate) async fn ttl(&self, key: &str) -> Result<Option<Ttl>> {
-        let key = key.to_owned();
-        let ms: i64 = self
-            .run(|mut c| async move { redis::cmd("PTTL").arg(key).query_async(&mut c).await })
+    /// Leaves a fill marker before computing `key` (see [`RedisStore::fill`]).
+    pub(crate) async fn begin_fill(&self, key: &str, generation: u64) -> Result<FillTicket> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let token = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            now_nanos(),
+            COUNTER.fetch_add(1, Relaxed)
+        );
+        let cmd = {
+            let mut c = redis::cmd("SET");
+            c.arg(marker_key(key))
+                .arg(&token)
+                .arg("PX")
+                .arg(px(FILL_LEASE));
+            c
+        };
+        self.run(|mut c| async move { cmd.query_async::<()>(&mut c).await })
             .await?;
+        Ok(FillTicket { token, generation })
+    }
+
+    /// Stores a computed value unless `key` was invalidated (deleted, set,
+    /// or its family bumped) since [`RedisStore::begin_fill`]; atomic in Lua.
+    pub(crate) async fn fill(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+        gen_key: Option<&str>,
+        ticket: FillTicket,
+    ) -> Result<bool> {
+        let mut inv = Self::invocation(&FILL, key, gen_key, true);
+        inv.arg(value)
+            .arg(Self::ttl_arg(ttl))
+            .arg(ticket.token)
+            .arg(ticket.generation.to_string());
+        self.run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await.map(|n| n == 1) })
+            .await
+    }
+
+    /// Deletes `keys` and their fill markers; returns how many keys existed.
+    pub(crate) async fn delete_many(&self, keys: Vec<String>) -> Result<usize> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let markers: Vec<String> = keys.iter().map(|k| marker_key(k)).collect();
+        self.run(|mut c| async move {
+            let (n, _): (usize, usize) = redis::pipe()
+                .atomic()
+                .cmd("DEL")
+                .arg(keys)
+                .cmd("DEL")
+                .arg(markers)
+                .query_async(&mut c)
+                .await?;
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Makes every value of the family with generation key `gen_key` invisible.
+    pub(crate) async fn bump(&self, gen_key: &str) -> Result<u64> {
+        let gk = gen_key.to_owned();
+        self.run(|mut c| async move { redis::cmd("INCR").arg(gk).query_async(&mut c).await })
+            .await
+    }
+
+    pub(crate) async fn exists(&self, key: &str, gen_key: Option<&str>) -> Result<bool> {
+        Ok(self.get(key, gen_key).await?.0.is_some())
+    }
+
+    async fn ttl_script(&self, key: &str, gen_key: Option<&str>, arg: String) -> Result<i64> {
+        let mut inv = Self::invocation(&TTL, key, gen_key, false);
+        inv.arg(arg);
+        self.run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
+            .await
+    }
+
+    pub(crate) async fn touch(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        gen_key: Option<&str>,
+    ) -> Result<bool> {
+        Ok(self.ttl_script(key, gen_key, Self::ttl_arg(ttl)).await? != -2)
+    }
+
+    /// `Ok(None)` when the key is missing.
+    pub(crate) async fn incr(
+        &self,
+        key: &str,
+        delta: i64,
+        gen_key: Option<&str>,
+    ) -> Result<Option<i64>> {
+        let mut inv = Self::invocation(&INCR, key, gen_key, false);
+        inv.arg(delta);
+        self.run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await
+    }
+
+    pub(crate) async fn ttl(&self, key: &str, gen_key: Option<&str>) -> Result<Option<Ttl>> {
+        let ms = self.ttl_script(key, gen_key, String::new()).await?;
         Ok(match ms {
             -2 => None,
             -1 => Some(Ttl::Forever),
@@ -254,7 +514,8 @@ impl RedisStore {
         })
     }
 
-    /// Deletes every key matching `pattern`, with `SCAN` in batches (never `KEYS`).
+    /// Deletes every key matching `pattern` (and their fill markers), with
+    /// `SCAN` in batches (never `KEYS`); returns how many keys it deleted.
     pub(crate) async fn delete_pattern(&self, pattern: &str) -> Result<usize> {
         let mut cursor: u64 = 0;
         let mut deleted = 0;
@@ -270,11 +531,23 @@ impl RedisStore {
                         .arg(1000)
                         .query_async(&mut c)
                         .await?;
-                    let n = if keys.is_empty() {
-                        0
+                    let (values, markers): (Vec<String>, Vec<String>) =
+                        keys.into_iter().partition(|k| !k.ends_with(":#fill"));
+                    let markers: Vec<String> = markers
+                        .into_iter()
+                        .chain(values.iter().map(|k| marker_key(k)))
+                        .collect();
+                    if values.is_empty() && markers.is_empty() {
+                        return Ok((next, 0));
+                    }
+                    let mut pipe = redis::pipe();
+                    if !values.is_empty() {
+                        pipe.cmd("UNLINK").arg(&values);
                     } else {
-                        redis::cmd("UNLINK").arg(keys).query_async(&mut c).await?
-                    };
+                        pipe.cmd("ECHO").arg(0);
+                    }
+                    pipe.cmd("UNLINK").arg(markers).ignore();
+                    let (n,): (usize,) = pipe.query_async(&mut c).await?;
                     Ok((next, n))
                 })
                 .await?;
