@@ -110,6 +110,9 @@ pub use tg_cache_runtime::*;
 ///   [`check_cache_functions`], which a test of the application should call.
 pub use tg_cache_macros::cache_function;
 
+/// Derives [`Invalidate`](trait@Invalidate) for a model struct: see the trait.
+pub use tg_cache_macros::Invalidate;
+
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

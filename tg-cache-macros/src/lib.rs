@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod cache_function;
+mod invalidate;
 
 use proc_macro::TokenStream;
 
@@ -12,4 +13,11 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn cache_function(attr: TokenStream, item: TokenStream) -> TokenStream {
     cache_function::cache_function(attr.into(), item.into()).into()
+}
+
+/// Derives `tg_cache::Invalidate` for a model struct. See the `tg-cache`
+/// crate documentation of `Invalidate` for the attributes.
+#[proc_macro_derive(Invalidate, attributes(invalidate_on, invalidate))]
+pub fn derive_invalidate(input: TokenStream) -> TokenStream {
+    invalidate::derive(input.into()).into()
 }

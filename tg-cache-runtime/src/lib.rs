@@ -18,6 +18,7 @@ mod error;
 mod exec;
 mod flight;
 mod function;
+mod invalidate;
 pub mod key;
 mod registry;
 mod stats;
@@ -34,6 +35,7 @@ pub use function::{
     CachedFunction, DuplicateKeyPrefix, cached_functions, check_cache_functions, refresh,
     refresh_async, uncached, uncached_async,
 };
+pub use invalidate::{Batch, Event, Invalidate, ReceiverId, Target, connect, disconnect};
 pub use key::{CacheKeyGenerator, KeyBuilder, KeyPart, KeyPattern};
 pub use registry::{Caches, DEFAULT_ALIAS, all_caches, cache, caches, configure, init_from_env};
 pub use stats::CacheStats;
