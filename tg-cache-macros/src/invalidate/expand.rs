@@ -61,11 +61,9 @@ fn parse_template(
             let end = rest.find('{').unwrap_or(rest.len());
             let t = &rest[..end];
             let bad = t.chars().find(|c| {
-                c.is_whitespace()
-                    || c.is_control()
-                    || (!pattern
-                        && !(c.is_ascii_alphanumeric()
-                            || matches!(c, '_' | '-' | '.' | ':' | '=' | '/' | '@' | '+')))
+                let plain = c.is_ascii_alphanumeric()
+                    || matches!(c, '_' | '-' | '.' | ':' | '=' | '/' | '@' | '+');
+                c.is_whitespace() || c.is_control() || !(pattern || plain)
             });
             if let Some(bad) = bad {
                 errors.push(
