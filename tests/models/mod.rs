@@ -317,8 +317,8 @@ pub async fn invalidate_all_drops_every_entry() {
         .set("tg:queryset:Other:id=1", &1, MEDIUM)
         .await
         .unwrap();
-    for i in 0..500 {
-        assert!(cache.has_key(&items[i].0).await.unwrap());
+    for (k, _) in &items {
+        assert!(cache.has_key(k).await.unwrap());
     }
     let described: Vec<String> = Npc::all_targets()
         .unwrap()
@@ -353,7 +353,8 @@ pub fn paused_read(id: i64) -> u64 {
         started.send(()).unwrap();
         resume.recv().unwrap();
     }
-    read + id as u64 * 0
+    let _ = id; // the key; every id reads the same row version
+    read
 }
 
 #[derive(Clone, Invalidate)]
@@ -390,7 +391,8 @@ pub async fn racy_read(id: i64) -> u64 {
     let v = RACE_DB.load(SeqCst);
     let pause = rand::random_range(0..300u64);
     tokio::time::sleep(Duration::from_micros(pause)).await;
-    v + id as u64 * 0
+    let _ = id;
+    v
 }
 
 #[derive(Clone, Invalidate)]
