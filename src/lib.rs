@@ -110,7 +110,61 @@ pub use tg_cache_runtime::*;
 ///   [`check_cache_functions`], which a test of the application should call.
 pub use tg_cache_macros::cache_function;
 
-/// Derives [`Invalidate`](trait@Invalidate) for a model struct: see the trait.
+/// Derives [`Invalidate`](trait@Invalidate) for a model struct: invalidation
+/// that cannot drift from what was cached.
+///
+/// ```
+/// use tg_cache::{Invalidate, cache_function};
+///
+/// #[cache_function(timeout = MEDIUM, key_prefix = "char_scenes")]
+/// async fn get_character_scenes(character_id: i64) -> Vec<String> {
+///     vec![format!("scenes of {character_id}")]
+/// }
+///
+/// #[derive(Clone, Invalidate)]
+/// #[invalidate_on(save, delete)]
+/// #[invalidate(model_key(id), model_key(chronicle = chronicle_id))] // tg:queryset:Character:id=5, ..:chronicle=3
+/// #[invalidate(function = get_character_scenes(id))]                 // that function's entry for this character
+/// struct Character { id: i64, chronicle_id: i64, name: String }
+///
+/// # #[tokio::main] async fn main() -> tg_cache::Result<()> {
+/// let character = Character { id: 5, chronicle_id: 3, name: "Ada".into() };
+/// character.saved().await?;             // after the row was written
+/// character.deleted().await?;           // after the row was deleted
+/// Character::invalidate_all().await?;   // every entry of the model, in O(1)
+/// # Ok(()) }
+/// ```
+///
+/// # Events
+///
+/// `#[invalidate_on(save)]`, `(delete)` or `(save, delete)` (the default).
+/// `saved()` / `deleted()` (and `_blocking` twins) run the targets for
+/// their event, then any receivers connected with [`connect`]. Inside a
+/// database transaction use `saved_in(&mut batch)` and commit the
+/// [`Batch`] after the transaction commits.
+///
+/// # Targets (`#[invalidate(..)]`, any number, comma-separated)
+///
+/// | target | removes |
+/// |---|---|
+/// | `model_key(id)`, `model_key(chronicle = chronicle_id)` | `tg:queryset:<Model>:id=<id>` (one key per `model_key`, several fields sorted by name) |
+/// | `function = path(field, ..)` | the entry of that `#[cache_function]` for those fields, computed by its generated `_cache_key` function: renaming the function or changing its parameters breaks the build, and wrong field types are type errors |
+/// | `function = path(..)` | every entry of that function |
+/// | `key = "tg:view:character:{id}"` | that key, `{field}` values escaped |
+/// | `pattern = "tg:view:search:*:name={name}"` | every key matching (a SCAN on Redis); values escaped, so they never widen it |
+/// | `model = "Name"` | sets the model name (default: the struct's name) |
+/// | `cache = "alias"` | the cache of model, key and pattern targets (functions use their own) |
+///
+/// With no target, the default is `model_key(id)`; a struct without an
+/// `id` field must name its targets. `function =` must name a
+/// `#[cache_function]`: otherwise the compiler reports that its generated
+/// `<name>_key_family`/`<name>_cache_key` function cannot be found.
+///
+/// # `invalidate_all()`
+///
+/// Model keys and functions are invalidated as whole key families with a
+/// generation bump: O(1) whatever the number of entries, no SCAN. A fill
+/// that began before any invalidation never stores its stale result.
 pub use tg_cache_macros::Invalidate;
 
 /// The README's examples, compiled and run as doc tests.

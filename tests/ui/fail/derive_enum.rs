@@ -1,0 +1,8 @@
+use tg_cache::Invalidate;
+
+#[derive(Invalidate)]
+enum Character {
+    Vampire { id: i64 },
+}
+
+fn main() {}
