@@ -64,7 +64,14 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let mut g = c.benchmark_group("invalidate_all");
     g.sample_size(20).measurement_time(Duration::from_secs(3));
-    for n in [1_000usize, 10_000, 100_000, 1_000_000] {
+    // `cargo test --all-targets` runs benches once as a smoke test: keep it small.
+    let benching = std::env::args().any(|a| a == "--bench");
+    let sizes: &[usize] = if benching {
+        &[1_000, 10_000, 100_000, 1_000_000]
+    } else {
+        &[1_000]
+    };
+    for &n in sizes {
         fill_redis(n);
         g.bench_with_input(BenchmarkId::new("redis", n), &n, |b, _| {
             b.to_async(&rt)
@@ -81,7 +88,12 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("delete_pattern");
     g.sample_size(10).measurement_time(Duration::from_secs(5));
     let redis_cache = tg_cache::caches("redis").unwrap();
-    for n in [1_000usize, 10_000, 100_000] {
+    let sizes: &[usize] = if benching {
+        &[1_000, 10_000, 100_000]
+    } else {
+        &[1_000]
+    };
+    for &n in sizes {
         g.bench_with_input(BenchmarkId::new("redis", n), &n, |b, &n| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
