@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::exec::block_on;
 use crate::flight::Flights;
 use crate::key::{check_key, family_of, generation_key, glob_escape_into, glob_match, shorten};
-use crate::stats::{CacheStats, Counters};
+use crate::stats::{CacheStats, Counters, Families, FamilyStats};
 use crate::store::Store;
 use crate::store::local::{AnyValue, Incr, LocalStore};
 use crate::store::redis::{FillTicket, RedisSettings, RedisStore};
@@ -120,6 +120,7 @@ struct Inner {
     default_timeout: Timeout,
     compress_min: Option<usize>,
     counters: Counters,
+    families: Families,
     flights: Flights,
     created: Instant,
 }
@@ -185,6 +186,7 @@ impl Cache {
                 default_timeout: cfg.default_timeout,
                 compress_min: cfg.compress_min_bytes,
                 counters: Counters::default(),
+                families: Families::default(),
                 flights: Flights::default(),
                 created: Instant::now(),
             }),
@@ -212,6 +214,18 @@ impl Cache {
     /// The counters since this cache was created.
     pub fn stats(&self) -> CacheStats {
         self.inner.counters.snapshot()
+    }
+
+    /// The counters of each key family (`tg:queryset:Character`,
+    /// `tg:fn:char_scenes`, ...; `other` for keys outside `tg:`), sorted by
+    /// family. Only `hits`, `misses` and `errors` are kept per family.
+    pub fn family_stats(&self) -> Vec<(String, CacheStats)> {
+        self.inner.families.snapshot()
+    }
+
+    /// The counters of one key's family, for hit paths that keep a handle.
+    pub(crate) fn family_counters(&self, key: &str) -> Arc<FamilyStats> {
+        self.inner.families.of(key)
     }
 
     /// How long ago this cache was created.
@@ -265,6 +279,7 @@ impl Cache {
     /// Counts and logs a store failure.
     fn report(&self, op: &'static str, key: &str, err: &Error) {
         Counters::bump(&self.inner.counters.errors);
+        Counters::bump(&self.inner.families.of(key).errors);
         match err {
             Error::Unavailable { .. } | Error::Config(_) => {
                 tracing::debug!(cache = %self.inner.alias, op, key, error = %err, "cache call failed")
@@ -320,12 +335,15 @@ impl Cache {
         })
     }
 
-    fn count_lookup<T>(&self, v: &Option<T>) {
+    fn count_lookup<T>(&self, key: &str, v: &Option<T>) {
         let c = &self.inner.counters;
+        let f = self.inner.families.of(key);
         if v.is_some() {
-            c.hits.bump()
+            c.hits.bump();
+            f.hits.bump();
         } else {
-            c.misses.bump()
+            c.misses.bump();
+            f.misses.bump();
         }
     }
 
@@ -404,9 +422,9 @@ impl Cache {
         let loc = self.locate(key)?;
         let r = self.lookup(&loc).await.map(|(v, _)| v);
         if let Ok(v) = &r {
-            self.count_lookup(v);
+            self.count_lookup(key, v);
         }
-        self.track("get", &loc.full, r)
+        self.track("get", key, r)
     }
 
     async fn set_in<T: CacheValue>(&self, key: &str, value: &T, timeout: Timeout) -> Result<()> {
@@ -481,16 +499,16 @@ impl Cache {
         let mut generation = None;
         match self.lookup::<P::Stored>(&loc).await {
             Ok((Some(v), _)) => {
-                self.inner.counters.hits.bump();
+                self.count_lookup(key, &Some(()));
                 return P::load(v);
             }
             Ok((None, g)) => {
                 generation = Some(g);
-                self.inner.counters.misses.bump();
+                self.count_lookup(key, &None::<()>);
             }
             Err(e) => {
-                self.inner.counters.misses.bump();
-                self.report("get", &loc.full, &e);
+                self.count_lookup(key, &None::<()>);
+                self.report("get", key, &e);
             }
         }
         let mut f = Some(f);
@@ -596,7 +614,7 @@ impl Cache {
         }
         let mut out = HashMap::with_capacity(keys.len());
         let mut take = |k: &K, v: Option<T>| {
-            self.count_lookup(&v);
+            self.count_lookup(k.as_ref(), &v);
             if let Some(v) = v {
                 out.insert(k.as_ref().to_owned(), v);
             }

@@ -220,6 +220,8 @@ pub struct Resolved {
     pub cache: &'static Cache,
     /// The generation of the function's key family, on a local store.
     generation: Option<Arc<AtomicU64>>,
+    /// The counters of the function's key family.
+    stats: Arc<crate::stats::FamilyStats>,
 }
 
 /// Resolves the cache of a cached function once: `None` means run uncached
@@ -247,9 +249,11 @@ pub fn resolve(alias: Option<&str>, key_prefix: &'static str, path: &str) -> Opt
             }
         },
     };
+    let family = format!("tg:fn:{key_prefix}");
     Some(Resolved {
         cache,
-        generation: cache.__family_generation(&format!("tg:fn:{key_prefix}")),
+        generation: cache.__family_generation(&family),
+        stats: cache.family_counters(&family),
     })
 }
 
@@ -274,12 +278,13 @@ pub fn local_hit<P: CachePolicy<R>, R>(
         if buf.len() > MAX_KEY_LEN {
             return Some(Err(shorten(buf.clone())));
         }
-        Some(
-            resolved
-                .cache
-                .__local_hit::<P, R>(&buf, generation)
-                .ok_or_else(|| buf.clone()),
-        )
+        match resolved.cache.__local_hit::<P, R>(&buf, generation) {
+            Some(hit) => {
+                resolved.stats.hits.bump();
+                Some(Ok(hit))
+            }
+            None => Some(Err(buf.clone())),
+        }
     });
     match looked_up {
         Ok(Some(r)) => r,

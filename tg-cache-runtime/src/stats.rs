@@ -127,3 +127,65 @@ impl CacheStats {
         (total > 0).then(|| self.hits as f64 / total as f64)
     }
 }
+
+/// Counters of one key family (see [`crate::key::family_of`]).
+#[derive(Debug, Default)]
+pub(crate) struct FamilyStats {
+    pub(crate) hits: HotCounter,
+    pub(crate) misses: HotCounter,
+    pub(crate) errors: AtomicU64,
+}
+
+impl FamilyStats {
+    pub(crate) fn snapshot(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.get(),
+            misses: self.misses.get(),
+            errors: self.errors.load(Relaxed),
+            ..CacheStats::default()
+        }
+    }
+}
+
+/// The families tracked separately; keys of further families count as `other`.
+const MAX_FAMILIES: usize = 1000;
+
+/// Per-family counters of one cache.
+#[derive(Debug, Default)]
+pub(crate) struct Families {
+    map: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<FamilyStats>>>,
+}
+
+impl Families {
+    /// The counters of `key`'s family (`other` for keys outside any family).
+    pub(crate) fn of(&self, key: &str) -> std::sync::Arc<FamilyStats> {
+        let family = crate::key::family_of(key).unwrap_or("other");
+        if let Some(s) = self
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(family)
+        {
+            return s.clone();
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let family = if map.len() >= MAX_FAMILIES && !map.contains_key(family) {
+            "other"
+        } else {
+            family
+        };
+        map.entry(family.to_owned()).or_default().clone()
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<(String, CacheStats)> {
+        let mut v: Vec<(String, CacheStats)> = self
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, s)| (k.clone(), s.snapshot()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
