@@ -18,11 +18,15 @@ mod error;
 mod exec;
 mod flight;
 mod function;
+#[cfg(feature = "axum")]
+pub mod http;
 mod invalidate;
 pub mod key;
 mod registry;
 mod stats;
 mod store;
+#[cfg(feature = "minijinja")]
+pub mod template;
 pub mod timeout;
 
 #[cfg(feature = "test-support")]
