@@ -213,7 +213,7 @@ impl Cache {
 
     /// The counters since this cache was created.
     pub fn stats(&self) -> CacheStats {
-        self.inner.counters.snapshot()
+        self.inner.counters.snapshot(&self.inner.families)
     }
 
     /// The counters of each key family (`tg:queryset:Character`,
@@ -336,13 +336,10 @@ impl Cache {
     }
 
     fn count_lookup<T>(&self, key: &str, v: &Option<T>) {
-        let c = &self.inner.counters;
         let f = self.inner.families.of(key);
         if v.is_some() {
-            c.hits.bump();
             f.hits.bump();
         } else {
-            c.misses.bump();
             f.misses.bump();
         }
     }
@@ -401,7 +398,8 @@ impl Cache {
     }
 
     /// Looks up `key` on the local store only: the synchronous hit path of
-    /// `#[cache_function]`. `None` when this is not a local store.
+    /// `#[cache_function]`. `None` when this is not a local store. The
+    /// caller counts the hit (in its family's counters).
     #[doc(hidden)]
     #[inline]
     pub fn __local_hit<P: CachePolicy<R>, R>(
@@ -412,7 +410,6 @@ impl Cache {
         if let Store::Local(l) = &self.inner.store {
             let v = l.get(key, generation.load(Ordering::Acquire))?;
             let s = v.downcast_ref::<P::Stored>()?;
-            self.inner.counters.hits.bump();
             return Some(P::load(s.clone()));
         }
         None

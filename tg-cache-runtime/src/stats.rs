@@ -74,10 +74,10 @@ impl HotCounter {
     }
 }
 
+/// A cache's counters. Hits and misses are kept per key family only (see
+/// [`Families`]) and summed on read, so a hit bumps one counter.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) hits: HotCounter,
-    pub(crate) misses: HotCounter,
     pub(crate) sets: AtomicU64,
     pub(crate) deletes: AtomicU64,
     pub(crate) errors: AtomicU64,
@@ -90,10 +90,11 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> CacheStats {
+    pub(crate) fn snapshot(&self, families: &Families) -> CacheStats {
+        let (hits, misses) = families.totals();
         CacheStats {
-            hits: self.hits.get(),
-            misses: self.misses.get(),
+            hits,
+            misses,
             sets: self.sets.load(Relaxed),
             deletes: self.deletes.load(Relaxed),
             errors: self.errors.load(Relaxed),
@@ -175,6 +176,15 @@ impl Families {
             family
         };
         map.entry(family.to_owned()).or_default().clone()
+    }
+
+    /// Hits and misses over every family.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .fold((0, 0), |(h, m), s| (h + s.hits.get(), m + s.misses.get()))
     }
 
     pub(crate) fn snapshot(&self) -> Vec<(String, CacheStats)> {
