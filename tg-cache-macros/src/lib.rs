@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod cache_function;
+mod common;
 mod invalidate;
 
 use proc_macro::TokenStream;

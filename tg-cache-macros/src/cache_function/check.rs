@@ -3,6 +3,7 @@
 //! token at fault.
 
 use super::attr::Args;
+use crate::common::{Errors, Token, bad_key_char, key_text_char, split_template};
 use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
@@ -46,30 +47,8 @@ pub(crate) struct Plan {
     pub(crate) ret: Type,
 }
 
-/// Collects errors so that all of them are reported at once.
-#[derive(Default)]
-pub(crate) struct Errors(Option<syn::Error>);
-
-impl Errors {
-    pub(crate) fn push(&mut self, span: Span, msg: impl std::fmt::Display) {
-        let e = syn::Error::new(span, msg);
-        match &mut self.0 {
-            Some(all) => all.combine(e),
-            None => self.0 = Some(e),
-        }
-    }
-    pub(crate) fn finish(self) -> syn::Result<()> {
-        self.0.map_or(Ok(()), Err)
-    }
-}
-
 fn valid_prefix_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
-}
-
-/// Characters allowed in the literal text of a `key` template.
-fn valid_template_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '=' | '/' | '@' | '+')
 }
 
 /// Percent-escapes a parameter name as the runtime escapes key text.
@@ -250,61 +229,52 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
             let template = lit.value();
             let span = lit.span();
             pieces.push(Piece::Literal(":".into()));
-            let mut rest = template.as_str();
-            if template.is_empty() {
-                errors.push(span, "`key` template is empty; write e.g. `key = \"{character_id}\"`, or remove `key` to use every parameter");
-            }
-            while !rest.is_empty() {
-                if let Some(stripped) = rest.strip_prefix('{') {
-                    let Some(end) = stripped.find('}') else {
-                        errors.push(span, "unclosed `{` in the `key` template");
-                        break;
-                    };
-                    let name = stripped[..end].trim();
-                    rest = &stripped[end + 1..];
-                    if let Some(field) = name.strip_prefix("self.") {
-                        if !has_self {
-                            errors.push(span, format!("`{{self.{field}}}` in the `key` template, but the function has no `self` parameter"));
-                        } else if syn::parse_str::<Ident>(field).is_err() {
-                            errors.push(span, format!("`{{self.{field}}}` is not a field name"));
-                        } else {
-                            key_uses_self = true;
-                            pieces.push(Piece::SelfField(Ident::new(field, span), span));
+            let tokens = split_template(&template).unwrap_or_else(|msg| {
+                errors.push(span, format!("`key`: {msg}; write e.g. `key = \"{{character_id}}\"`, or remove `key` to use every parameter"));
+                Vec::new()
+            });
+            for token in tokens {
+                let name = match token {
+                    Token::Text(text) => {
+                        if let Some(bad) = text.chars().find(|c| !key_text_char(*c)) {
+                            errors.push(span, bad_key_char(bad));
                         }
+                        pieces.push(Piece::Literal(text.to_owned()));
                         continue;
                     }
-                    match params.iter().find(|(i, _)| i.unraw() == name) {
-                        Some((ident, _)) if skipped(ident) => errors.push(
-                            span,
-                            format!("`{{{name}}}` is in the `key` template but `{name}` is also in `skip(..)`; remove one"),
-                        ),
-                        Some((ident, _)) => {
-                            pieces.push(Piece::Param(ident.clone()));
-                            if !in_key.contains(ident) {
-                                in_key.push(ident.clone());
-                            }
+                    Token::Placeholder(name) => name,
+                };
+                if let Some(field) = name.strip_prefix("self.") {
+                    if !has_self {
+                        errors.push(span, format!("`{{self.{field}}}` in the `key` template, but the function has no `self` parameter"));
+                    } else if syn::parse_str::<Ident>(field).is_err() {
+                        errors.push(span, format!("`{{self.{field}}}` is not a field name"));
+                    } else {
+                        key_uses_self = true;
+                        pieces.push(Piece::SelfField(Ident::new(field, span), span));
+                    }
+                    continue;
+                }
+                match params.iter().find(|(i, _)| i.unraw() == name) {
+                    Some((ident, _)) if skipped(ident) => errors.push(
+                        span,
+                        format!("`{{{name}}}` is in the `key` template but `{name}` is also in `skip(..)`; remove one"),
+                    ),
+                    Some((ident, _)) => {
+                        pieces.push(Piece::Param(ident.clone()));
+                        if !in_key.contains(ident) {
+                            in_key.push(ident.clone());
                         }
-                        None => errors.push(
-                            span,
-                            format!("`{{{name}}}` in the `key` template names no parameter; {}, or `{{self.field}}`", param_names()),
-                        ),
                     }
-                } else {
-                    let end = rest.find('{').unwrap_or(rest.len());
-                    let text = &rest[..end];
-                    if let Some(bad) = text.chars().find(|c| !valid_template_char(*c)) {
-                        errors.push(
-                            span,
-                            format!("{bad:?} is not allowed in the literal text of a `key` template (letters, digits and `_ - . : = / @ +` are)"),
-                        );
-                    }
-                    pieces.push(Piece::Literal(text.to_owned()));
-                    rest = &rest[end..];
+                    None => errors.push(
+                        span,
+                        format!("`{{{name}}}` in the `key` template names no parameter; {}, or `{{self.field}}`", param_names()),
+                    ),
                 }
             }
             // After a misspelt placeholder, "parameter not in template" would
             // only repeat the same mistake.
-            let misspelt = errors.0.is_some();
+            let misspelt = !errors.is_empty();
             for (ident, _) in &params {
                 if !misspelt && !skipped(ident) && !in_key.contains(ident) {
                     errors.push(

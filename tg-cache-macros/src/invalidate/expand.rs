@@ -1,26 +1,11 @@
 //! Checks and code generation for `#[derive(Invalidate)]`.
 
 use super::attr::{Events, Item, Items};
+use crate::common::{Errors, Token, bad_key_char, key_text_char, split_template};
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, Ident, LitStr, Path};
-
-#[derive(Default)]
-struct Errors(Option<syn::Error>);
-
-impl Errors {
-    fn push(&mut self, span: Span, msg: impl std::fmt::Display) {
-        let e = syn::Error::new(span, msg);
-        match &mut self.0 {
-            Some(all) => all.combine(e),
-            None => self.0 = Some(e),
-        }
-    }
-    fn finish(self) -> syn::Result<()> {
-        self.0.map_or(Ok(()), Err)
-    }
-}
 
 /// A `key`/`pattern` template split into literal text and field placeholders.
 enum Piece {
@@ -37,45 +22,30 @@ fn parse_template(
 ) -> Vec<Piece> {
     let text = lit.value();
     let span = lit.span();
+    let tokens = split_template(&text).unwrap_or_else(|msg| {
+        errors.push(span, msg);
+        Vec::new()
+    });
     let mut pieces = Vec::new();
-    let mut rest = text.as_str();
-    if text.is_empty() {
-        errors.push(span, "the template is empty");
-    }
-    while !rest.is_empty() {
-        if let Some(stripped) = rest.strip_prefix('{') {
-            let Some(end) = stripped.find('}') else {
-                errors.push(span, "unclosed `{` in the template");
-                break;
-            };
-            let name = stripped[..end].trim();
-            rest = &stripped[end + 1..];
-            match fields.iter().find(|f| *f == name) {
+    for token in tokens {
+        match token {
+            Token::Placeholder(name) => match fields.iter().find(|f| *f == name) {
                 Some(f) => pieces.push(Piece::Field(Ident::new(&f.to_string(), span))),
                 None => errors.push(
                     span,
                     format!("`{{{name}}}` in the template names no field; {field_list}"),
                 ),
+            },
+            Token::Text(t) => {
+                // Patterns may use glob characters; keys may not.
+                let bad = t.chars().find(|&c| {
+                    c.is_whitespace() || c.is_control() || !(pattern || key_text_char(c))
+                });
+                if let Some(bad) = bad {
+                    errors.push(span, bad_key_char(bad));
+                }
+                pieces.push(Piece::Text(t.to_owned()));
             }
-        } else {
-            let end = rest.find('{').unwrap_or(rest.len());
-            let t = &rest[..end];
-            let bad = t.chars().find(|c| {
-                let plain = c.is_ascii_alphanumeric()
-                    || matches!(c, '_' | '-' | '.' | ':' | '=' | '/' | '@' | '+');
-                c.is_whitespace() || c.is_control() || !(pattern || plain)
-            });
-            if let Some(bad) = bad {
-                errors.push(
-                    span,
-                    format!(
-                        "{bad:?} is not allowed in the literal text of a {} template",
-                        if pattern { "pattern" } else { "key" }
-                    ),
-                );
-            }
-            pieces.push(Piece::Text(t.to_owned()));
-            rest = &rest[end..];
         }
     }
     pieces
