@@ -31,8 +31,28 @@ pub(crate) struct Entry {
 impl Entry {
     #[inline]
     fn live(&self, generation: u64) -> bool {
-        self.generation == generation && self.expires_at.is_none_or(|t| t > Instant::now())
+        self.generation == generation && self.expires_at.is_none_or(|t| t > recent())
     }
+}
+
+/// How often the clock read by the hit path is refreshed: an entry may be
+/// served up to this long after its deadline.
+const CLOCK_TICK: Duration = Duration::from_millis(10);
+
+/// The time, read from a value a background thread refreshes every
+/// [`CLOCK_TICK`] (an atomic load instead of a clock read on every hit).
+#[inline]
+fn recent() -> Instant {
+    Instant::recent()
+}
+
+fn start_clock() {
+    static UPKEEP: std::sync::OnceLock<Option<quanta::Handle>> = std::sync::OnceLock::new();
+    UPKEEP.get_or_init(|| match quanta::Upkeep::new(CLOCK_TICK).start() {
+        Ok(h) => Some(h),
+        // Another component already runs one: its clock is just as good.
+        Err(_) => None,
+    });
 }
 
 /// Outcome of an atomic increment.
@@ -58,6 +78,7 @@ fn far_future() -> Instant {
 
 impl LocalStore {
     pub(crate) fn new(max_entries: u64) -> Self {
+        start_clock();
         Self {
             cache: moka::sync::Cache::builder()
                 .max_capacity(max_entries)
