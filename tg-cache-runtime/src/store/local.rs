@@ -48,11 +48,9 @@ fn recent() -> Instant {
 
 fn start_clock() {
     static UPKEEP: std::sync::OnceLock<Option<quanta::Handle>> = std::sync::OnceLock::new();
-    UPKEEP.get_or_init(|| match quanta::Upkeep::new(CLOCK_TICK).start() {
-        Ok(h) => Some(h),
-        // Another component already runs one: its clock is just as good.
-        Err(_) => None,
-    });
+    // An error means another component already runs one: its clock is
+    // just as good.
+    UPKEEP.get_or_init(|| quanta::Upkeep::new(CLOCK_TICK).start().ok());
 }
 
 /// Outcome of an atomic increment.
