@@ -24,6 +24,37 @@ async fn dummy_caches_nothing() {
             .await;
     }
     assert_eq!(runs.load(Ordering::SeqCst), 3);
+    // every other method answers as an empty cache would
+    assert!(
+        cache.add("k", &1, MEDIUM).await.unwrap(),
+        "add succeeds, like Django's DummyCache"
+    );
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), None);
+    cache.set_many(&[("a", 1), ("b", 2)], MEDIUM).await.unwrap();
+    assert!(
+        cache
+            .get_many::<i32, _>(&["a", "b"])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(cache.delete_many(&["a", "b"]).await.unwrap(), 0);
+    assert!(!cache.touch("a", MEDIUM).await.unwrap());
+    assert_eq!(cache.ttl("a").await.unwrap(), None);
+    assert!(matches!(
+        cache.decr("k", 1).await,
+        Err(Error::MissingKey(_))
+    ));
+    assert_eq!(cache.delete_pattern("*").await.unwrap(), 0);
+    cache
+        .invalidate_family("tg:queryset:Character")
+        .await
+        .unwrap();
+    cache.clear().await.unwrap();
+    cache.flush_database().await.unwrap();
+    assert!(cache.health().await.is_ok());
+    assert_eq!(cache.blocking().get_or_set("k", MEDIUM, || 5), 5);
+    assert_eq!(cache.stats().sets, 0, "nothing was stored");
 }
 
 #[test]

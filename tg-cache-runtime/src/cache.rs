@@ -431,7 +431,6 @@ impl Cache {
             let r = self.delete_keys(vec![loc.full.to_string()]).await.map(drop);
             return self.track("set", &loc.full, r);
         };
-        Counters::bump(&self.inner.counters.sets);
         let r = match &self.inner.store {
             Store::Local(l) => {
                 let g = l.generation(loc.family);
@@ -442,9 +441,12 @@ impl Cache {
                 Ok(bytes) => r.set(&loc.full, bytes, ttl, loc.gen_key.as_deref()).await,
                 Err(e) => Err(e),
             },
-            Store::Dummy => Ok(()),
+            Store::Dummy => return Ok(()),
             Store::Broken(e) => Err(Self::broken_err(e)),
         };
+        if r.is_ok() {
+            Counters::bump(&self.inner.counters.sets);
+        }
         self.track("set", &loc.full, r)
     }
 
@@ -465,7 +467,7 @@ impl Cache {
             Store::Dummy => Ok(true),
             Store::Broken(e) => Err(Self::broken_err(e)),
         };
-        if matches!(r, Ok(true)) {
+        if matches!(r, Ok(true)) && !matches!(self.inner.store, Store::Dummy) {
             self.inner.flights.invalidate_key(&loc.full);
             Counters::bump(&self.inner.counters.sets);
         }
@@ -683,7 +685,7 @@ impl Cache {
             Store::Dummy => Ok(()),
             Store::Broken(e) => Err(Self::broken_err(e)),
         };
-        if r.is_ok() {
+        if r.is_ok() && !matches!(self.inner.store, Store::Dummy) {
             self.inner
                 .counters
                 .sets
