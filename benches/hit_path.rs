@@ -110,6 +110,15 @@ fn local(c: &mut Criterion) {
     g.finish();
 }
 
+/// A plain `GET` on a redis-rs connection: the Redis baseline.
+async fn raw_get(mut conn: redis::aio::MultiplexedConnection, key: String) -> Vec<u8> {
+    redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
 fn redis(c: &mut Criterion) {
     let server = &*SERVER;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -127,31 +136,12 @@ fn redis(c: &mut Criterion) {
     });
     let mut g = c.benchmark_group("redis_hit");
     g.bench_function(BenchmarkId::new("raw_get", "bytes"), |b| {
-        b.to_async(&rt).iter(|| {
-            let mut conn = conn.clone();
-            let key = key.clone();
-            async move {
-                let v: Vec<u8> = redis::cmd("GET")
-                    .arg(&key)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                v
-            }
-        })
+        b.to_async(&rt).iter(|| raw_get(conn.clone(), key.clone()))
     });
     g.bench_function(BenchmarkId::new("raw_get", "bytes_and_json_decode"), |b| {
-        b.to_async(&rt).iter(|| {
-            let mut conn = conn.clone();
-            let key = key.clone();
-            async move {
-                let v: Vec<u8> = redis::cmd("GET")
-                    .arg(&key)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                serde_json::from_slice::<Vec<Scene>>(&v).unwrap()
-            }
+        b.to_async(&rt).iter(|| async {
+            let v = raw_get(conn.clone(), key.clone()).await;
+            serde_json::from_slice::<Vec<Scene>>(&v).unwrap()
         })
     });
     g.bench_function(BenchmarkId::new("cache_function", "arc_value"), |b| {

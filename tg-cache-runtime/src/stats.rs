@@ -199,3 +199,21 @@ impl Families {
         v
     }
 }
+
+type SharedMap<T> = std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<T>>>;
+
+/// The shared entry of `name` in `map`, created on first use: a read lock
+/// on the common path, the write lock only to insert. `insert_as` may pick
+/// another name to insert under (given the map, under the write lock).
+pub(crate) fn shared_entry<'n, T: Default>(
+    map: &SharedMap<T>,
+    name: &'n str,
+    insert_as: impl FnOnce(&std::collections::HashMap<String, std::sync::Arc<T>>) -> &'n str,
+) -> std::sync::Arc<T> {
+    if let Some(v) = map.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+        return v.clone();
+    }
+    let mut map = map.write().unwrap_or_else(|p| p.into_inner());
+    let name = insert_as(&map);
+    map.entry(name.to_owned()).or_default().clone()
+}

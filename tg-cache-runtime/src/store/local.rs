@@ -94,16 +94,7 @@ impl LocalStore {
 
     /// A handle on `family`'s generation, for hit paths that read it often.
     pub(crate) fn generation_handle(&self, family: &str) -> Arc<AtomicU64> {
-        if let Some(g) = self
-            .generations
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(family)
-        {
-            return g.clone();
-        }
-        let mut map = self.generations.write().unwrap_or_else(|p| p.into_inner());
-        map.entry(family.to_owned()).or_default().clone()
+        crate::stats::shared_entry(&self.generations, family, |_| family)
     }
 
     /// Makes every entry of `family` invisible, in O(1).
