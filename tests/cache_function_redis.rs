@@ -33,18 +33,23 @@ fn setup() {
 
 shape_tests!(setup);
 
+/// The JSON of a stored family value: values of a key family carry their
+/// family's epoch as a `#<token>:` header (32 hex digits).
+fn payload(raw: &str) -> &str {
+    let (epoch, json) = raw
+        .strip_prefix('#')
+        .and_then(|r| r.split_once(':'))
+        .unwrap_or_else(|| panic!("no epoch header in {raw:?}"));
+    assert_eq!(epoch.len(), 32, "{raw:?}");
+    json
+}
+
 #[tokio::test]
 async fn the_redis_key_is_the_documented_key() {
     setup();
     let scenes = shapes::get_character_scenes(77).await.unwrap();
     let raw: String = SERVER.cmd(&["GET", "tg:fn:char_scenes:character_id=77"]);
-    // Plain JSON; after a function-wide invalidation (another test does one)
-    // values carry their generation as a `g<n>:` prefix.
-    let json = match raw.split_once(':') {
-        Some((g, rest)) if g.starts_with('g') && g[1..].chars().all(|c| c.is_ascii_digit()) => rest,
-        _ => raw.as_str(),
-    };
-    assert_eq!(json, serde_json::to_string(&scenes).unwrap());
+    assert_eq!(payload(&raw), serde_json::to_string(&scenes).unwrap());
     let keys: Vec<String> = SERVER.cmd(&["KEYS", "tg:fn:char_scenes:*"]);
     assert!(
         keys.contains(&"tg:fn:char_scenes:character_id=77".to_string()),
@@ -96,11 +101,15 @@ fn cube(x: i64) -> i64 {
 #[tokio::test]
 async fn corrupt_entries_are_recomputed() {
     setup();
-    let () = SERVER.cmd(&["SET", "tg:fn:cube:x=2", "{corrupt"]);
+    // A corrupt value in the family's current epoch (a value without the
+    // epoch header is simply not live).
+    assert_eq!(cube(3), 27);
+    let epoch: String = SERVER.cmd(&["GET", "#epoch:tg:fn:cube"]);
+    let () = SERVER.cmd(&["SET", "tg:fn:cube:x=2", &format!("#{epoch}:{{corrupt")]);
     assert_eq!(cube(2), 8);
     assert_eq!(cube(2), 8);
-    assert_eq!(CUBE_RUNS.load(SeqCst), 1);
+    assert_eq!(CUBE_RUNS.load(SeqCst), 2);
     let raw: String = SERVER.cmd(&["GET", "tg:fn:cube:x=2"]);
-    assert_eq!(raw, "8");
+    assert_eq!(payload(&raw), "8");
     assert!(tg_cache::cache().stats().decode_errors >= 1);
 }

@@ -72,18 +72,27 @@ async fn key_prefix_and_version_like_django() {
         .build()
         .unwrap();
     cache.set("tg:view:home:", &1, MEDIUM).await.unwrap();
-    let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
-    assert_eq!(keys, vec!["wod:2:tg:view:home:"]);
+    let mut keys: Vec<String> = server.cmd(&["KEYS", "*"]);
+    keys.sort();
+    // The value, and its family's epoch (namespaced too).
+    assert_eq!(
+        keys,
+        vec!["wod:2:#epoch:tg:view:home", "wod:2:tg:view:home:"]
+    );
     assert_eq!(cache.get::<i32>("tg:view:home:").await.unwrap(), Some(1));
     assert_eq!(cache.delete_pattern("tg:view:*").await.unwrap(), 1);
-    // clear() removes the prefix's keys, including keys outside tg:, and nothing else
+    // clear() removes the prefix's keys, including keys outside tg:, and
+    // nothing else; it keeps the family epochs, which other caches share.
     cache.set("manual", &1, MEDIUM).await.unwrap();
     let () = server.cmd(&["SET", "wod:1:manual", "older version"]);
     let () = server.cmd(&["SET", "unrelated", "x"]);
     cache.clear().await.unwrap();
     let mut keys: Vec<String> = server.cmd(&["KEYS", "*"]);
     keys.sort();
-    assert_eq!(keys, vec!["unrelated", "wod:1:manual"]);
+    assert_eq!(
+        keys,
+        vec!["unrelated", "wod:1:manual", "wod:2:#epoch:tg:view:home"]
+    );
 }
 
 #[tokio::test]
@@ -98,8 +107,11 @@ async fn delete_pattern_scans_in_batches() {
         cache.delete_pattern("tg:queryset:Scene:*").await.unwrap(),
         5000
     );
+    // Only the family's epoch is left.
     let n: i64 = server.cmd(&["DBSIZE"]);
-    assert_eq!(n, 0);
+    assert_eq!(n, 1);
+    let epochs: i64 = server.cmd(&["EXISTS", "#epoch:tg:queryset:Scene"]);
+    assert_eq!(epochs, 1);
     // the implementation never calls KEYS
     let stats: String = server.cmd(&["INFO", "commandstats"]);
     assert!(!stats.contains("cmdstat_keys:"), "{stats}");

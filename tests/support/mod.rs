@@ -5,6 +5,17 @@
 pub use tg_cache::testing::RedisServer;
 use tg_cache::{Cache, CacheConfig};
 
+/// The JSON of a stored family value: values of a key family carry their
+/// family's epoch as a `#<token>:` header (32 hex digits).
+pub fn payload(raw: &str) -> &str {
+    let (epoch, json) = raw
+        .strip_prefix('#')
+        .and_then(|r| r.split_once(':'))
+        .unwrap_or_else(|| panic!("no epoch header in {raw:?}"));
+    assert_eq!(epoch.len(), 32, "{raw:?}");
+    json
+}
+
 pub fn local() -> Cache {
     CacheConfig::local().build().unwrap()
 }

@@ -1,15 +1,19 @@
 //! The cache API: [`Cache`] and its blocking face [`BlockingCache`].
 
 use crate::codec;
-use crate::config::{Backend, CacheConfig};
+use crate::config::{Backend, CacheConfig, RedisUrl};
 use crate::error::{Error, Result};
 use crate::exec::block_on;
 use crate::flight::Flights;
-use crate::key::{check_key, family_of, generation_key, glob_escape_into, glob_match, shorten};
+use crate::generation::epoch_key;
+use crate::key::{check_key, family_of, glob_escape_into, shorten};
+use crate::protocol::{self, Mode};
 use crate::stats::{CacheStats, Counters, Families, FamilyStats};
-use crate::store::Store;
-use crate::store::local::{AnyValue, Incr, LocalStore};
-use crate::store::redis::{FillTicket, RedisSettings, RedisStore};
+use crate::store::broken::BrokenStore;
+use crate::store::dummy::DummyStore;
+use crate::store::local::LocalStore;
+use crate::store::redis::{RedisSettings, RedisStore};
+use crate::store::{Family, Incr, Slot, Store, Stored};
 use crate::timeout::{Timeout, Ttl};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -79,16 +83,6 @@ impl<T: CacheValue> CachePolicy<Option<T>> for SomeOnly {
     }
 }
 
-/// A key as the store sees it.
-struct Loc<'k> {
-    /// Namespaced, checked, shortened.
-    full: Cow<'k, str>,
-    /// Its family, for generation checks.
-    family: Option<&'k str>,
-    /// On Redis, where the family's generation is kept.
-    gen_key: Option<String>,
-}
-
 /// A cache: a store plus key namespace, default timeout and counters.
 ///
 /// Cheap to clone (an `Arc`). Get the configured ones with [`crate::cache`]
@@ -96,6 +90,16 @@ struct Loc<'k> {
 /// [`CacheConfig::build`]. Every method is `async`; [`Cache::blocking`] gives
 /// the same methods for synchronous code, usable with or without a tokio
 /// runtime.
+///
+/// # Across processes
+///
+/// Many processes (and many `Cache`s) may share one Redis. The miss path
+/// (`get_or_set`, `#[cache_function]`, `cache_page`, fragments) keeps its
+/// guarantees there: one computation per cold key across all processes (a
+/// lease in Redis, renewed while the holder computes, expiring within
+/// [`CacheConfig::lease_timeout`] if the holder dies), no value stored
+/// after an invalidation that raced it, and family invalidation that can
+/// never go backwards. `protocol.rs` documents the protocol and its bounds.
 ///
 /// ```
 /// # async fn demo() -> tg_cache_runtime::Result<()> {
@@ -108,20 +112,21 @@ struct Loc<'k> {
 /// ```
 #[derive(Clone)]
 pub struct Cache {
-    inner: Arc<Inner>,
+    inner: Arc<Core>,
 }
 
-struct Inner {
+/// What a [`Cache`] is made of; the miss protocol works on it.
+pub(crate) struct Core {
     alias: String,
     backend: Backend,
-    store: Store,
+    pub(crate) store: Arc<dyn Store>,
+    url: Option<RedisUrl>,
     /// `prefix`, `prefix:version`, `version` or empty: put before every key.
     namespace: String,
-    default_timeout: Timeout,
-    compress_min: Option<usize>,
+    pub(crate) default_timeout: Timeout,
     counters: Counters,
     families: Families,
-    flights: Flights,
+    pub(crate) flights: Flights,
     created: Instant,
 }
 
@@ -130,8 +135,8 @@ impl std::fmt::Debug for Cache {
         let mut d = f.debug_struct("Cache");
         d.field("alias", &self.inner.alias)
             .field("backend", &self.inner.backend);
-        if let Store::Redis(r) = &self.inner.store {
-            d.field("url", r.url());
+        if let Some(url) = &self.inner.url {
+            d.field("url", url);
         }
         d.field("namespace", &self.inner.namespace).finish()
     }
@@ -157,34 +162,39 @@ fn namespace(cfg: &CacheConfig) -> String {
 
 impl Cache {
     pub(crate) fn from_config(alias: &str, cfg: &CacheConfig) -> Result<Cache> {
-        let store = match cfg.backend {
-            Backend::Local => Store::Local(LocalStore::new(cfg.max_entries)),
-            Backend::Dummy => Store::Dummy,
+        let store: Arc<dyn Store> = match cfg.backend {
+            Backend::Local => Arc::new(LocalStore::new(cfg.max_entries)),
+            Backend::Dummy => Arc::new(DummyStore),
             Backend::Redis => {
                 let url = cfg.redis_url.clone().ok_or_else(|| {
                     crate::ConfigError::new("REDIS_URL", "", "the redis backend needs a URL")
                 })?;
-                Store::Redis(RedisStore::new(&RedisSettings {
+                Arc::new(RedisStore::new(&RedisSettings {
                     url,
                     max_connections: cfg.max_connections,
                     connect_timeout: cfg.connect_timeout,
                     response_timeout: cfg.response_timeout,
                     breaker_cooldown: cfg.breaker_cooldown,
+                    lease_timeout: cfg.lease_timeout,
+                    compress_min: cfg.compress_min_bytes,
                 })?)
             }
         };
         Ok(Self::with_store(alias, cfg, store))
     }
 
-    fn with_store(alias: &str, cfg: &CacheConfig, store: Store) -> Cache {
+    fn with_store(alias: &str, cfg: &CacheConfig, store: Arc<dyn Store>) -> Cache {
         Cache {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Core {
                 alias: alias.to_owned(),
                 backend: cfg.backend,
                 store,
+                url: cfg
+                    .redis_url
+                    .clone()
+                    .filter(|_| cfg.backend == Backend::Redis),
                 namespace: namespace(cfg),
                 default_timeout: cfg.default_timeout,
-                compress_min: cfg.compress_min_bytes,
                 counters: Counters::default(),
                 families: Families::default(),
                 flights: Flights::default(),
@@ -198,7 +208,7 @@ impl Cache {
     /// run their bodies; the error is logged once here.
     pub(crate) fn broken(alias: &str, cfg: &CacheConfig, err: crate::ConfigError) -> Cache {
         tracing::error!(cache = alias, error = %err, "tg-cache configuration is invalid; caching is disabled for this cache");
-        Self::with_store(alias, cfg, Store::Broken(err))
+        Self::with_store(alias, cfg, Arc::new(BrokenStore(err)))
     }
 
     /// The alias this cache is registered under (`default` for [`crate::cache`]).
@@ -235,10 +245,7 @@ impl Cache {
 
     /// Entries held by a local store (`None` for other stores).
     pub fn local_len(&self) -> Option<u64> {
-        match &self.inner.store {
-            Store::Local(l) => Some(l.len()),
-            _ => None,
-        }
+        self.inner.store.len()
     }
 
     /// The blocking face of this cache, for synchronous code.
@@ -249,43 +256,91 @@ impl Cache {
     /// The key as stored: namespace applied, checked, shortened if long.
     /// With the default configuration this is `key` itself.
     pub fn make_key<'k>(&self, key: &'k str) -> Result<Cow<'k, str>> {
-        let key = check_key(key)?;
+        self.inner.make_key(key)
+    }
+
+    /// The epoch handle of `family` on a local store without namespace (for
+    /// the hit path of `#[cache_function]`); `None` otherwise.
+    #[doc(hidden)]
+    pub fn __family_generation(&self, family: &str) -> Option<Arc<AtomicU64>> {
         if self.inner.namespace.is_empty() {
+            self.inner.store.epoch_handle(family)
+        } else {
+            None
+        }
+    }
+
+    /// Looks up `key` on the local store only: the synchronous hit path of
+    /// `#[cache_function]`. `None` on a miss or another store. The caller
+    /// counts the hit (in its family's counters).
+    #[doc(hidden)]
+    #[inline]
+    pub fn __local_hit<P: CachePolicy<R>, R>(
+        &self,
+        key: &str,
+        generation: &AtomicU64,
+    ) -> Option<R> {
+        let v = self
+            .inner
+            .store
+            .peek(key, generation.load(Ordering::Acquire))?;
+        let s = v.downcast_ref::<P::Stored>()?;
+        Some(P::load(s.clone()))
+    }
+}
+
+impl Core {
+    fn make_key<'k>(&self, key: &'k str) -> Result<Cow<'k, str>> {
+        let key = check_key(key)?;
+        if self.namespace.is_empty() {
             Ok(key)
         } else {
-            Ok(Cow::Owned(shorten(format!(
-                "{}:{}",
-                self.inner.namespace, key
-            ))))
+            Ok(Cow::Owned(shorten(format!("{}:{}", self.namespace, key))))
         }
     }
 
     fn make_pattern(&self, pattern: &str) -> String {
-        if self.inner.namespace.is_empty() {
+        if self.namespace.is_empty() {
             pattern.to_owned()
         } else {
-            let mut p = String::with_capacity(self.inner.namespace.len() + pattern.len() + 1);
-            glob_escape_into(&self.inner.namespace, &mut p);
+            let mut p = String::with_capacity(self.namespace.len() + pattern.len() + 1);
+            glob_escape_into(&self.namespace, &mut p);
             p.push(':');
             p.push_str(pattern);
             p
         }
     }
 
-    fn broken_err(e: &crate::ConfigError) -> Error {
-        Error::Config(e.clone())
+    /// A family as the stores see it.
+    fn family(&self, family: &str) -> Family {
+        Family {
+            name: if self.namespace.is_empty() {
+                family.to_owned()
+            } else {
+                format!("{}:{family}", self.namespace)
+            },
+            epoch_key: epoch_key(&self.namespace, family),
+        }
+    }
+
+    /// Where `key` lives in the store.
+    pub(crate) fn slot(&self, key: &str) -> Result<Slot> {
+        Ok(Slot {
+            key: self.make_key(key)?.into_owned(),
+            family: family_of(key).map(|f| self.family(f)),
+        })
     }
 
     /// Counts and logs a store failure.
-    fn report(&self, op: &'static str, key: &str, err: &Error) {
-        Counters::bump(&self.inner.counters.errors);
-        Counters::bump(&self.inner.families.of(key).errors);
+    pub(crate) fn report(&self, op: &'static str, key: &str, err: &Error) {
+        Counters::bump(&self.counters.errors);
+        Counters::bump(&self.families.of(key).errors);
         match err {
             Error::Unavailable { .. } | Error::Config(_) => {
-                tracing::debug!(cache = %self.inner.alias, op, key, error = %err, "cache call failed")
+                tracing::debug!(cache = %self.alias, op, key, error = %err, "cache call failed")
             }
             _ => {
-                tracing::warn!(cache = %self.inner.alias, op, key, error = %err, "cache call failed")
+                tracing::warn!(cache = %self.alias, op, key, error = %err, "cache call failed")
             }
         }
     }
@@ -298,357 +353,109 @@ impl Cache {
     }
 
     fn decode_failed(&self, key: &str, why: &dyn std::fmt::Display) {
-        Counters::bump(&self.inner.counters.decode_errors);
-        tracing::warn!(cache = %self.inner.alias, key, error = %why, "cached value could not be decoded; treated as a miss");
+        Counters::bump(&self.counters.decode_errors);
+        tracing::warn!(cache = %self.alias, key, error = %why, "cached value could not be decoded; treated as a miss");
     }
 
-    fn typed<T: CacheValue>(&self, key: &str, v: &AnyValue) -> Option<T> {
-        match v.downcast_ref::<T>() {
-            Some(t) => Some(t.clone()),
-            None => {
-                self.decode_failed(
-                    key,
-                    &format_args!(
-                        "the entry holds another type than {}",
-                        std::any::type_name::<T>()
-                    ),
-                );
-                None
-            }
+    /// A stored value as a `T`; a value of another type or undecodable
+    /// bytes are a miss (logged and counted).
+    pub(crate) fn decode<T: CacheValue>(&self, key: &str, stored: Stored) -> Option<T> {
+        match stored {
+            Stored::Typed(v) => match v.downcast_ref::<T>() {
+                Some(t) => Some(t.clone()),
+                None => {
+                    self.decode_failed(
+                        key,
+                        &format_args!(
+                            "the entry holds another type than {}",
+                            std::any::type_name::<T>()
+                        ),
+                    );
+                    None
+                }
+            },
+            Stored::Bytes(b) => match codec::decode(&b) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.decode_failed(key, &e);
+                    None
+                }
+            },
         }
     }
 
-    fn decode<T: CacheValue>(&self, key: &str, bytes: &[u8]) -> Option<T> {
-        match codec::decode(bytes) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.decode_failed(key, &e);
-                None
-            }
-        }
-    }
-
-    fn encode<T: Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>> {
-        codec::encode(value, self.inner.compress_min).map_err(|source| Error::Encode {
-            key: key.to_owned(),
-            source,
-        })
-    }
-
-    fn count_lookup<T>(&self, key: &str, v: &Option<T>) {
-        let f = self.inner.families.of(key);
-        if v.is_some() {
+    pub(crate) fn count_lookup(&self, key: &str, hit: bool) {
+        let f = self.families.of(key);
+        if hit {
             f.hits.bump();
         } else {
             f.misses.bump();
         }
     }
 
-    /// Where `key` lives in the store: namespaced, with its family.
-    fn locate<'k>(&self, key: &'k str) -> Result<Loc<'k>> {
-        let full = self.make_key(key)?;
-        let family = family_of(key);
-        let gen_key = match (&self.inner.store, family) {
-            (Store::Redis(_), Some(f)) => Some(self.namespaced(generation_key(f))),
-            _ => None,
-        };
-        Ok(Loc {
-            full,
-            family,
-            gen_key,
-        })
+    pub(crate) fn count_set(&self) {
+        Counters::bump(&self.counters.sets);
     }
 
-    fn namespaced(&self, key: String) -> String {
-        if self.inner.namespace.is_empty() {
-            key
-        } else {
-            format!("{}:{key}", self.inner.namespace)
-        }
-    }
-
-    /// Looks up a located key; returns the value (if live) and the current
-    /// generation of its family.
-    async fn lookup<T: CacheValue>(&self, loc: &Loc<'_>) -> Result<(Option<T>, u64)> {
-        match &self.inner.store {
-            Store::Local(l) => {
-                let g = l.generation(loc.family);
-                Ok((
-                    l.get(&loc.full, g).and_then(|v| self.typed(&loc.full, &v)),
-                    g,
-                ))
-            }
-            Store::Redis(r) => {
-                let (bytes, g) = r.get(&loc.full, loc.gen_key.as_deref()).await?;
-                Ok((bytes.and_then(|b| self.decode(&loc.full, &b)), g))
-            }
-            Store::Dummy => Ok((None, 0)),
-            Store::Broken(e) => Err(Self::broken_err(e)),
-        }
-    }
-
-    /// The generation handle of `family` on a local store (for the hit path
-    /// of `#[cache_function]`); `None` for other stores.
-    #[doc(hidden)]
-    pub fn __family_generation(&self, family: &str) -> Option<Arc<AtomicU64>> {
-        match &self.inner.store {
-            Store::Local(l) if self.inner.namespace.is_empty() => Some(l.generation_handle(family)),
-            _ => None,
-        }
-    }
-
-    /// Looks up `key` on the local store only: the synchronous hit path of
-    /// `#[cache_function]`. `None` when this is not a local store. The
-    /// caller counts the hit (in its family's counters).
-    #[doc(hidden)]
-    #[inline]
-    pub fn __local_hit<P: CachePolicy<R>, R>(
-        &self,
-        key: &str,
-        generation: &AtomicU64,
-    ) -> Option<R> {
-        if let Store::Local(l) = &self.inner.store {
-            let v = l.get(key, generation.load(Ordering::Acquire))?;
-            let s = v.downcast_ref::<P::Stored>()?;
-            return Some(P::load(s.clone()));
-        }
-        None
+    fn count_deletes(&self, n: usize) {
+        self.counters.deletes.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     async fn get_in<T: CacheValue>(&self, key: &str) -> Result<Option<T>> {
-        let loc = self.locate(key)?;
-        let r = self.lookup(&loc).await.map(|(v, _)| v);
+        let slot = self.slot(key)?;
+        let r = self.store.get(&slot).await;
+        let r = r.map(|found| found.and_then(|s| self.decode::<T>(&slot.key, s)));
         if let Ok(v) = &r {
-            self.count_lookup(key, v);
+            self.count_lookup(key, v.is_some());
         }
         self.track("get", key, r)
     }
 
     async fn set_in<T: CacheValue>(&self, key: &str, value: &T, timeout: Timeout) -> Result<()> {
-        let loc = self.locate(key)?;
-        self.inner.flights.invalidate_key(&loc.full);
-        let Some(ttl) = timeout.resolve(self.inner.default_timeout) else {
-            let r = self.delete_keys(vec![loc.full.to_string()]).await.map(drop);
-            return self.track("set", &loc.full, r);
+        let slot = self.slot(key)?;
+        let Some(ttl) = timeout.resolve(self.default_timeout) else {
+            let r = self.delete_keys(&[slot.key]).await.map(drop);
+            return self.track("set", key, r);
         };
-        let r = match &self.inner.store {
-            Store::Local(l) => {
-                let g = l.generation(loc.family);
-                l.insert(loc.full.to_string(), Arc::new(value.clone()), ttl, g);
-                Ok(())
-            }
-            Store::Redis(r) => match self.encode(&loc.full, value) {
-                Ok(bytes) => r.set(&loc.full, bytes, ttl, loc.gen_key.as_deref()).await,
-                Err(e) => Err(e),
-            },
-            Store::Dummy => return Ok(()),
-            Store::Broken(e) => Err(Self::broken_err(e)),
-        };
-        if r.is_ok() {
-            Counters::bump(&self.inner.counters.sets);
+        let r = self.store.set(&slot, value, ttl).await;
+        if r.is_ok() && self.store.keeps_values() {
+            self.count_set();
         }
-        self.track("set", &loc.full, r)
+        self.track("set", key, r)
     }
 
     async fn add_in<T: CacheValue>(&self, key: &str, value: &T, timeout: Timeout) -> Result<bool> {
-        let loc = self.locate(key)?;
-        let Some(ttl) = timeout.resolve(self.inner.default_timeout) else {
+        let slot = self.slot(key)?;
+        let Some(ttl) = timeout.resolve(self.default_timeout) else {
             return Ok(false);
         };
-        let r = match &self.inner.store {
-            Store::Local(l) => {
-                let g = l.generation(loc.family);
-                Ok(l.add(loc.full.to_string(), Arc::new(value.clone()), ttl, g))
-            }
-            Store::Redis(r) => match self.encode(&loc.full, value) {
-                Ok(bytes) => r.add(&loc.full, bytes, ttl, loc.gen_key.as_deref()).await,
-                Err(e) => Err(e),
-            },
-            Store::Dummy => Ok(true),
-            Store::Broken(e) => Err(Self::broken_err(e)),
-        };
-        if matches!(r, Ok(true)) && !matches!(self.inner.store, Store::Dummy) {
-            self.inner.flights.invalidate_key(&loc.full);
-            Counters::bump(&self.inner.counters.sets);
+        let r = self.store.add(&slot, value, ttl).await;
+        if matches!(r, Ok(true)) && self.store.keeps_values() {
+            self.count_set();
         }
-        self.track("add", &loc.full, r)
-    }
-
-    /// The shared get-or-compute path: lookup, then single-flight compute and
-    /// store. Store failures are logged and counted; `f`'s result is always
-    /// returned (fail-open). A value computed while its key was invalidated
-    /// (deleted, overwritten, or its family invalidated) is returned but not
-    /// stored.
-    async fn get_or_compute<P, R, F, Fut>(&self, key: &str, timeout: Timeout, f: F) -> R
-    where
-        P: CachePolicy<R>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = R>,
-    {
-        let Some(ttl) = timeout.resolve(self.inner.default_timeout) else {
-            return f().await;
-        };
-        let loc = match self.locate(key) {
-            Ok(l) => l,
-            Err(e) => {
-                self.report("get_or_set", key, &e);
-                return f().await;
-            }
-        };
-        let mut generation = None;
-        match self.lookup::<P::Stored>(&loc).await {
-            Ok((Some(v), _)) => {
-                self.count_lookup(key, &Some(()));
-                return P::load(v);
-            }
-            Ok((None, g)) => {
-                generation = Some(g);
-                self.count_lookup(key, &None::<()>);
-            }
-            Err(e) => {
-                self.count_lookup(key, &None::<()>);
-                self.report("get", key, &e);
-            }
-        }
-        let mut f = Some(f);
-        loop {
-            let leader = match self.inner.flights.join(&loc.full) {
-                Ok(leader) => leader,
-                Err(flight) => {
-                    if let Some(v) = flight.wait().await
-                        && let Some(s) = v.downcast_ref::<P::Stored>()
-                    {
-                        return P::load(s.clone());
-                    }
-                    continue;
-                }
-            };
-            // Another leader may have stored the value after our lookup.
-            if let Ok((found, g)) = self.lookup::<P::Stored>(&loc).await {
-                if let Some(v) = found {
-                    leader.finish(Some(Arc::new(v.clone())));
-                    return P::load(v);
-                }
-                generation = Some(g);
-            }
-            let ticket = match (&self.inner.store, generation) {
-                (Store::Redis(r), Some(g)) => match r.begin_fill(&loc.full, g).await {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        self.report("begin_fill", &loc.full, &e);
-                        None
-                    }
-                },
-                _ => None,
-            };
-            let f = f.take().expect("the leader computes once");
-            let result = f().await;
-            let shared = match (P::store(&result), generation) {
-                (Some(stored), Some(g)) => {
-                    if let Err(e) = self.fill(&loc, &stored, ttl, g, &leader, ticket).await {
-                        self.report("set", &loc.full, &e);
-                    }
-                    Some(Arc::new(stored) as AnyValue)
-                }
-                (Some(stored), None) => Some(Arc::new(stored) as AnyValue),
-                (None, _) => None,
-            };
-            leader.finish(shared);
-            return result;
-        }
-    }
-
-    /// Stores a computed value unless its key was invalidated since the
-    /// computation began (atomically: the flight's lock locally, a Lua script
-    /// checking the fill marker and the generation on Redis).
-    async fn fill<T: CacheValue>(
-        &self,
-        loc: &Loc<'_>,
-        value: &T,
-        ttl: Option<Duration>,
-        generation: u64,
-        leader: &crate::flight::Leader<'_>,
-        ticket: Option<FillTicket>,
-    ) -> Result<()> {
-        match &self.inner.store {
-            Store::Local(l) => {
-                let stored = leader.store_if_current(|| {
-                    l.insert(
-                        loc.full.to_string(),
-                        Arc::new(value.clone()),
-                        ttl,
-                        generation,
-                    )
-                });
-                if stored {
-                    Counters::bump(&self.inner.counters.sets);
-                }
-                Ok(())
-            }
-            Store::Redis(r) => {
-                let Some(ticket) = ticket else { return Ok(()) };
-                let bytes = self.encode(&loc.full, value)?;
-                if leader.invalidated() {
-                    return Ok(());
-                }
-                if r.fill(&loc.full, bytes, ttl, loc.gen_key.as_deref(), ticket)
-                    .await?
-                {
-                    Counters::bump(&self.inner.counters.sets);
-                }
-                Ok(())
-            }
-            Store::Dummy => Ok(()),
-            Store::Broken(e) => Err(Self::broken_err(e)),
-        }
+        self.track("add", key, r)
     }
 
     async fn get_many_in<T: CacheValue, K: AsRef<str>>(
         &self,
         keys: &[K],
     ) -> Result<HashMap<String, T>> {
-        let mut locs = Vec::with_capacity(keys.len());
-        for k in keys {
-            locs.push(self.locate(k.as_ref())?);
-        }
-        let mut out = HashMap::with_capacity(keys.len());
-        let mut take = |k: &K, v: Option<T>| {
-            self.count_lookup(k.as_ref(), &v);
-            if let Some(v) = v {
-                out.insert(k.as_ref().to_owned(), v);
-            }
-        };
-        let r = match &self.inner.store {
-            Store::Local(l) => {
-                for (k, loc) in keys.iter().zip(&locs) {
-                    let g = l.generation(loc.family);
-                    take(
-                        k,
-                        l.get(&loc.full, g)
-                            .and_then(|v| self.typed::<T>(&loc.full, &v)),
-                    );
-                }
-                Ok(())
-            }
-            Store::Redis(r) => {
-                let req = locs
-                    .iter()
-                    .map(|l| (l.full.to_string(), l.gen_key.clone()))
-                    .collect();
-                match r.get_many(req).await {
-                    Ok(values) => {
-                        for ((k, loc), v) in keys.iter().zip(&locs).zip(values) {
-                            take(k, v.and_then(|b| self.decode::<T>(&loc.full, &b)));
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
+        let slots = keys
+            .iter()
+            .map(|k| self.slot(k.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        let r = self.store.get_many(&slots).await.map(|values| {
+            let mut out = HashMap::with_capacity(keys.len());
+            for ((k, slot), v) in keys.iter().zip(&slots).zip(values) {
+                let v = v.and_then(|s| self.decode::<T>(&slot.key, s));
+                self.count_lookup(k.as_ref(), v.is_some());
+                if let Some(v) = v {
+                    out.insert(k.as_ref().to_owned(), v);
                 }
             }
-            Store::Dummy => Ok(()),
-            Store::Broken(e) => Err(Self::broken_err(e)),
-        };
-        self.track("get_many", "", r).map(|()| out)
+            out
+        });
+        self.track("get_many", "", r)
     }
 
     async fn set_many_in<T: CacheValue, K: AsRef<str>>(
@@ -656,145 +463,82 @@ impl Cache {
         items: &[(K, T)],
         timeout: Timeout,
     ) -> Result<()> {
-        let mut locs = Vec::with_capacity(items.len());
-        for (k, _) in items {
-            let loc = self.locate(k.as_ref())?;
-            self.inner.flights.invalidate_key(&loc.full);
-            locs.push(loc);
-        }
-        let Some(ttl) = timeout.resolve(self.inner.default_timeout) else {
-            let keys = locs.iter().map(|l| l.full.to_string()).collect();
-            return self.delete_keys(keys).await.map(drop);
+        let slots = items
+            .iter()
+            .map(|(k, _)| self.slot(k.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        let Some(ttl) = timeout.resolve(self.default_timeout) else {
+            let keys: Vec<String> = slots.into_iter().map(|s| s.key).collect();
+            return self.delete_keys(&keys).await.map(drop);
         };
-        let r = match &self.inner.store {
-            Store::Local(l) => {
-                for (loc, (_, v)) in locs.iter().zip(items) {
-                    let g = l.generation(loc.family);
-                    l.insert(loc.full.to_string(), Arc::new(v.clone()), ttl, g);
-                }
-                Ok(())
-            }
-            Store::Redis(r) => {
-                let mut encoded = Vec::with_capacity(items.len());
-                for (loc, (_, v)) in locs.iter().zip(items) {
-                    let bytes = self.encode(&loc.full, v)?;
-                    encoded.push((loc.full.to_string(), bytes, loc.gen_key.clone()));
-                }
-                r.set_many(encoded, ttl).await
-            }
-            Store::Dummy => Ok(()),
-            Store::Broken(e) => Err(Self::broken_err(e)),
-        };
-        if r.is_ok() && !matches!(self.inner.store, Store::Dummy) {
-            self.inner
-                .counters
+        let pairs: Vec<(Slot, &dyn crate::store::Value)> = slots
+            .into_iter()
+            .zip(items)
+            .map(|(s, (_, v))| (s, v as &dyn crate::store::Value))
+            .collect();
+        let r = self.store.set_many(&pairs, ttl).await;
+        if r.is_ok() && self.store.keeps_values() {
+            self.counters
                 .sets
-                .fetch_add(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(items.len() as u64, Ordering::Relaxed);
         }
         self.track("set_many", "", r)
     }
 
     /// Deletes stored keys (already namespaced); returns how many existed.
-    async fn delete_keys(&self, keys: Vec<String>) -> Result<usize> {
-        for k in &keys {
-            self.inner.flights.invalidate_key(k);
-        }
-        let r = match &self.inner.store {
-            Store::Local(l) => Ok(keys.iter().filter(|k| l.remove(k)).count()),
-            Store::Redis(r) => r.delete_many(keys).await,
-            Store::Dummy => Ok(0),
-            Store::Broken(e) => Err(Self::broken_err(e)),
-        };
+    async fn delete_keys(&self, keys: &[String]) -> Result<usize> {
+        let r = self.store.delete(keys).await;
         if let Ok(n) = r {
-            self.inner
-                .counters
-                .deletes
-                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            self.count_deletes(n);
         }
         r
     }
 
     async fn delete_many_in<K: AsRef<str>>(&self, keys: &[K]) -> Result<usize> {
-        let mut full = Vec::with_capacity(keys.len());
-        for k in keys {
-            full.push(self.make_key(k.as_ref())?.into_owned());
-        }
-        let r = self.delete_keys(full).await;
+        let full = keys
+            .iter()
+            .map(|k| self.make_key(k.as_ref()).map(Cow::into_owned))
+            .collect::<Result<Vec<_>>>()?;
+        let r = self.delete_keys(&full).await;
         self.track("delete_many", "", r)
     }
 
     async fn delete_in(&self, key: &str) -> Result<bool> {
         let full = self.make_key(key)?.into_owned();
-        let r = self.delete_keys(vec![full]).await.map(|n| n > 0);
+        let r = self.delete_keys(&[full]).await.map(|n| n > 0);
         self.track("delete", key, r)
     }
 
     async fn has_key_in(&self, key: &str) -> Result<bool> {
-        let loc = self.locate(key)?;
-        let r = match &self.inner.store {
-            Store::Local(l) => Ok(l.contains(&loc.full, l.generation(loc.family))),
-            Store::Redis(r) => r.exists(&loc.full, loc.gen_key.as_deref()).await,
-            Store::Dummy => Ok(false),
-            Store::Broken(e) => Err(Self::broken_err(e)),
-        };
-        self.track("has_key", &loc.full, r)
+        let slot = self.slot(key)?;
+        let r = self.store.get(&slot).await.map(|v| v.is_some());
+        self.track("has_key", key, r)
     }
 
     async fn touch_in(&self, key: &str, timeout: Timeout) -> Result<bool> {
-        let loc = self.locate(key)?;
-        let Some(ttl) = timeout.resolve(self.inner.default_timeout) else {
-            let r = self.delete_keys(vec![loc.full.to_string()]).await;
-            return self.track("touch", &loc.full, r.map(|n| n > 0));
+        let slot = self.slot(key)?;
+        let Some(ttl) = timeout.resolve(self.default_timeout) else {
+            let r = self.delete_keys(&[slot.key]).await;
+            return self.track("touch", key, r.map(|n| n > 0));
         };
-        let r = match &self.inner.store {
-            Store::Local(l) => Ok(l.touch(&loc.full, ttl, l.generation(loc.family))),
-            Store::Redis(r) => r.touch(&loc.full, ttl, loc.gen_key.as_deref()).await,
-            Store::Dummy => Ok(false),
-            Store::Broken(e) => Err(Self::broken_err(e)),
-        };
-        self.track("touch", &loc.full, r)
+        let r = self.store.touch(&slot, ttl).await;
+        self.track("touch", key, r)
     }
 
     async fn incr_in(&self, key: &str, delta: i64) -> Result<i64> {
-        let loc = self.locate(key)?;
-        let r = match &self.inner.store {
-            Store::Local(l) => match l.incr(&loc.full, delta, l.generation(loc.family)) {
-                Incr::Done(n) => Ok(n),
-                Incr::Missing => Err(Error::MissingKey(key.to_owned())),
-                Incr::NotAnInteger => Err(Error::NotAnInteger(key.to_owned())),
-            },
-            Store::Redis(r) => match r.incr(&loc.full, delta, loc.gen_key.as_deref()).await {
-                Ok(Some(n)) => Ok(n),
-                Ok(None) => Err(Error::MissingKey(key.to_owned())),
-                Err(Error::Redis(e))
-                    if e.to_string().contains("not an integer")
-                        || e.to_string().contains("overflow") =>
-                {
-                    Err(Error::NotAnInteger(key.to_owned()))
-                }
-                Err(e) => Err(e),
-            },
-            Store::Dummy => Err(Error::MissingKey(key.to_owned())),
-            Store::Broken(e) => Err(Self::broken_err(e)),
-        };
-        if r.is_ok() {
-            self.inner.flights.invalidate_key(&loc.full);
-        }
-        match r {
-            Err(e @ (Error::MissingKey(_) | Error::NotAnInteger(_))) => Err(e),
-            r => self.track("incr", &loc.full, r),
+        let slot = self.slot(key)?;
+        match self.store.incr(&slot, delta).await {
+            Ok(Incr::Done(n)) => Ok(n),
+            Ok(Incr::Missing) => Err(Error::MissingKey(key.to_owned())),
+            Ok(Incr::NotAnInteger) => Err(Error::NotAnInteger(key.to_owned())),
+            Err(e) => self.track("incr", key, Err(e)),
         }
     }
 
     async fn ttl_in(&self, key: &str) -> Result<Option<Ttl>> {
-        let loc = self.locate(key)?;
-        let r = match &self.inner.store {
-            Store::Local(l) => Ok(l.ttl(&loc.full, l.generation(loc.family))),
-            Store::Redis(r) => r.ttl(&loc.full, loc.gen_key.as_deref()).await,
-            Store::Dummy => Ok(None),
-            Store::Broken(e) => Err(Self::broken_err(e)),
-        };
-        self.track("ttl", &loc.full, r)
+        let slot = self.slot(key)?;
+        let r = self.store.ttl(&slot).await;
+        self.track("ttl", key, r)
     }
 
     async fn invalidate_family_in(&self, family: &str) -> Result<()> {
@@ -804,85 +548,38 @@ impl Cache {
                 reason: "a key family is the first three segments of a tg: key, e.g. `tg:queryset:Character` or `tg:fn:char_scenes`",
             });
         }
-        let prefix = format!("{family}:");
-        self.inner
-            .flights
-            .invalidate(|k| k == family || k.starts_with(&prefix));
-        let r = match &self.inner.store {
-            Store::Local(l) => {
-                l.bump(family);
-                Ok(())
-            }
-            Store::Redis(r) => r
-                .bump(&self.namespaced(generation_key(family)))
-                .await
-                .map(drop),
-            Store::Dummy => Ok(()),
-            Store::Broken(e) => Err(Self::broken_err(e)),
-        };
+        check_key(family)?;
+        let r = self.store.bump(&self.family(family)).await;
         self.track("invalidate_family", family, r)
     }
 
     async fn delete_pattern_in(&self, pattern: &str) -> Result<usize> {
         let pattern = self.make_pattern(pattern);
-        self.inner.flights.invalidate(|k| glob_match(&pattern, k));
-        let r = match &self.inner.store {
-            Store::Local(l) => Ok(l.delete_pattern(&pattern)),
-            Store::Redis(r) => r.delete_pattern(&pattern).await,
-            Store::Dummy => Ok(0),
-            Store::Broken(e) => Err(Self::broken_err(e)),
-        };
+        let r = self.store.delete_pattern(&pattern).await;
         if let Ok(n) = r {
-            self.inner
-                .counters
-                .deletes
-                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            self.count_deletes(n);
         }
         self.track("delete_pattern", &pattern, r)
     }
 
     async fn clear_in(&self) -> Result<()> {
-        self.inner.flights.invalidate(|_| true);
-        let r = match &self.inner.store {
-            Store::Local(l) => {
-                l.clear();
-                Ok(())
-            }
-            Store::Redis(r) => {
-                let pattern = if self.inner.namespace.is_empty() {
-                    format!("{}:*", crate::key::CacheKeyGenerator::PREFIX)
-                } else {
-                    self.make_pattern("*")
-                };
-                r.delete_pattern(&pattern).await.map(drop)
-            }
-            Store::Dummy => Ok(()),
-            Store::Broken(e) => Err(Self::broken_err(e)),
+        let pattern = if self.namespace.is_empty() {
+            format!("{}:*", crate::key::CacheKeyGenerator::PREFIX)
+        } else {
+            self.make_pattern("*")
         };
+        let r = self.store.clear(&pattern).await;
         self.track("clear", "", r)
     }
 
     async fn flush_database_in(&self) -> Result<()> {
-        self.inner.flights.invalidate(|_| true);
-        let r = match &self.inner.store {
-            Store::Local(l) => {
-                l.clear();
-                Ok(())
-            }
-            Store::Redis(r) => r.flush_db().await,
-            Store::Dummy => Ok(()),
-            Store::Broken(e) => Err(Self::broken_err(e)),
-        };
+        let r = self.store.flush().await;
         self.track("flush_database", "", r)
     }
 
     async fn health_in(&self) -> Result<Duration> {
         let start = Instant::now();
-        let r = match &self.inner.store {
-            Store::Redis(r) => r.ping().await,
-            Store::Broken(e) => Err(Self::broken_err(e)),
-            Store::Local(_) | Store::Dummy => Ok(()),
-        };
+        let r = self.store.ping().await;
         self.track("health", "", r).map(|()| start.elapsed())
     }
 }
@@ -897,7 +594,7 @@ macro_rules! api {
         impl Cache {$(
             $(#[$doc])*
             pub async fn $name $(<$($g $(: $b)?),*>)? (&self, $($arg: $ty),*) -> $ret {
-                self.$imp($($pass),*).await
+                self.inner.$imp($($pass),*).await
             }
         )*}
 
@@ -906,7 +603,7 @@ macro_rules! api {
             ///
             /// Blocking twin of the async method of the same name.
             pub fn $name $(<$($g $(: $b)?),*>)? (&self, $($arg: $ty),*) -> $ret {
-                block_on(self.0.$imp($($pass),*))
+                block_on(self.0.inner.$imp($($pass),*))
             }
         )*}
     };
@@ -964,20 +661,24 @@ api! {
 
 impl Cache {
     /// The value at `key`, or `f()`'s result, which is then stored for
-    /// `timeout`. Concurrent callers of one cold key compute once per process;
-    /// the others wait for that result. Store failures never fail the call:
-    /// they are logged and counted, and `f()`'s value is returned.
+    /// `timeout`. Concurrent callers of one cold key compute once, in this
+    /// process and across every process sharing the Redis (see the
+    /// [type docs](Cache#across-processes)); the others wait for that
+    /// result. Store failures never fail the call: they are logged and
+    /// counted, and `f()`'s value is returned.
     pub async fn get_or_set<T, F, Fut>(&self, key: &str, timeout: impl Into<Timeout>, f: F) -> T
     where
         T: CacheValue,
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
-        self.get_or_compute::<Always, T, F, Fut>(key, timeout.into(), f)
+        self.__get_or_set_shared::<Always, T, F, Fut>(key, timeout.into(), share_clone, f)
             .await
     }
 
-    /// Like [`Cache::get_or_set`] for a fallible computation: only `Ok` values are cached.
+    /// Like [`Cache::get_or_set`] for a fallible computation: only `Ok`
+    /// values are cached. An `Err` is handed to the callers waiting on the
+    /// same computation (errors are `Clone` here for that reason).
     pub async fn try_get_or_set<T, E, F, Fut>(
         &self,
         key: &str,
@@ -986,14 +687,17 @@ impl Cache {
     ) -> std::result::Result<T, E>
     where
         T: CacheValue,
+        E: Clone + Send + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<T, E>>,
     {
-        self.get_or_compute::<OkOnly, _, F, Fut>(key, timeout.into(), f)
+        self.__get_or_set_shared::<OkOnly, _, F, Fut>(key, timeout.into(), share_clone, f)
             .await
     }
 
-    /// The general form of [`Cache::get_or_set`]: `P` decides what is cached.
+    /// The general form of [`Cache::get_or_set`]: `P` decides what is
+    /// cached. A result `P` does not store is not shared with waiting
+    /// callers (they compute it themselves, concurrently).
     pub async fn get_or_set_with<P, R, F, Fut>(
         &self,
         key: &str,
@@ -1002,36 +706,62 @@ impl Cache {
     ) -> R
     where
         P: CachePolicy<R>,
+        R: Send + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = R>,
     {
-        self.get_or_compute::<P, R, F, Fut>(key, timeout.into(), f)
+        self.__get_or_set_shared::<P, R, F, Fut>(key, timeout.into(), share_none, f)
             .await
     }
-}
 
-impl Cache {
-    /// Stores `result` as policy `P` says (used by refresh scopes of
-    /// `#[cache_function]`). Failures are logged and counted, not returned.
+    /// [`Cache::get_or_set_with`], with `share` copying a result that is not
+    /// stored for the callers waiting on it (used by `#[cache_function]`).
     #[doc(hidden)]
-    pub async fn __store_result<P: CachePolicy<R>, R>(
+    pub async fn __get_or_set_shared<P, R, F, Fut>(
         &self,
         key: &str,
         timeout: Timeout,
-        result: &R,
-    ) {
-        if let Some(stored) = P::store(result) {
-            let _ = self.set_in(key, &stored, timeout).await;
-        }
+        share: fn(&R) -> Option<R>,
+        f: F,
+    ) -> R
+    where
+        P: CachePolicy<R>,
+        R: Send + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = R>,
+    {
+        protocol::get_or_compute::<P, R, F, Fut>(&self.inner, key, timeout, Mode::Normal, share, f)
+            .await
+    }
+
+    /// Runs `f` and stores its result as `P` says, replacing what is cached,
+    /// through the guarded store (refresh scopes of `#[cache_function]`).
+    #[doc(hidden)]
+    pub async fn __refresh<P, R, F, Fut>(&self, key: &str, timeout: Timeout, f: F) -> R
+    where
+        P: CachePolicy<R>,
+        R: Send + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = R>,
+    {
+        protocol::get_or_compute::<P, R, F, Fut>(
+            &self.inner,
+            key,
+            timeout,
+            Mode::Refresh,
+            share_none,
+            f,
+        )
+        .await
     }
 }
 
-impl BlockingCache<'_> {
-    /// Blocking [`Cache::__store_result`].
-    #[doc(hidden)]
-    pub fn __store_result<P: CachePolicy<R>, R>(&self, key: &str, timeout: Timeout, result: &R) {
-        block_on(self.0.__store_result::<P, R>(key, timeout, result))
-    }
+fn share_clone<R: Clone>(r: &R) -> Option<R> {
+    Some(r.clone())
+}
+
+fn share_none<R>(_: &R) -> Option<R> {
+    None
 }
 
 /// The blocking face of a [`Cache`] ([`Cache::blocking`]): the same methods,
@@ -1048,29 +778,57 @@ impl BlockingCache<'_> {
         timeout: impl Into<Timeout>,
         f: impl FnOnce() -> T,
     ) -> T {
-        self.get_or_set_with::<Always, T>(key, timeout, f)
+        self.__get_or_set_shared::<Always, T>(key, timeout.into(), share_clone, f)
     }
 
     /// Blocking [`Cache::try_get_or_set`].
-    pub fn try_get_or_set<T: CacheValue, E>(
+    pub fn try_get_or_set<T: CacheValue, E: Clone + Send + 'static>(
         &self,
         key: &str,
         timeout: impl Into<Timeout>,
         f: impl FnOnce() -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        self.get_or_set_with::<OkOnly, _>(key, timeout, f)
+        self.__get_or_set_shared::<OkOnly, _>(key, timeout.into(), share_clone, f)
     }
 
     /// Blocking [`Cache::get_or_set_with`].
-    pub fn get_or_set_with<P: CachePolicy<R>, R>(
+    pub fn get_or_set_with<P: CachePolicy<R>, R: Send + 'static>(
         &self,
         key: &str,
         timeout: impl Into<Timeout>,
         f: impl FnOnce() -> R,
     ) -> R {
+        self.__get_or_set_shared::<P, R>(key, timeout.into(), share_none, f)
+    }
+
+    /// Blocking [`Cache::__get_or_set_shared`].
+    #[doc(hidden)]
+    pub fn __get_or_set_shared<P: CachePolicy<R>, R: Send + 'static>(
+        &self,
+        key: &str,
+        timeout: Timeout,
+        share: fn(&R) -> Option<R>,
+        f: impl FnOnce() -> R,
+    ) -> R {
         block_on(
             self.0
-                .get_or_compute::<P, R, _, _>(key, timeout.into(), move || std::future::ready(f())),
+                .__get_or_set_shared::<P, R, _, _>(key, timeout, share, move || {
+                    std::future::ready(f())
+                }),
+        )
+    }
+
+    /// Blocking [`Cache::__refresh`].
+    #[doc(hidden)]
+    pub fn __refresh<P: CachePolicy<R>, R: Send + 'static>(
+        &self,
+        key: &str,
+        timeout: Timeout,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        block_on(
+            self.0
+                .__refresh::<P, R, _, _>(key, timeout, move || std::future::ready(f())),
         )
     }
 }

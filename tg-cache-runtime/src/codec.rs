@@ -8,31 +8,37 @@
 use flate2::Compression;
 use flate2::read::ZlibDecoder;
 use flate2::write::ZlibEncoder;
+#[cfg(test)]
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::io::{Read, Write};
 
 /// Serializes `value` as JSON and compresses it when it is at least
 /// `compress_min` bytes long.
+#[cfg(test)]
 pub(crate) fn encode<T: Serialize + ?Sized>(
     value: &T,
     compress_min: Option<usize>,
 ) -> Result<Vec<u8>, serde_json::Error> {
-    let json = serde_json::to_vec(value)?;
+    Ok(compress(serde_json::to_vec(value)?, compress_min))
+}
+
+/// Compresses JSON text when it is at least `compress_min` bytes long and
+/// compression saves space.
+pub(crate) fn compress(json: Vec<u8>, compress_min: Option<usize>) -> Vec<u8> {
     match compress_min {
         Some(min) if json.len() >= min => {
             let mut enc = ZlibEncoder::new(Vec::with_capacity(json.len() / 2), Compression::fast());
             // Writing into a Vec cannot fail.
-            enc.write_all(&json).map_err(serde_json::Error::io)?;
-            let compressed = enc.finish().map_err(serde_json::Error::io)?;
-            // Only keep the compressed form when it actually saves space.
-            Ok(if compressed.len() < json.len() {
-                compressed
-            } else {
-                json
-            })
+            if enc.write_all(&json).is_err() {
+                return json;
+            }
+            match enc.finish() {
+                Ok(compressed) if compressed.len() < json.len() => compressed,
+                _ => json,
+            }
         }
-        _ => Ok(json),
+        _ => json,
     }
 }
 

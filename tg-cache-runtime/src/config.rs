@@ -11,6 +11,7 @@
 //! | `TG_CACHE_MAX_CONNECTIONS` | Redis in-flight command limit | `50` |
 //! | `TG_CACHE_CONNECT_TIMEOUT_MS` | Redis connect timeout | `1000` |
 //! | `TG_CACHE_RESPONSE_TIMEOUT_MS` | Redis response timeout | `500` |
+//! | `TG_CACHE_LEASE_TIMEOUT_MS` | how long a dead filler's Redis lease blocks other processes | `3000` |
 //! | `TG_CACHE_COMPRESS_MIN_BYTES` | zlib-compress values at least this long; `off` | `off` |
 //!
 //! With no variables set the default cache is a local store: zero configuration.
@@ -140,6 +141,7 @@ pub struct CacheConfig {
     pub(crate) response_timeout: Duration,
     pub(crate) compress_min_bytes: Option<usize>,
     pub(crate) breaker_cooldown: Duration,
+    pub(crate) lease_timeout: Duration,
     pub(crate) error: Option<ConfigError>,
 }
 
@@ -169,6 +171,7 @@ impl CacheConfig {
             response_timeout: Duration::from_millis(500),
             compress_min_bytes: None,
             breaker_cooldown: Duration::from_secs(1),
+            lease_timeout: Duration::from_secs(3),
             error: None,
         }
     }
@@ -260,6 +263,16 @@ impl CacheConfig {
         self
     }
 
+    /// How long a fill's lease in Redis outlives a holder that stopped
+    /// renewing it (a crashed or killed process): the longest that callers
+    /// in other processes wait before one of them takes the computation
+    /// over. A live holder renews it every third of this while it computes,
+    /// so slow computations are not affected. Default three seconds.
+    pub fn lease_timeout(mut self, t: Duration) -> Self {
+        self.lease_timeout = t;
+        self
+    }
+
     /// The Redis URL, with its password redacted when displayed.
     pub fn redis_url(&self) -> Option<&RedisUrl> {
         self.redis_url.as_ref()
@@ -325,6 +338,10 @@ impl CacheConfig {
             c.response_timeout =
                 Duration::from_millis(parse_positive("TG_CACHE_RESPONSE_TIMEOUT_MS", &v)?);
         }
+        if let Some(v) = get("TG_CACHE_LEASE_TIMEOUT_MS") {
+            c.lease_timeout =
+                Duration::from_millis(parse_positive("TG_CACHE_LEASE_TIMEOUT_MS", &v)?);
+        }
         if let Some(v) = get("TG_CACHE_COMPRESS_MIN_BYTES") {
             c.compress_min_bytes = if v.trim().eq_ignore_ascii_case("off") {
                 None
@@ -370,6 +387,13 @@ impl CacheConfig {
             }
             if self.response_timeout.is_zero() {
                 return zero("response_timeout");
+            }
+            if self.lease_timeout < Duration::from_millis(30) {
+                return Err(ConfigError::new(
+                    "lease_timeout",
+                    format!("{:?}", self.lease_timeout),
+                    "must be at least 30 ms (it is renewed every third of it)",
+                ));
             }
             if self.redis_url.is_none() {
                 return Err(ConfigError::new(

@@ -1,24 +1,33 @@
-//! Per-key single-flight: concurrent misses of one key compute once per
-//! process; different keys never wait on each other.
+//! In-process single-flight, used only by [`crate::protocol`]: concurrent
+//! misses of one key in one process wait for one leader; different keys
+//! never wait on each other.
 //!
 //! The map lock is held only to join or leave a flight, never while
-//! computing. A leader that panics or whose future is dropped releases its
-//! followers (through `Drop`), and one of them takes over.
-//!
-//! An invalidation of a key that is being computed marks the flight as
-//! invalidated and detaches it, so the leader's result (computed from data
-//! read before the invalidation) is not stored afterwards.
+//! computing. A leader that panics or whose future is dropped ends its
+//! flight with [`Outcome::Retry`] (through `Drop`), and one follower takes
+//! over.
 
-use crate::store::local::AnyValue;
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
+/// What a leader hands its followers.
+#[derive(Clone)]
+pub(crate) enum Outcome {
+    /// A result to return, type-erased (the protocol knows its type).
+    Value(Arc<dyn Any + Send + Sync>),
+    /// The result cannot be shared (it is not `Clone`): each follower runs
+    /// the body itself, concurrently, without storing.
+    Compute,
+    /// Nothing usable (an invalidation raced the leader, or it was
+    /// cancelled): follow a new flight.
+    Retry,
+}
+
 #[derive(Default)]
 struct State {
-    done: bool,
-    invalidated: bool,
-    value: Option<AnyValue>,
+    done: Option<Outcome>,
 }
 
 pub(crate) struct Flight {
@@ -31,17 +40,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Flight {
-    /// Waits for the leader; `None` if it failed, was cancelled, or chose not to cache.
-    pub(crate) async fn wait(&self) -> Option<AnyValue> {
+    /// Waits for the leader's outcome.
+    pub(crate) async fn wait(&self) -> Outcome {
         loop {
             let notified = self.notify.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            {
-                let s = lock(&self.state);
-                if s.done {
-                    return s.value.clone();
-                }
+            if let Some(o) = &lock(&self.state).done {
+                return o.clone();
             }
             notified.await;
         }
@@ -69,66 +75,30 @@ impl Flights {
             flights: self,
             key: key.to_owned(),
             flight,
+            outcome: Outcome::Retry,
         })
-    }
-
-    /// Marks flights whose key satisfies `pred` as invalidated and detaches them.
-    pub(crate) fn invalidate(&self, pred: impl Fn(&str) -> bool) {
-        let mut map = lock(&self.map);
-        map.retain(|k, f| {
-            if pred(k) {
-                lock(&f.state).invalidated = true;
-                false
-            } else {
-                true
-            }
-        });
-    }
-
-    /// Marks the flight of exactly `key`, if any, as invalidated.
-    pub(crate) fn invalidate_key(&self, key: &str) {
-        let mut map = lock(&self.map);
-        if let Some(f) = map.remove(key) {
-            lock(&f.state).invalidated = true;
-        }
     }
 }
 
 /// The computing side of a flight. Dropping it without [`Leader::finish`]
-/// (panic, cancellation) releases the followers with no value.
+/// (panic, cancellation) releases the followers with [`Outcome::Retry`].
 pub(crate) struct Leader<'a> {
     flights: &'a Flights,
     key: String,
     flight: Arc<Flight>,
+    outcome: Outcome,
 }
 
 impl Leader<'_> {
-    /// Runs `store` unless the key was invalidated since the flight began;
-    /// the check and the store are atomic with respect to invalidation.
-    pub(crate) fn store_if_current(&self, store: impl FnOnce()) -> bool {
-        let s = lock(&self.flight.state);
-        if s.invalidated {
-            return false;
-        }
-        store();
-        true
-    }
-
-    /// Whether the key was invalidated since the flight began.
-    pub(crate) fn invalidated(&self) -> bool {
-        lock(&self.flight.state).invalidated
-    }
-
-    /// Hands `value` to the followers and ends the flight.
-    pub(crate) fn finish(self, value: Option<AnyValue>) {
-        lock(&self.flight.state).value = value;
+    /// Hands `outcome` to the followers and ends the flight.
+    pub(crate) fn finish(mut self, outcome: Outcome) {
+        self.outcome = outcome;
         // Drop does the rest.
     }
 }
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        lock(&self.flight.state).done = true;
         {
             let mut map = lock(&self.flights.map);
             if map
@@ -138,6 +108,8 @@ impl Drop for Leader<'_> {
                 map.remove(&self.key);
             }
         }
+        let outcome = std::mem::replace(&mut self.outcome, Outcome::Retry);
+        lock(&self.flight.state).done = Some(outcome);
         self.flight.notify.notify_waiters();
     }
 }

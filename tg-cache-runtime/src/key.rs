@@ -603,9 +603,6 @@ fn match_class(p: &[u8], c: u8) -> Option<(bool, usize)> {
 /// ```
 pub fn family_of(key: &str) -> Option<&str> {
     let rest = key.strip_prefix("tg:")?;
-    if rest.starts_with("gen:") {
-        return None;
-    }
     let first = rest.find(':')?;
     match rest[first + 1..].find(':') {
         Some(second) => Some(&key[..3 + first + 1 + second]),
@@ -613,13 +610,80 @@ pub fn family_of(key: &str) -> Option<&str> {
     }
 }
 
-/// Where a family's generation is kept: `tg:gen:queryset:Character`.
-pub(crate) fn generation_key(family: &str) -> String {
-    format!("tg:gen:{}", &family[3..])
+/// Whether `key` ends with the hash tail that [`shorten`] gives long keys.
+fn shortened_head(key: &str) -> Option<&str> {
+    let (head, tail) = key.rsplit_once(":#")?;
+    (tail.len() == 32 && tail.bytes().all(|b| b.is_ascii_hexdigit())).then_some(head)
 }
 
-/// Checks a key given to the manual API: it must be non-empty and free of
-/// whitespace and control characters. Keys over [`MAX_KEY_LEN`] are shortened.
+/// Whether `pattern` covers the stored key `key`: it matches it, or `key`
+/// is a shortened long key whose readable head some match of `pattern`
+/// could start with (the rest of the original key is gone, so a pattern
+/// that might have matched it must delete it: over-deleting a cache entry
+/// is safe, leaving it stale is not).
+///
+/// ```
+/// use tg_cache_runtime::key::{pattern_covers, shorten};
+/// let long = shorten(format!("tg:queryset:Character:bio={}:id=5", "a".repeat(300)));
+/// assert!(pattern_covers("tg:queryset:Character:*:id=5", &long));
+/// assert!(!pattern_covers("tg:queryset:Scene:*", &long));
+/// ```
+pub fn pattern_covers(pattern: &str, key: &str) -> bool {
+    if glob_match(pattern, key) {
+        return true;
+    }
+    match shortened_head(key) {
+        Some(head) => glob_prefix_match(pattern.as_bytes(), head.as_bytes()),
+        None => false,
+    }
+}
+
+/// Whether some string starting with `s` matches the glob `p`.
+fn glob_prefix_match(p: &[u8], s: &[u8]) -> bool {
+    // Walks like `glob_match_bytes`; a `*` matches any rest, so no
+    // backtracking is needed, and running out of text is a match: the
+    // missing rest of the key can be anything.
+    let (mut pi, mut si) = (0, 0);
+    while si < s.len() {
+        let Some(&c) = p.get(pi) else { return false };
+        match c {
+            b'*' => return true,
+            b'?' => pi += 1,
+            b'[' => match match_class(&p[pi..], s[si]) {
+                Some((true, next)) => pi += next,
+                _ => return false,
+            },
+            b'\\' if pi + 1 < p.len() => {
+                if p[pi + 1] != s[si] {
+                    return false;
+                }
+                pi += 2;
+            }
+            c if c == s[si] => pi += 1,
+            _ => return false,
+        }
+        si += 1;
+    }
+    true
+}
+
+/// The `SCAN MATCH` pattern that finds every key `pattern` covers and their
+/// leases: the pattern's literal head followed by `*`. The caller filters
+/// the scanned keys with [`pattern_covers`].
+pub(crate) fn scan_pattern(pattern: &str) -> String {
+    let bytes = pattern.as_bytes();
+    let mut end = 0;
+    while end < bytes.len() && !matches!(bytes[end], b'*' | b'?' | b'[' | b']' | b'\\') {
+        end += 1;
+    }
+    format!("{}*", &pattern[..end])
+}
+
+/// Checks a key given to the manual API: it must be non-empty, free of
+/// whitespace and control characters, and outside the reserved namespace
+/// (a segment starting with `#`: leases `<key>:#lease`, epochs
+/// `#epoch:<family>`; a shortened key's own `:#<hash>` tail is allowed).
+/// Keys over [`MAX_KEY_LEN`] are shortened.
 pub(crate) fn check_key(key: &str) -> Result<Cow<'_, str>, crate::Error> {
     if key.is_empty() {
         return Err(crate::Error::InvalidKey {
@@ -635,6 +699,13 @@ pub(crate) fn check_key(key: &str) -> Result<Cow<'_, str>, crate::Error> {
         return Err(crate::Error::InvalidKey {
             key: key.to_owned(),
             reason: "keys must not contain whitespace or control characters; build keys with KeyBuilder or CacheKeyGenerator, which escape values",
+        });
+    }
+    let unreserved = shortened_head(key).unwrap_or(key);
+    if unreserved.starts_with('#') || unreserved.contains(":#") {
+        return Err(crate::Error::InvalidKey {
+            key: key.to_owned(),
+            reason: "a key segment starting with `#` is reserved for tg-cache's own keys (fill leases, family epochs); escape user data with KeyBuilder or CacheKeyGenerator, which never emit it",
         });
     }
     if key.len() > MAX_KEY_LEN {
@@ -707,10 +778,9 @@ mod tests {
             Some("tg:queryset:Character")
         );
         assert_eq!(family_of("tg:x"), None);
-        assert_eq!(family_of("tg:gen:queryset:Character"), None);
         assert_eq!(
-            generation_key("tg:queryset:Character"),
-            "tg:gen:queryset:Character"
+            family_of("tg:gen:queryset:Character"),
+            Some("tg:gen:queryset")
         );
     }
 
@@ -743,5 +813,27 @@ mod tests {
         assert!(check_key("a\u{0}").is_err());
         assert_eq!(check_key("tg:x").unwrap(), "tg:x");
         assert!(check_key(&"k".repeat(300)).unwrap().len() <= MAX_KEY_LEN);
+        for reserved in ["#epoch:tg:fn:x", "a:#lease", "tg:fn:x:1:#lease", "#"] {
+            assert!(check_key(reserved).is_err(), "{reserved}");
+        }
+        let long = shorten(format!("tg:x:{}", "a".repeat(300)));
+        assert_eq!(check_key(&long).unwrap(), long);
+        assert!(check_key(&format!("{long}:#lease")).is_err());
+    }
+
+    #[test]
+    fn patterns_cover_shortened_keys_and_scan_wide_enough() {
+        let long = shorten(format!("tg:queryset:Character:a={}:id=5", "x".repeat(300)));
+        assert!(pattern_covers("tg:queryset:Character:*", &long));
+        assert!(pattern_covers("tg:queryset:Character:*:id=5", &long));
+        assert!(pattern_covers("tg:queryset:Character:a=x*", &long));
+        assert!(!pattern_covers("tg:queryset:Character:b=*", &long));
+        assert!(!pattern_covers("tg:queryset:Scene:*", &long));
+        assert!(pattern_covers("tg:x:1", "tg:x:1"));
+        assert!(!pattern_covers("tg:x:1", "tg:x:10"));
+        assert_eq!(scan_pattern("tg:x:1"), "tg:x:1*");
+        assert_eq!(scan_pattern("tg:x:*:id=1"), "tg:x:*");
+        assert_eq!(scan_pattern("a\\*b"), "a*");
+        assert!(glob_match(&scan_pattern("tg:x:1"), "tg:x:1:#lease"));
     }
 }

@@ -18,10 +18,12 @@ mod error;
 mod exec;
 mod flight;
 mod function;
+mod generation;
 #[cfg(feature = "axum")]
 pub mod http;
 mod invalidate;
 pub mod key;
+mod protocol;
 mod registry;
 mod stats;
 mod store;

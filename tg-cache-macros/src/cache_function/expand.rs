@@ -120,14 +120,14 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
         (
             quote!(move || ::tg_cache::__private::run_body_async::<#ret, _>(async move #block)),
             quote!(get_or_set_with::<#policy, #ret, _, _>),
-            quote!(__store_result::<#policy, #ret>),
+            quote!(__refresh::<#policy, #ret, _, _>),
             quote!(.await),
         )
     } else {
         (
             quote!(move || ::tg_cache::__private::run_body::<#ret, _>(move || -> #ret #block)),
             quote!(blocking().get_or_set_with::<#policy, #ret>),
-            quote!(blocking().__store_result::<#policy, #ret>),
+            quote!(blocking().__refresh::<#policy, #ret>),
             quote!(),
         )
     };
@@ -170,9 +170,7 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
                 (::std::option::Option::Some(__tg_c), ::std::option::Option::Some(__tg_k))
                     if __tg_mode == ::tg_cache::__private::CallMode::Refresh =>
                 {
-                    let __tg_r = __tg_body() #aw;
-                    __tg_c.cache.#store(&__tg_k, #timeout, &__tg_r) #aw;
-                    __tg_r
+                    __tg_c.cache.#store(&__tg_k, #timeout, __tg_body) #aw
                 }
                 (::std::option::Option::Some(__tg_c), ::std::option::Option::Some(__tg_k)) => {
                     __tg_c.cache.#run(&__tg_k, #timeout, __tg_body) #aw

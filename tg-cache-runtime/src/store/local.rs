@@ -1,20 +1,22 @@
 //! The local in-memory store (moka): bounded, per-entry expiry, per-family
-//! generations, no serialization.
+//! epochs, no serialization. Its leases live in one small map whose lock
+//! orders every fill against every invalidation.
 
-use crate::key::glob_match;
+use super::{
+    AnyValue, Family, Filled, Incr, Lease, LeaseOutcome, Slot, Store, StoreFuture, Stored, Value,
+    ready,
+};
+use crate::generation::{Epoch, LocalEpochs};
+use crate::key::pattern_covers;
 use crate::timeout::Ttl;
 use moka::ops::compute::Op;
 // A TSC-based clock: the expiry check on the hit path costs a few
 // nanoseconds instead of a clock_gettime call.
 use quanta::Instant;
-use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-
-/// A value as the local store keeps it: shared, immutable, type-erased.
-pub(crate) type AnyValue = Arc<dyn Any + Send + Sync>;
 
 /// An entry, its deadline and the generation of its key family when it was
 /// written. Expiry is checked on read (moka's own per-entry expiry costs
@@ -53,17 +55,12 @@ fn start_clock() {
     UPKEEP.get_or_init(|| quanta::Upkeep::new(CLOCK_TICK).start().ok());
 }
 
-/// Outcome of an atomic increment.
-pub(crate) enum Incr {
-    Done(i64),
-    Missing,
-    NotAnInteger,
-}
-
 pub(crate) struct LocalStore {
     cache: moka::sync::Cache<String, Entry>,
-    /// Current generation of each key family that was ever invalidated as a whole.
-    generations: RwLock<HashMap<String, Arc<AtomicU64>>>,
+    epochs: LocalEpochs,
+    /// Fills in progress: key -> lease token. Every write and invalidation
+    /// takes this lock, so a fill's check-and-store is atomic against them.
+    leases: Mutex<HashMap<String, String>>,
 }
 
 fn deadline(ttl: Option<Duration>) -> Option<Instant> {
@@ -74,6 +71,10 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(100 * 365 * 86_400)
 }
 
+fn family_name(slot: &Slot) -> Option<&str> {
+    slot.family.as_ref().map(|f| f.name.as_str())
+}
+
 impl LocalStore {
     pub(crate) fn new(max_entries: u64) -> Self {
         start_clock();
@@ -81,94 +82,59 @@ impl LocalStore {
             cache: moka::sync::Cache::builder()
                 .max_capacity(max_entries)
                 .build(),
-            generations: RwLock::new(HashMap::new()),
+            epochs: LocalEpochs::default(),
+            leases: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The current generation of `family` (0 until it is first bumped).
-    pub(crate) fn generation(&self, family: Option<&str>) -> u64 {
-        let Some(family) = family else { return 0 };
-        let map = self.generations.read().unwrap_or_else(|p| p.into_inner());
-        map.get(family).map_or(0, |g| g.load(Ordering::Acquire))
+    fn leases(&self) -> MutexGuard<'_, HashMap<String, String>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A handle on `family`'s generation, for hit paths that read it often.
-    pub(crate) fn generation_handle(&self, family: &str) -> Arc<AtomicU64> {
-        crate::stats::shared_entry(&self.generations, family, |_| family)
+    fn epoch(&self, slot: &Slot) -> u64 {
+        self.epochs.current(family_name(slot))
     }
 
-    /// Makes every entry of `family` invisible, in O(1).
-    pub(crate) fn bump(&self, family: &str) {
-        self.generation_handle(family)
-            .fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// The live value at `key` of generation `generation`.
+    /// The live value at `key` of epoch `epoch`.
     #[inline]
-    pub(crate) fn get(&self, key: &str, generation: u64) -> Option<AnyValue> {
+    fn live(&self, key: &str, epoch: u64) -> Option<AnyValue> {
         let e = self.cache.get(key)?;
-        e.live(generation).then_some(e.value)
+        e.live(epoch).then_some(e.value)
     }
 
-    pub(crate) fn insert(
-        &self,
-        key: String,
-        value: AnyValue,
-        ttl: Option<Duration>,
-        generation: u64,
-    ) {
+    fn insert(&self, key: String, value: AnyValue, ttl: Option<Duration>, epoch: u64) {
         self.cache.insert(
             key,
             Entry {
                 value,
                 expires_at: deadline(ttl),
-                generation,
+                generation: epoch,
             },
         );
     }
 
-    /// Inserts only if no live entry exists; returns whether it inserted.
-    pub(crate) fn add(
-        &self,
-        key: String,
-        value: AnyValue,
-        ttl: Option<Duration>,
-        generation: u64,
-    ) -> bool {
-        let mut inserted = false;
-        self.cache.entry(key).and_compute_with(|cur| match cur {
-            Some(e) if e.value().live(generation) => Op::Nop,
-            _ => {
-                inserted = true;
-                Op::Put(Entry {
-                    value,
-                    expires_at: deadline(ttl),
-                    generation,
-                })
-            }
-        });
-        inserted
-    }
-
-    /// Removes `key`; returns whether a live entry (of any generation) was there.
-    pub(crate) fn remove(&self, key: &str) -> bool {
+    /// Removes `key`; returns whether a live entry (of any epoch) was there.
+    fn remove(&self, key: &str) -> bool {
         match self.cache.remove(key) {
             Some(e) => e.expires_at.is_none_or(|t| t > Instant::now()),
             None => false,
         }
     }
 
-    pub(crate) fn contains(&self, key: &str, generation: u64) -> bool {
-        self.get(key, generation).is_some()
+    fn set_now(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>) {
+        let mut leases = self.leases();
+        leases.remove(&slot.key);
+        self.insert(slot.key.clone(), value.to_any(), ttl, self.epoch(slot));
     }
 
     /// Sets a new expiry on a live entry; returns whether it existed.
-    pub(crate) fn touch(&self, key: &str, ttl: Option<Duration>, generation: u64) -> bool {
+    fn touch_now(&self, slot: &Slot, ttl: Option<Duration>) -> bool {
+        let epoch = self.epoch(slot);
         let mut found = false;
         self.cache
-            .entry(key.to_owned())
+            .entry(slot.key.clone())
             .and_compute_with(|cur| match cur {
-                Some(e) if e.value().live(generation) => {
+                Some(e) if e.value().live(epoch) => {
                     found = true;
                     let e = e.into_value();
                     Op::Put(Entry {
@@ -182,12 +148,13 @@ impl LocalStore {
     }
 
     /// Atomically adds `delta` to an integer entry, keeping its expiry.
-    pub(crate) fn incr(&self, key: &str, delta: i64, generation: u64) -> Incr {
+    fn incr_now(&self, slot: &Slot, delta: i64) -> Incr {
+        let epoch = self.epoch(slot);
         let mut out = Incr::Missing;
         self.cache
-            .entry(key.to_owned())
+            .entry(slot.key.clone())
             .and_compute_with(|cur| match cur {
-                Some(e) if e.value().live(generation) => {
+                Some(e) if e.value().live(epoch) => {
                     let e = e.into_value();
                     match e
                         .value
@@ -212,9 +179,9 @@ impl LocalStore {
         out
     }
 
-    pub(crate) fn ttl(&self, key: &str, generation: u64) -> Option<Ttl> {
-        let e = self.cache.get(key)?;
-        if !e.live(generation) {
+    fn ttl_now(&self, slot: &Slot) -> Option<Ttl> {
+        let e = self.cache.get(&slot.key)?;
+        if !e.live(self.epoch(slot)) {
             return None;
         }
         Some(match e.expires_at {
@@ -223,23 +190,186 @@ impl LocalStore {
         })
     }
 
-    pub(crate) fn delete_pattern(&self, pattern: &str) -> usize {
+    fn delete_pattern_now(&self, pattern: &str) -> usize {
+        let mut leases = self.leases();
+        leases.retain(|k, _| !pattern_covers(pattern, k));
         let keys: Vec<Arc<String>> = self
             .cache
             .iter()
-            .filter(|(k, _)| glob_match(pattern, k))
+            .filter(|(k, _)| pattern_covers(pattern, k))
             .map(|(k, _)| k)
             .collect();
         keys.iter().filter(|k| self.remove(k)).count()
     }
+}
 
-    pub(crate) fn clear(&self) {
-        self.cache.invalidate_all();
+impl Store for LocalStore {
+    #[inline]
+    fn peek(&self, key: &str, epoch: u64) -> Option<AnyValue> {
+        self.live(key, epoch)
     }
 
-    /// Entries currently held (approximate while maintenance is pending).
-    pub(crate) fn len(&self) -> u64 {
+    fn epoch_handle(&self, family: &str) -> Option<Arc<AtomicU64>> {
+        Some(self.epochs.handle(family))
+    }
+
+    fn len(&self) -> Option<u64> {
         self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        Some(self.cache.entry_count())
+    }
+
+    fn get<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, Option<Stored>> {
+        ready(Ok(self
+            .live(&slot.key, self.epoch(slot))
+            .map(Stored::Typed)))
+    }
+
+    fn get_many<'a>(&'a self, slots: &'a [Slot]) -> StoreFuture<'a, Vec<Option<Stored>>> {
+        ready(Ok(slots
+            .iter()
+            .map(|s| self.live(&s.key, self.epoch(s)).map(Stored::Typed))
+            .collect()))
+    }
+
+    fn set<'a>(
+        &'a self,
+        slot: &'a Slot,
+        value: &'a dyn Value,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
+        self.set_now(slot, value, ttl);
+        ready(Ok(()))
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(Slot, &'a dyn Value)],
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
+        for (slot, value) in items {
+            self.set_now(slot, *value, ttl);
+        }
+        ready(Ok(()))
+    }
+
+    fn add<'a>(
+        &'a self,
+        slot: &'a Slot,
+        value: &'a dyn Value,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, bool> {
+        let mut leases = self.leases();
+        if self.live(&slot.key, self.epoch(slot)).is_some() {
+            return ready(Ok(false));
+        }
+        leases.remove(&slot.key);
+        self.insert(slot.key.clone(), value.to_any(), ttl, self.epoch(slot));
+        ready(Ok(true))
+    }
+
+    fn lease<'a>(
+        &'a self,
+        slot: &'a Slot,
+        token: &'a str,
+        replace: bool,
+    ) -> StoreFuture<'a, LeaseOutcome> {
+        let mut leases = self.leases();
+        let epoch = self.epoch(slot);
+        if !replace && let Some(v) = self.live(&slot.key, epoch) {
+            return ready(Ok(LeaseOutcome::Found(Stored::Typed(v))));
+        }
+        if leases.contains_key(&slot.key) {
+            return ready(Ok(LeaseOutcome::Busy));
+        }
+        leases.insert(slot.key.clone(), token.to_owned());
+        ready(Ok(LeaseOutcome::Granted(Lease {
+            token: token.to_owned(),
+            epoch: Epoch::Local(epoch),
+        })))
+    }
+
+    fn renew<'a>(&'a self, slot: &'a Slot, lease: &'a Lease) -> StoreFuture<'a, bool> {
+        ready(Ok(self.leases().get(&slot.key) == Some(&lease.token)))
+    }
+
+    fn fill<'a>(
+        &'a self,
+        slot: &'a Slot,
+        value: &'a dyn Value,
+        ttl: Option<Duration>,
+        lease: &'a Lease,
+        replace: bool,
+    ) -> StoreFuture<'a, Filled> {
+        let mut leases = self.leases();
+        if leases.get(&slot.key) != Some(&lease.token) {
+            return ready(Ok(Filled::Lost));
+        }
+        leases.remove(&slot.key);
+        let epoch = self.epoch(slot);
+        if lease.epoch != Epoch::Local(epoch) {
+            return ready(Ok(Filled::Lost));
+        }
+        if !replace && self.live(&slot.key, epoch).is_some() {
+            return ready(Ok(Filled::Kept));
+        }
+        self.insert(slot.key.clone(), value.to_any(), ttl, epoch);
+        ready(Ok(Filled::Stored))
+    }
+
+    fn release<'a>(&'a self, slot: &'a Slot, lease: &'a Lease) -> StoreFuture<'a, bool> {
+        let mut leases = self.leases();
+        let held = leases.get(&slot.key) == Some(&lease.token);
+        if held {
+            leases.remove(&slot.key);
+        }
+        ready(Ok(held))
+    }
+
+    fn delete<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, usize> {
+        let mut leases = self.leases();
+        for k in keys {
+            leases.remove(k);
+        }
+        ready(Ok(keys.iter().filter(|k| self.remove(k)).count()))
+    }
+
+    fn delete_pattern<'a>(&'a self, pattern: &'a str) -> StoreFuture<'a, usize> {
+        ready(Ok(self.delete_pattern_now(pattern)))
+    }
+
+    fn clear<'a>(&'a self, _pattern: &'a str) -> StoreFuture<'a, ()> {
+        // A local store belongs to one cache: everything in it is covered.
+        let mut leases = self.leases();
+        leases.clear();
+        self.cache.invalidate_all();
+        ready(Ok(()))
+    }
+
+    fn flush<'a>(&'a self) -> StoreFuture<'a, ()> {
+        self.clear("*")
+    }
+
+    fn bump<'a>(&'a self, family: &'a Family) -> StoreFuture<'a, ()> {
+        let mut leases = self.leases();
+        let prefix = format!("{}:", family.name);
+        leases.retain(|k, _| k != &family.name && !k.starts_with(&prefix));
+        self.epochs.bump(&family.name);
+        ready(Ok(()))
+    }
+
+    fn incr<'a>(&'a self, slot: &'a Slot, delta: i64) -> StoreFuture<'a, Incr> {
+        ready(Ok(self.incr_now(slot, delta)))
+    }
+
+    fn touch<'a>(&'a self, slot: &'a Slot, ttl: Option<Duration>) -> StoreFuture<'a, bool> {
+        ready(Ok(self.touch_now(slot, ttl)))
+    }
+
+    fn ttl<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, Option<Ttl>> {
+        ready(Ok(self.ttl_now(slot)))
+    }
+
+    fn ping<'a>(&'a self) -> StoreFuture<'a, ()> {
+        ready(Ok(()))
     }
 }

@@ -1,15 +1,242 @@
-//! The stores behind a [`crate::Cache`].
+//! The stores behind a [`crate::Cache`]: one interface, one file per
+//! implementation.
+//!
+//! The interface speaks in store terms only: read, write, a guarded fill
+//! under a lease, delete, pattern delete, epoch bump. Policies, counters and
+//! single-flight live above it ([`crate::protocol`], [`crate::cache`]).
+//!
+//! **The fill guarantee every implementation keeps** (see `protocol.rs`):
+//! a [`Store::lease`] is granted to one filler of a key at a time; every
+//! invalidation that covers the key (`set`, `add` that stores, `delete`,
+//! `delete_pattern`, `bump` of its family, `clear`) removes the lease; and
+//! [`Store::fill`] stores only if the lease is still held, the family epoch
+//! is the one the lease saw, and no live value was written meanwhile.
 
+pub(crate) mod broken;
+pub(crate) mod dummy;
 pub(crate) mod local;
 pub(crate) mod redis;
 
-use crate::error::ConfigError;
+use crate::error::Result;
+use crate::generation::Epoch;
+use crate::timeout::Ttl;
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
-pub(crate) enum Store {
-    Local(local::LocalStore),
-    Redis(redis::RedisStore),
-    Dummy,
-    /// The configuration was invalid: every call returns this error (and
-    /// cached functions still run their bodies).
-    Broken(ConfigError),
+/// A value as the local store keeps it: shared, immutable, type-erased.
+pub(crate) type AnyValue = Arc<dyn Any + Send + Sync>;
+
+/// What a store operation returns.
+pub(crate) type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// A key as a store sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    /// The stored key: namespaced, checked, shortened.
+    pub(crate) key: String,
+    /// Its key family, if it has one.
+    pub(crate) family: Option<Family>,
+}
+
+/// A key family, as the stores need it.
+#[derive(Debug, Clone)]
+pub(crate) struct Family {
+    /// `tg:fn:char_scenes` (without the namespace): the local epoch's name.
+    pub(crate) name: String,
+    /// Where the Redis epoch lives (namespaced).
+    pub(crate) epoch_key: String,
+}
+
+/// A value handed to a store for writing: each store takes the form it keeps.
+pub(crate) trait Value: Send + Sync {
+    /// The value itself, for stores that keep values (no serialization).
+    fn to_any(&self) -> AnyValue;
+    /// The value's JSON text, for stores that keep bytes.
+    fn to_json(&self) -> serde_json::Result<Vec<u8>>;
+}
+
+impl<T: crate::CacheValue> Value for T {
+    fn to_any(&self) -> AnyValue {
+        Arc::new(self.clone())
+    }
+    fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(self)
+    }
+}
+
+/// A value as read from a store.
+pub(crate) enum Stored {
+    /// Kept as a value (local store).
+    Typed(AnyValue),
+    /// Kept as bytes (Redis): the payload, epoch header removed.
+    Bytes(Vec<u8>),
+}
+
+/// The right to fill one key, granted by [`Store::lease`].
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    /// Identifies this holder's lease.
+    pub(crate) token: String,
+    /// The family epoch when the lease was granted.
+    pub(crate) epoch: Epoch,
+}
+
+/// What [`Store::lease`] found.
+pub(crate) enum LeaseOutcome {
+    /// The caller holds the lease: compute, then [`Store::fill`].
+    Granted(Lease),
+    /// A live value is there (only when the caller did not ask to replace it).
+    Found(Stored),
+    /// Another filler holds the lease: wait and ask again.
+    Busy,
+}
+
+/// What [`Store::fill`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filled {
+    /// The value was stored.
+    Stored,
+    /// Another writer stored a value after the miss; it was kept.
+    Kept,
+    /// The lease was lost (an invalidation, or it expired): not stored.
+    Lost,
+    /// The store keeps nothing (the dummy store): nothing was stored, but
+    /// the value is as current as a stored one.
+    Dropped,
+}
+
+/// Outcome of an atomic increment.
+pub(crate) enum Incr {
+    Done(i64),
+    Missing,
+    NotAnInteger,
+}
+
+/// A store: local memory, Redis, or one that keeps nothing.
+pub(crate) trait Store: Send + Sync + 'static {
+    /// The synchronous hit path of the local store: the value at `key` if
+    /// it is live in `epoch`. Other stores have none.
+    fn peek(&self, _key: &str, _epoch: u64) -> Option<AnyValue> {
+        None
+    }
+
+    /// A handle on a family's local epoch, for [`Store::peek`] callers.
+    fn epoch_handle(&self, _family: &str) -> Option<Arc<AtomicU64>> {
+        None
+    }
+
+    /// How often a lease holder must renew its lease while it computes
+    /// (`None`: leases do not expire).
+    fn renew_every(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Whether the store keeps what it is given (false for the dummy store,
+    /// whose writes are not counted as sets).
+    fn keeps_values(&self) -> bool {
+        true
+    }
+
+    /// Entries held (local stores only).
+    fn len(&self) -> Option<u64> {
+        None
+    }
+
+    /// The live value at `slot`.
+    fn get<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, Option<Stored>>;
+
+    /// The live values at `slots`, in order (one round trip on Redis).
+    fn get_many<'a>(&'a self, slots: &'a [Slot]) -> StoreFuture<'a, Vec<Option<Stored>>>;
+
+    /// Writes `value`; cancels any fill in progress of the key.
+    fn set<'a>(
+        &'a self,
+        slot: &'a Slot,
+        value: &'a dyn Value,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()>;
+
+    /// [`Store::set`] for several keys (one round trip on Redis).
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(Slot, &'a dyn Value)],
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()>;
+
+    /// Writes `value` only if no live value is there; returns whether it
+    /// wrote (and then cancels any fill in progress).
+    fn add<'a>(
+        &'a self,
+        slot: &'a Slot,
+        value: &'a dyn Value,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Asks for the right to fill `slot`. Unless `replace`, a live value is
+    /// returned instead. `token` identifies the caller's lease.
+    fn lease<'a>(
+        &'a self,
+        slot: &'a Slot,
+        token: &'a str,
+        replace: bool,
+    ) -> StoreFuture<'a, LeaseOutcome>;
+
+    /// Keeps a lease alive while its holder computes; false if it was lost.
+    fn renew<'a>(&'a self, slot: &'a Slot, lease: &'a Lease) -> StoreFuture<'a, bool>;
+
+    /// Stores a computed value under the fill guarantee (module docs). With
+    /// `replace`, a live value written meanwhile is overwritten (refresh, or
+    /// an undecodable value being replaced).
+    fn fill<'a>(
+        &'a self,
+        slot: &'a Slot,
+        value: &'a dyn Value,
+        ttl: Option<Duration>,
+        lease: &'a Lease,
+        replace: bool,
+    ) -> StoreFuture<'a, Filled>;
+
+    /// Gives a lease up without storing; returns whether it was still held
+    /// (false: an invalidation removed it meanwhile).
+    fn release<'a>(&'a self, slot: &'a Slot, lease: &'a Lease) -> StoreFuture<'a, bool>;
+
+    /// Deletes stored keys and cancels their fills; returns how many existed.
+    fn delete<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, usize>;
+
+    /// Deletes every key that the glob `pattern` covers (shortened keys
+    /// included) and cancels their fills, absent keys' fills too; returns
+    /// how many keys it deleted.
+    fn delete_pattern<'a>(&'a self, pattern: &'a str) -> StoreFuture<'a, usize>;
+
+    /// Removes every entry under `pattern` and cancels every fill, but keeps
+    /// the family epochs (which other caches may share).
+    fn clear<'a>(&'a self, pattern: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Removes everything in the database (`FLUSHDB`).
+    fn flush<'a>(&'a self) -> StoreFuture<'a, ()>;
+
+    /// Gives `family` a new epoch: every entry of it reads as a miss, and
+    /// every fill of it in progress is refused.
+    fn bump<'a>(&'a self, family: &'a Family) -> StoreFuture<'a, ()>;
+
+    /// Atomically adds `delta` to an integer value.
+    fn incr<'a>(&'a self, slot: &'a Slot, delta: i64) -> StoreFuture<'a, Incr>;
+
+    /// Gives a live value a new timeout; returns whether it existed.
+    fn touch<'a>(&'a self, slot: &'a Slot, ttl: Option<Duration>) -> StoreFuture<'a, bool>;
+
+    /// The remaining lifetime of a live value.
+    fn ttl<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, Option<Ttl>>;
+
+    /// Checks that the store answers.
+    fn ping<'a>(&'a self) -> StoreFuture<'a, ()>;
+}
+
+/// A future that is already complete.
+pub(crate) fn ready<'a, T: Send + 'a>(r: Result<T>) -> StoreFuture<'a, T> {
+    Box::pin(std::future::ready(r))
 }

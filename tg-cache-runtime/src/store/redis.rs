@@ -1,9 +1,12 @@
 //! The Redis store: a lazily connected, auto-reconnecting multiplexed
 //! connection with bounded timeouts and a circuit breaker.
 
+use super::{Family, Filled, Incr, Lease, LeaseOutcome, Slot, Store, StoreFuture, Stored, Value};
 use crate::config::RedisUrl;
 use crate::error::{Error, Result};
 use crate::exec::{in_io, io_runtime};
+use crate::generation::{self, Epoch};
+use crate::key::{pattern_covers, scan_pattern};
 use crate::timeout::Ttl;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
@@ -19,6 +22,8 @@ pub(crate) struct RedisSettings {
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
     pub(crate) breaker_cooldown: Duration,
+    pub(crate) lease_timeout: Duration,
+    pub(crate) compress_min: Option<usize>,
 }
 
 /// Stops paying the timeout on every call while Redis is away: after an
@@ -65,22 +70,16 @@ pub(crate) struct RedisStore {
     conn: ConnectionManager,
     op_timeout: Duration,
     breaker: Breaker,
-    url: RedisUrl,
+    lease_timeout: Duration,
+    compress_min: Option<usize>,
 }
 
-/// Shared by the scripts: whether `k`'s value is live in generation `g`
-/// (values of a generation > 0 start with `g<gen>:`).
+/// Shared by the scripts: the epoch rules of `generation.rs`, and writes.
 const PRELUDE: &str = r"
-local function gen_of(v)
-  return string.match(v, '^g(%d+):') or '0'
-end
-local function current_gen(gk)
-  if gk then return redis.call('GET', gk) or '0' end
-  return '0'
-end
-local function with_gen(v, g)
-  if g == '0' then return v end
-  return 'g' .. g .. ':' .. v
+local function get(k)
+  local ok, v = pcall(redis.call, 'GET', k)
+  if ok then return v end
+  return false
 end
 local function put(k, v, px)
   if px == '0' then
@@ -91,61 +90,91 @@ local function put(k, v, px)
 end
 ";
 
-/// KEYS: key, fill marker, [generation key]. ARGV: value, px.
-/// Writes in the current generation and cancels any fill in progress.
+/// KEYS: key, lease, [epoch key]. ARGV: payload, px, fresh epoch.
+/// Writes in the current epoch and cancels any fill in progress.
 const SET_SCRIPT: &str = r"
-local g = current_gen(KEYS[3])
-put(KEYS[1], with_gen(ARGV[1], g), ARGV[2])
+local e = epoch_of(KEYS[3], ARGV[3], true)
+put(KEYS[1], with_epoch(ARGV[1], e), ARGV[2])
 redis.call('DEL', KEYS[2])
 return 1
 ";
 
-/// KEYS: key, fill marker, [generation key]. ARGV: value, px, token, generation seen.
-/// Stores a computed value only if no invalidation happened since the fill
-/// began: its marker is still there and the generation is unchanged.
-const FILL_SCRIPT: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
-redis.call('DEL', KEYS[2])
-local g = current_gen(KEYS[3])
-if g ~= ARGV[4] then return 0 end
-put(KEYS[1], with_gen(ARGV[1], g), ARGV[2])
-return 1
-";
-
-/// KEYS: key, fill marker, [generation key]. ARGV: value, px.
+/// KEYS: key, lease, [epoch key]. ARGV: payload, px, fresh epoch.
 const ADD_SCRIPT: &str = r"
-local g = current_gen(KEYS[3])
-local cur = redis.call('GET', KEYS[1])
-if cur and gen_of(cur) == g then return 0 end
-put(KEYS[1], with_gen(ARGV[1], g), ARGV[2])
+local e = epoch_of(KEYS[3], ARGV[3], true)
+if live(get(KEYS[1]), e) then return 0 end
+put(KEYS[1], with_epoch(ARGV[1], e), ARGV[2])
 redis.call('DEL', KEYS[2])
 return 1
 ";
 
-/// KEYS: key, [generation key]. ARGV: delta. Nil when missing.
+/// KEYS: key, lease, [epoch key]. ARGV: token, px, fresh epoch, replace.
+/// {1, value, epoch} when a live value is there (and not `replace`);
+/// {2, epoch, repaired} when the lease is granted; {3} when another holds it.
+const LEASE_SCRIPT: &str = r"
+local e, repaired = epoch_of(KEYS[3], ARGV[3], true)
+if ARGV[4] ~= '1' then
+  local v = get(KEYS[1])
+  if live(v, e) then return {1, v, e} end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {2, e, repaired and 1 or 0}
+end
+return {3}
+";
+
+/// KEYS: lease. ARGV: token, px. Extends a lease its holder still holds.
+const RENEW_SCRIPT: &str = r"
+if get(KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
+/// KEYS: key, lease, [epoch key]. ARGV: payload, px, token, epoch seen, replace.
+/// 1: stored; 2: a live value written meanwhile was kept; 0: the lease was
+/// lost or the family's epoch changed (an invalidation), nothing stored.
+const FILL_SCRIPT: &str = r"
+if get(KEYS[2]) ~= ARGV[3] then return 0 end
+redis.call('DEL', KEYS[2])
+local e = epoch_of(KEYS[3], '', false)
+if e == nil or e ~= ARGV[4] then return 0 end
+if ARGV[5] ~= '1' and live(get(KEYS[1]), e) then return 2 end
+put(KEYS[1], with_epoch(ARGV[1], e), ARGV[2])
+return 1
+";
+
+/// KEYS: lease, [epoch key]. ARGV: token, epoch seen. Gives a lease up;
+/// 1 if it was still held and the epoch unchanged (no invalidation since).
+const RELEASE_SCRIPT: &str = r"
+if get(KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+local e = epoch_of(KEYS[2], '', false)
+if e ~= ARGV[2] then return 0 end
+return 1
+";
+
+/// KEYS: key, [epoch key]. ARGV: delta. Nil when missing.
 const INCR_SCRIPT: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return false end
-local g = current_gen(KEYS[2])
-local hg = gen_of(cur)
-if hg ~= g then return false end
-if g == '0' then return redis.call('INCRBY', KEYS[1], ARGV[1]) end
-local n = tonumber(string.sub(cur, #g + 3))
+local e = epoch_of(KEYS[2], '', false)
+local cur = get(KEYS[1])
+if not live(cur, e) then return false end
+if e == '' then return redis.call('INCRBY', KEYS[1], ARGV[1]) end
+local n = tonumber(string.sub(cur, #e + 3))
 local limit = 9007199254740991
 if not n or n ~= math.floor(n) or math.abs(n) > limit then
   return redis.error_reply('ERR value is not an integer or out of range')
 end
 n = n + tonumber(ARGV[1])
 if math.abs(n) > limit then return redis.error_reply('ERR increment would overflow') end
-redis.call('SET', KEYS[1], with_gen(string.format('%d', n), g), 'KEEPTTL')
+redis.call('SET', KEYS[1], with_epoch(string.format('%d', n), e), 'KEEPTTL')
 return n
 ";
 
-/// KEYS: key, [generation key]. ARGV: px ('0': persist), or '' to only read the TTL.
+/// KEYS: key, [epoch key]. ARGV: px ('0': persist), or '' to only read the TTL.
 /// Returns -2 when the key is missing or outdated, else PTTL after touching.
 const TTL_SCRIPT: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if not cur or gen_of(cur) ~= current_gen(KEYS[2]) then return -2 end
+local e = epoch_of(KEYS[2], '', false)
+if not live(get(KEYS[1]), e) then return -2 end
 if ARGV[1] == '0' then
   redis.call('PERSIST', KEYS[1])
 elseif ARGV[1] ~= '' then
@@ -155,49 +184,58 @@ return redis.call('PTTL', KEYS[1])
 ";
 
 fn script(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{PRELUDE}{body}"))
+    redis::Script::new(&format!("{}{PRELUDE}{body}", generation::LUA))
 }
 
 static SET: LazyLock<redis::Script> = LazyLock::new(|| script(SET_SCRIPT));
-static FILL: LazyLock<redis::Script> = LazyLock::new(|| script(FILL_SCRIPT));
 static ADD: LazyLock<redis::Script> = LazyLock::new(|| script(ADD_SCRIPT));
+static LEASE: LazyLock<redis::Script> = LazyLock::new(|| script(LEASE_SCRIPT));
+static RENEW: LazyLock<redis::Script> = LazyLock::new(|| script(RENEW_SCRIPT));
+static FILL: LazyLock<redis::Script> = LazyLock::new(|| script(FILL_SCRIPT));
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| script(RELEASE_SCRIPT));
 static INCR: LazyLock<redis::Script> = LazyLock::new(|| script(INCR_SCRIPT));
 static TTL: LazyLock<redis::Script> = LazyLock::new(|| script(TTL_SCRIPT));
 
-/// How long a fill marker lives: a computation slower than this is not stored.
-const FILL_LEASE: Duration = Duration::from_secs(60);
+/// The suffix of a key's lease. A segment starting with `#` is reserved,
+/// so no public key can name a lease.
+const LEASE_SUFFIX: &str = ":#lease";
 
-/// The marker a fill leaves while it computes; any invalidation deletes it.
-pub(crate) fn marker_key(key: &str) -> String {
-    format!("{key}:#fill")
-}
-
-/// Splits the generation header off a stored value.
-pub(crate) fn split_generation(bytes: &[u8]) -> (u64, &[u8]) {
-    if bytes.first() == Some(&b'g')
-        && let Some(colon) = bytes.iter().position(|&b| b == b':')
-        && let Ok(digits) = std::str::from_utf8(&bytes[1..colon])
-        && let Ok(g) = digits.parse::<u64>()
-    {
-        return (g, &bytes[colon + 1..]);
-    }
-    (0, bytes)
-}
-
-fn parse_gen(v: Option<Vec<u8>>) -> u64 {
-    v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// A fill in progress: the token of its marker and the generation it saw.
-#[derive(Debug, Clone)]
-pub(crate) struct FillTicket {
-    token: String,
-    generation: u64,
+/// Where the lease of a fill of `key` lives: `<key>:#lease`.
+pub(crate) fn lease_key(key: &str) -> String {
+    format!("{key}{LEASE_SUFFIX}")
 }
 
 fn px(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn ttl_arg(ttl: Option<Duration>) -> String {
+    ttl.map_or_else(|| "0".to_owned(), |t| px(t).to_string())
+}
+
+fn epoch_arg(e: &Epoch) -> &str {
+    match e {
+        Epoch::Token(t) => t,
+        Epoch::None | Epoch::Local(_) => "",
+    }
+}
+
+/// The payload of a stored value if it is live in the epoch `epoch`
+/// (`None`: no family; `Some(None)`: a family whose epoch is missing or junk).
+fn live_payload(value: Vec<u8>, epoch: Option<Option<&[u8]>>) -> Option<Vec<u8>> {
+    match epoch {
+        None => Some(value),
+        Some(None) => None,
+        Some(Some(token)) => {
+            let token = std::str::from_utf8(token).ok()?;
+            generation::strip_header(&value, token).map(<[u8]>::to_vec)
+        }
+    }
+}
+
+/// The epoch token read from an epoch key, if well-formed.
+fn valid(e: &Option<Vec<u8>>) -> Option<&[u8]> {
+    e.as_deref().filter(|t| generation::valid_token(t))
 }
 
 impl RedisStore {
@@ -227,12 +265,9 @@ impl RedisStore {
                 open_until: AtomicU64::new(0),
                 cooldown: s.breaker_cooldown,
             },
-            url: s.url.clone(),
+            lease_timeout: s.lease_timeout,
+            compress_min: s.compress_min,
         })
-    }
-
-    pub(crate) fn url(&self) -> &RedisUrl {
-        &self.url
     }
 
     /// Runs one Redis operation with the timeout and circuit breaker.
@@ -263,123 +298,116 @@ impl RedisStore {
         Err(err)
     }
 
-    /// The payload at `key` if live, and the current generation of its family.
-    pub(crate) async fn get(
+    async fn invoke<T: redis::FromRedisValue + Send + 'static>(
         &self,
-        key: &str,
-        gen_key: Option<&str>,
-    ) -> Result<(Option<Vec<u8>>, u64)> {
-        let keys: Vec<String> = std::iter::once(key.to_owned())
-            .chain(gen_key.map(str::to_owned))
-            .collect();
-        let mut values: Vec<Option<Vec<u8>>> = self
-            .run(|mut c| async move { redis::cmd("MGET").arg(keys).query_async(&mut c).await })
-            .await?;
-        let current = if values.len() > 1 {
-            parse_gen(values.pop().flatten())
-        } else {
-            0
-        };
-        let payload = values.pop().flatten().and_then(|v| {
-            let (g, body) = split_generation(&v);
-            (g == current).then(|| body.to_vec())
-        });
-        Ok((payload, current))
+        inv: redis::ScriptInvocation<'static>,
+    ) -> Result<T> {
+        self.run(|mut c| async move { inv.invoke_async::<T>(&mut c).await })
+            .await
     }
 
-    /// Payloads of `keys` (live ones), each with its optional generation key.
-    pub(crate) async fn get_many(
-        &self,
-        keys: Vec<(String, Option<String>)>,
-    ) -> Result<Vec<Option<Vec<u8>>>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut gen_keys: Vec<String> = keys.iter().filter_map(|(_, g)| g.clone()).collect();
-        gen_keys.sort();
-        gen_keys.dedup();
-        let args: Vec<String> = keys
-            .iter()
-            .map(|(k, _)| k.clone())
-            .chain(gen_keys.iter().cloned())
-            .collect();
-        let mut values: Vec<Option<Vec<u8>>> = self
-            .run(|mut c| async move { redis::cmd("MGET").arg(args).query_async(&mut c).await })
-            .await?;
-        let gens: Vec<Option<Vec<u8>>> = values.split_off(keys.len());
-        let current = |gk: &Option<String>| match gk {
-            None => 0,
-            Some(gk) => {
-                let i = gen_keys.binary_search(gk).unwrap_or(usize::MAX);
-                parse_gen(gens.get(i).cloned().flatten())
-            }
-        };
-        Ok(values
-            .into_iter()
-            .zip(&keys)
-            .map(|(v, (_, gk))| {
-                let v = v?;
-                let (g, body) = split_generation(&v);
-                (g == current(gk)).then(|| body.to_vec())
-            })
-            .collect())
-    }
-
-    fn invocation(
+    /// An invocation of `script` on `slot`'s key, its lease (if `lease`)
+    /// and its epoch key (if it has a family).
+    fn on_slot(
         script: &'static redis::Script,
-        key: &str,
-        gen_key: Option<&str>,
-        marker: bool,
+        slot: &Slot,
+        lease: bool,
     ) -> redis::ScriptInvocation<'static> {
         let mut inv = script.prepare_invoke();
-        inv.key(key);
-        if marker {
-            inv.key(marker_key(key));
+        inv.key(&slot.key);
+        if lease {
+            inv.key(lease_key(&slot.key));
         }
-        if let Some(g) = gen_key {
-            inv.key(g);
+        if let Some(f) = &slot.family {
+            inv.key(&f.epoch_key);
         }
         inv
     }
 
-    fn ttl_arg(ttl: Option<Duration>) -> String {
-        ttl.map_or_else(|| "0".to_owned(), |t| px(t).to_string())
+    fn encode(&self, slot: &Slot, value: &dyn Value) -> Result<Vec<u8>> {
+        let json = value.to_json().map_err(|source| Error::Encode {
+            key: slot.key.clone(),
+            source,
+        })?;
+        Ok(crate::codec::compress(json, self.compress_min))
     }
 
-    /// Writes `value` in the current generation, cancelling fills in progress.
-    pub(crate) async fn set(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-        gen_key: Option<&str>,
-    ) -> Result<()> {
-        let mut inv = Self::invocation(&SET, key, gen_key, true);
-        inv.arg(value).arg(Self::ttl_arg(ttl));
-        self.run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await.map(drop) })
-            .await
+    async fn get_one(&self, slot: &Slot) -> Result<Option<Stored>> {
+        let mut keys = vec![slot.key.clone()];
+        keys.extend(slot.family.as_ref().map(|f| f.epoch_key.clone()));
+        let mut values: Vec<Option<Vec<u8>>> = self
+            .run(|mut c| async move { redis::cmd("MGET").arg(keys).query_async(&mut c).await })
+            .await?;
+        let epoch = slot.family.as_ref().map(|_| values.pop().flatten());
+        let epoch = epoch.as_ref().map(valid);
+        Ok(values
+            .pop()
+            .flatten()
+            .and_then(|v| live_payload(v, epoch))
+            .map(Stored::Bytes))
     }
 
-    /// Writes several values (one round trip), each as [`RedisStore::set`].
-    pub(crate) async fn set_many(
+    async fn get_many_now(&self, slots: &[Slot]) -> Result<Vec<Option<Stored>>> {
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut epoch_keys: Vec<String> = slots
+            .iter()
+            .filter_map(|s| s.family.as_ref().map(|f| f.epoch_key.clone()))
+            .collect();
+        epoch_keys.sort();
+        epoch_keys.dedup();
+        let args: Vec<String> = slots
+            .iter()
+            .map(|s| s.key.clone())
+            .chain(epoch_keys.iter().cloned())
+            .collect();
+        let mut values: Vec<Option<Vec<u8>>> = self
+            .run(|mut c| async move { redis::cmd("MGET").arg(args).query_async(&mut c).await })
+            .await?;
+        let epochs = values.split_off(slots.len());
+        Ok(values
+            .into_iter()
+            .zip(slots)
+            .map(|(v, slot)| {
+                let epoch = slot.family.as_ref().map(|f| {
+                    let i = epoch_keys.binary_search(&f.epoch_key).ok()?;
+                    valid(&epochs[i])
+                });
+                live_payload(v?, epoch).map(Stored::Bytes)
+            })
+            .collect())
+    }
+
+    async fn set_now(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>) -> Result<()> {
+        let mut inv = Self::on_slot(&SET, slot, true);
+        inv.arg(self.encode(slot, value)?)
+            .arg(ttl_arg(ttl))
+            .arg(generation::new_token());
+        self.invoke::<i64>(inv).await.map(drop)
+    }
+
+    async fn set_many_now(
         &self,
-        items: Vec<(String, Vec<u8>, Option<String>)>,
+        items: &[(Slot, &dyn Value)],
         ttl: Option<Duration>,
     ) -> Result<()> {
         if items.is_empty() {
             return Ok(());
         }
-        let ttl = Self::ttl_arg(ttl);
+        let ttl = ttl_arg(ttl);
+        let fresh = generation::new_token();
         let mut pipe = redis::pipe();
-        for (k, v, gk) in &items {
-            let mut keys = vec![k.clone(), marker_key(k)];
-            keys.extend(gk.clone());
+        for (slot, value) in items {
+            let mut keys = vec![slot.key.clone(), lease_key(&slot.key)];
+            keys.extend(slot.family.as_ref().map(|f| f.epoch_key.clone()));
             pipe.cmd("EVALSHA")
                 .arg(SET.get_hash())
                 .arg(keys.len())
                 .arg(keys)
-                .arg(v)
+                .arg(self.encode(slot, *value)?)
                 .arg(&ttl)
+                .arg(&fresh)
                 .ignore();
         }
         self.run(|mut c| async move {
@@ -390,74 +418,115 @@ impl RedisStore {
         .await
     }
 
-    /// Stores only if `key` has no live value; returns whether it stored.
-    pub(crate) async fn add(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-        gen_key: Option<&str>,
-    ) -> Result<bool> {
-        let mut inv = Self::invocation(&ADD, key, gen_key, true);
-        inv.arg(value).arg(Self::ttl_arg(ttl));
-        self.run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await.map(|n| n == 1) })
-            .await
+    async fn add_now(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>) -> Result<bool> {
+        let mut inv = Self::on_slot(&ADD, slot, true);
+        inv.arg(self.encode(slot, value)?)
+            .arg(ttl_arg(ttl))
+            .arg(generation::new_token());
+        Ok(self.invoke::<i64>(inv).await? == 1)
     }
 
-    /// Leaves a fill marker before computing `key` (see [`RedisStore::fill`]).
-    pub(crate) async fn begin_fill(&self, key: &str, generation: u64) -> Result<FillTicket> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let token = format!(
-            "{}-{}-{}",
-            std::process::id(),
-            now_nanos(),
-            COUNTER.fetch_add(1, Relaxed)
-        );
-        let cmd = {
-            let mut c = redis::cmd("SET");
-            c.arg(marker_key(key))
-                .arg(&token)
-                .arg("PX")
-                .arg(px(FILL_LEASE));
-            c
+    async fn lease_now(&self, slot: &Slot, token: &str, replace: bool) -> Result<LeaseOutcome> {
+        let mut inv = Self::on_slot(&LEASE, slot, true);
+        inv.arg(token)
+            .arg(px(self.lease_timeout))
+            .arg(generation::new_token())
+            .arg(if replace { "1" } else { "0" });
+        let reply: Vec<redis::Value> = self.invoke(inv).await?;
+        let int = |v: Option<&redis::Value>| match v {
+            Some(redis::Value::Int(n)) => *n,
+            _ => -1,
         };
-        self.run(|mut c| async move { cmd.query_async::<()>(&mut c).await })
-            .await?;
-        Ok(FillTicket { token, generation })
+        let bytes = |v: Option<&redis::Value>| match v {
+            Some(redis::Value::BulkString(b)) => b.clone(),
+            _ => Vec::new(),
+        };
+        match int(reply.first()) {
+            1 => {
+                let epoch = bytes(reply.get(2));
+                let value = bytes(reply.get(1));
+                let payload = if slot.family.is_some() {
+                    live_payload(value, Some(Some(&epoch)))
+                } else {
+                    Some(value)
+                };
+                Ok(match payload {
+                    Some(p) => LeaseOutcome::Found(Stored::Bytes(p)),
+                    None => LeaseOutcome::Busy,
+                })
+            }
+            2 => {
+                let epoch = String::from_utf8_lossy(&bytes(reply.get(1))).into_owned();
+                if int(reply.get(2)) == 1
+                    && let Some(f) = &slot.family
+                {
+                    tracing::warn!(family = %f.name, "the epoch of this key family was missing or malformed; a fresh one was written (every entry of the family reads as a miss)");
+                }
+                Ok(LeaseOutcome::Granted(Lease {
+                    token: token.to_owned(),
+                    epoch: if slot.family.is_some() {
+                        Epoch::Token(epoch)
+                    } else {
+                        Epoch::None
+                    },
+                }))
+            }
+            _ => Ok(LeaseOutcome::Busy),
+        }
     }
 
-    /// Stores a computed value unless `key` was invalidated (deleted, set,
-    /// or its family bumped) since [`RedisStore::begin_fill`]; atomic in Lua.
-    pub(crate) async fn fill(
+    async fn fill_now(
         &self,
-        key: &str,
-        value: Vec<u8>,
+        slot: &Slot,
+        value: &dyn Value,
         ttl: Option<Duration>,
-        gen_key: Option<&str>,
-        ticket: FillTicket,
-    ) -> Result<bool> {
-        let mut inv = Self::invocation(&FILL, key, gen_key, true);
-        inv.arg(value)
-            .arg(Self::ttl_arg(ttl))
-            .arg(ticket.token)
-            .arg(ticket.generation.to_string());
-        self.run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await.map(|n| n == 1) })
-            .await
+        lease: &Lease,
+        replace: bool,
+    ) -> Result<Filled> {
+        let mut inv = Self::on_slot(&FILL, slot, true);
+        inv.arg(self.encode(slot, value)?)
+            .arg(ttl_arg(ttl))
+            .arg(&lease.token)
+            .arg(epoch_arg(&lease.epoch))
+            .arg(if replace { "1" } else { "0" });
+        Ok(match self.invoke::<i64>(inv).await? {
+            1 => Filled::Stored,
+            2 => Filled::Kept,
+            _ => Filled::Lost,
+        })
     }
 
-    /// Deletes `keys` and their fill markers; returns how many keys existed.
-    pub(crate) async fn delete_many(&self, keys: Vec<String>) -> Result<usize> {
+    async fn release_now(&self, slot: &Slot, lease: &Lease) -> Result<bool> {
+        let mut inv = RELEASE.prepare_invoke();
+        inv.key(lease_key(&slot.key));
+        if let Some(f) = &slot.family {
+            inv.key(&f.epoch_key);
+        }
+        inv.arg(&lease.token).arg(epoch_arg(&lease.epoch));
+        Ok(self.invoke::<i64>(inv).await? == 1)
+    }
+
+    async fn renew_now(&self, slot: &Slot, lease: &Lease) -> Result<bool> {
+        let mut inv = RENEW.prepare_invoke();
+        inv.key(lease_key(&slot.key));
+        inv.arg(&lease.token).arg(px(self.lease_timeout));
+        Ok(self.invoke::<i64>(inv).await? == 1)
+    }
+
+    /// Deletes `keys` and their leases; returns how many keys existed.
+    async fn delete_now(&self, keys: &[String]) -> Result<usize> {
         if keys.is_empty() {
             return Ok(0);
         }
-        let markers: Vec<String> = keys.iter().map(|k| marker_key(k)).collect();
+        let keys = keys.to_vec();
+        let leases: Vec<String> = keys.iter().map(|k| lease_key(k)).collect();
         self.run(|mut c| async move {
             let (n, _): (usize, usize) = redis::pipe()
                 .atomic()
                 .cmd("DEL")
                 .arg(keys)
                 .cmd("DEL")
-                .arg(markers)
+                .arg(leases)
                 .query_async(&mut c)
                 .await?;
             Ok(n)
@@ -465,93 +534,54 @@ impl RedisStore {
         .await
     }
 
-    /// Makes every value of the family with generation key `gen_key` invisible.
-    pub(crate) async fn bump(&self, gen_key: &str) -> Result<u64> {
-        let gk = gen_key.to_owned();
-        self.run(|mut c| async move { redis::cmd("INCR").arg(gk).query_async(&mut c).await })
-            .await
-    }
-
-    pub(crate) async fn exists(&self, key: &str, gen_key: Option<&str>) -> Result<bool> {
-        Ok(self.get(key, gen_key).await?.0.is_some())
-    }
-
-    async fn ttl_script(&self, key: &str, gen_key: Option<&str>, arg: String) -> Result<i64> {
-        let mut inv = Self::invocation(&TTL, key, gen_key, false);
-        inv.arg(arg);
-        self.run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
-            .await
-    }
-
-    pub(crate) async fn touch(
-        &self,
-        key: &str,
-        ttl: Option<Duration>,
-        gen_key: Option<&str>,
-    ) -> Result<bool> {
-        Ok(self.ttl_script(key, gen_key, Self::ttl_arg(ttl)).await? != -2)
-    }
-
-    /// `Ok(None)` when the key is missing.
-    pub(crate) async fn incr(
-        &self,
-        key: &str,
-        delta: i64,
-        gen_key: Option<&str>,
-    ) -> Result<Option<i64>> {
-        let mut inv = Self::invocation(&INCR, key, gen_key, false);
-        inv.arg(delta);
-        self.run(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await
-    }
-
-    pub(crate) async fn ttl(&self, key: &str, gen_key: Option<&str>) -> Result<Option<Ttl>> {
-        let ms = self.ttl_script(key, gen_key, String::new()).await?;
-        Ok(match ms {
-            -2 => None,
-            -1 => Some(Ttl::Forever),
-            ms => Some(Ttl::Remaining(Duration::from_millis(ms.max(0) as u64))),
-        })
-    }
-
-    /// Deletes every key matching `pattern` (and their fill markers), with
-    /// `SCAN` in batches (never `KEYS`); returns how many keys it deleted.
-    pub(crate) async fn delete_pattern(&self, pattern: &str) -> Result<usize> {
+    /// Deletes every key `pattern` covers (shortened keys included), and
+    /// the lease of every key it covers, present or not, with `SCAN` in
+    /// batches (never `KEYS`). Epoch keys are never deleted.
+    async fn delete_pattern_now(&self, pattern: &str) -> Result<usize> {
+        let scan = scan_pattern(pattern);
         let mut cursor: u64 = 0;
         let mut deleted = 0;
         loop {
-            let pat = pattern.to_owned();
-            let (next, deleted_now): (u64, usize) = self
+            let scan = scan.clone();
+            let (next, keys): (u64, Vec<String>) = self
                 .run(move |mut c| async move {
-                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
-                        .arg(pat)
+                        .arg(scan)
                         .arg("COUNT")
                         .arg(1000)
                         .query_async(&mut c)
-                        .await?;
-                    let (values, markers): (Vec<String>, Vec<String>) =
-                        keys.into_iter().partition(|k| !k.ends_with(":#fill"));
-                    let markers: Vec<String> = markers
-                        .into_iter()
-                        .chain(values.iter().map(|k| marker_key(k)))
-                        .collect();
-                    if values.is_empty() && markers.is_empty() {
-                        return Ok((next, 0));
-                    }
-                    let mut pipe = redis::pipe();
-                    if !values.is_empty() {
-                        pipe.cmd("UNLINK").arg(&values);
-                    } else {
-                        pipe.cmd("ECHO").arg(0);
-                    }
-                    pipe.cmd("UNLINK").arg(markers).ignore();
-                    let (n,): (usize,) = pipe.query_async(&mut c).await?;
-                    Ok((next, n))
+                        .await
                 })
                 .await?;
-            deleted += deleted_now;
+            let mut values = Vec::new();
+            let mut leases = Vec::new();
+            for k in keys {
+                if generation::is_epoch_key(&k) {
+                    continue;
+                }
+                match k.strip_suffix(LEASE_SUFFIX) {
+                    Some(base) if pattern_covers(pattern, base) => leases.push(k),
+                    Some(_) => {}
+                    None if pattern_covers(pattern, &k) => values.push(k),
+                    None => {}
+                }
+            }
+            leases.extend(values.iter().map(|k| lease_key(k)));
+            if !values.is_empty() || !leases.is_empty() {
+                let n: usize = self
+                    .run(move |mut c| async move {
+                        let mut pipe = redis::pipe();
+                        pipe.atomic();
+                        pipe.cmd("UNLINK").arg(&values);
+                        pipe.cmd("UNLINK").arg(&leases).ignore();
+                        let (n,): (usize,) = pipe.query_async(&mut c).await?;
+                        Ok(n)
+                    })
+                    .await?;
+                deleted += n;
+            }
             if next == 0 {
                 return Ok(deleted);
             }
@@ -559,18 +589,142 @@ impl RedisStore {
         }
     }
 
-    pub(crate) async fn flush_db(&self) -> Result<()> {
-        self.run(|mut c| async move { redis::cmd("FLUSHDB").query_async(&mut c).await })
-            .await
+    async fn ttl_script(&self, slot: &Slot, arg: String) -> Result<i64> {
+        let mut inv = Self::on_slot(&TTL, slot, false);
+        inv.arg(arg);
+        self.invoke(inv).await
     }
 
-    pub(crate) async fn ping(&self) -> Result<()> {
-        self.run(|mut c| async move {
-            redis::cmd("PING")
-                .query_async::<String>(&mut c)
-                .await
-                .map(drop)
+    async fn incr_now(&self, slot: &Slot, delta: i64) -> Result<Incr> {
+        let mut inv = Self::on_slot(&INCR, slot, false);
+        inv.arg(delta);
+        match self.invoke::<Option<i64>>(inv).await {
+            Ok(Some(n)) => Ok(Incr::Done(n)),
+            Ok(None) => Ok(Incr::Missing),
+            Err(Error::Redis(e))
+                if e.to_string().contains("not an integer")
+                    || e.to_string().contains("overflow") =>
+            {
+                Ok(Incr::NotAnInteger)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn cmd<T: redis::FromRedisValue + Send + 'static>(&self, cmd: redis::Cmd) -> Result<T> {
+        self.run(|mut c| async move { cmd.query_async(&mut c).await })
+            .await
+    }
+}
+
+impl Store for RedisStore {
+    fn renew_every(&self) -> Option<Duration> {
+        Some(self.lease_timeout / 3)
+    }
+
+    fn get<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, Option<Stored>> {
+        Box::pin(self.get_one(slot))
+    }
+
+    fn get_many<'a>(&'a self, slots: &'a [Slot]) -> StoreFuture<'a, Vec<Option<Stored>>> {
+        Box::pin(self.get_many_now(slots))
+    }
+
+    fn set<'a>(
+        &'a self,
+        slot: &'a Slot,
+        value: &'a dyn Value,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.set_now(slot, value, ttl))
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(Slot, &'a dyn Value)],
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.set_many_now(items, ttl))
+    }
+
+    fn add<'a>(
+        &'a self,
+        slot: &'a Slot,
+        value: &'a dyn Value,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(self.add_now(slot, value, ttl))
+    }
+
+    fn lease<'a>(
+        &'a self,
+        slot: &'a Slot,
+        token: &'a str,
+        replace: bool,
+    ) -> StoreFuture<'a, LeaseOutcome> {
+        Box::pin(self.lease_now(slot, token, replace))
+    }
+
+    fn renew<'a>(&'a self, slot: &'a Slot, lease: &'a Lease) -> StoreFuture<'a, bool> {
+        Box::pin(self.renew_now(slot, lease))
+    }
+
+    fn fill<'a>(
+        &'a self,
+        slot: &'a Slot,
+        value: &'a dyn Value,
+        ttl: Option<Duration>,
+        lease: &'a Lease,
+        replace: bool,
+    ) -> StoreFuture<'a, Filled> {
+        Box::pin(self.fill_now(slot, value, ttl, lease, replace))
+    }
+
+    fn release<'a>(&'a self, slot: &'a Slot, lease: &'a Lease) -> StoreFuture<'a, bool> {
+        Box::pin(self.release_now(slot, lease))
+    }
+
+    fn delete<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, usize> {
+        Box::pin(self.delete_now(keys))
+    }
+
+    fn delete_pattern<'a>(&'a self, pattern: &'a str) -> StoreFuture<'a, usize> {
+        Box::pin(self.delete_pattern_now(pattern))
+    }
+
+    fn clear<'a>(&'a self, pattern: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.delete_pattern_now(pattern).await.map(drop) })
+    }
+
+    fn flush<'a>(&'a self) -> StoreFuture<'a, ()> {
+        Box::pin(self.cmd(redis::cmd("FLUSHDB")))
+    }
+
+    fn bump<'a>(&'a self, family: &'a Family) -> StoreFuture<'a, ()> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&family.epoch_key).arg(generation::new_token());
+        Box::pin(self.cmd(cmd))
+    }
+
+    fn incr<'a>(&'a self, slot: &'a Slot, delta: i64) -> StoreFuture<'a, Incr> {
+        Box::pin(self.incr_now(slot, delta))
+    }
+
+    fn touch<'a>(&'a self, slot: &'a Slot, ttl: Option<Duration>) -> StoreFuture<'a, bool> {
+        Box::pin(async move { Ok(self.ttl_script(slot, ttl_arg(ttl)).await? != -2) })
+    }
+
+    fn ttl<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, Option<Ttl>> {
+        Box::pin(async move {
+            Ok(match self.ttl_script(slot, String::new()).await? {
+                -2 => None,
+                -1 => Some(Ttl::Forever),
+                ms => Some(Ttl::Remaining(Duration::from_millis(ms.max(0) as u64))),
+            })
         })
-        .await
+    }
+
+    fn ping<'a>(&'a self) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.cmd::<String>(redis::cmd("PING")).await.map(drop) })
     }
 }

@@ -1,0 +1,339 @@
+//! The miss path, start to end: lookup → in-process flight → cross-process
+//! lease → compute → guarded store → the result handed to the waiters.
+//! Every computed value that tg-cache stores goes through here:
+//! `get_or_set` and its variants, `#[cache_function]` (and its refresh
+//! scopes), `cache_page` and template fragments.
+//!
+//! # The guarantees, and their bounds
+//!
+//! * **Single flight across processes.** In one process, concurrent callers
+//!   of a cold key join one flight ([`crate::flight`]); its leader asks the
+//!   store for the key's **lease** (Redis: `SET <key>:#lease <token> NX PX`).
+//!   Only the holder computes. A leader that finds the lease taken by
+//!   another process polls (one round trip each, backoff 2 ms doubling to
+//!   50 ms) until the holder's value appears or the lease is free. The
+//!   holder renews its lease every third of the lease timeout while it
+//!   computes (default timeout 3 s, `CacheConfig::lease_timeout`); if it
+//!   dies, its lease expires within that timeout and one waiter takes over.
+//!   A holder that is cancelled or panics releases its lease at once.
+//! * **No set-after-invalidate.** Every invalidation that covers a key
+//!   (`set`, `add`, `delete`, `delete_many`, `delete_pattern`,
+//!   `invalidate_family`, `clear`) removes the key's lease or changes its
+//!   family's epoch, atomically in the store. The holder's value is stored
+//!   only if its lease is still held, the epoch unchanged, and no live value
+//!   was written after the miss (another writer's value, Django's included,
+//!   is never overwritten). A refused value is still returned to its caller,
+//!   whose call began before the invalidation; the flight's followers look
+//!   again instead of taking it.
+//! * **Unstored results are shared.** A result the policy does not store
+//!   (an `Err`, a `None`) goes to the followers of the flight when it can be
+//!   cloned and no invalidation happened meanwhile; otherwise they run the
+//!   body themselves, concurrently, never one after another.
+//! * **Fail-open.** If the store cannot be reached, the body runs and its
+//!   result is returned, not stored; the error is logged and counted.
+
+use crate::cache::{CachePolicy, CacheValue, Core};
+use crate::exec::{in_io, io_runtime};
+use crate::flight::Outcome;
+use crate::generation;
+use crate::store::{Filled, Lease, LeaseOutcome, Slot, Store};
+use crate::timeout::Timeout;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Whether a computation may use what is cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Return a cached value if there is one; compute and store on a miss.
+    Normal,
+    /// Compute and store, replacing what is cached (refresh scopes).
+    Refresh,
+}
+
+/// What a leader hands its followers, type-erased in the flight.
+enum Handoff<S, R> {
+    /// The stored value: followers load it.
+    Stored(S),
+    /// A result the policy does not store: followers share a copy.
+    Result(Mutex<R>, fn(&R) -> Option<R>),
+}
+
+/// `f()`'s result, through the cache: see the module docs.
+pub(crate) async fn get_or_compute<P, R, F, Fut>(
+    core: &Core,
+    key: &str,
+    timeout: Timeout,
+    mode: Mode,
+    share: fn(&R) -> Option<R>,
+    f: F,
+) -> R
+where
+    P: CachePolicy<R>,
+    R: Send + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = R>,
+{
+    let Some(ttl) = timeout.resolve(core.default_timeout) else {
+        return f().await;
+    };
+    let slot = match core.slot(key) {
+        Ok(slot) => slot,
+        Err(e) => {
+            core.report("get_or_set", key, &e);
+            return f().await;
+        }
+    };
+    if mode == Mode::Refresh {
+        // A refresh never takes another flight's result: it computes anew.
+        return lead::<P, R, F, Fut>(core, key, &slot, ttl, mode, share, f)
+            .await
+            .0;
+    }
+    if let Some(v) = lookup::<P::Stored>(core, key, &slot, true).await {
+        return P::load(v);
+    }
+    let mut f = Some(f);
+    loop {
+        let leader = match core.flights.join(&slot.key) {
+            Ok(leader) => leader,
+            Err(flight) => {
+                match flight.wait().await {
+                    Outcome::Value(v) => {
+                        if let Some(h) = v.downcast_ref::<Handoff<P::Stored, R>>() {
+                            match h {
+                                Handoff::Stored(s) => return P::load(s.clone()),
+                                Handoff::Result(r, share) => {
+                                    let copy = share(&r.lock().unwrap_or_else(|p| p.into_inner()));
+                                    if let Some(r) = copy {
+                                        return r;
+                                    }
+                                }
+                            }
+                        }
+                        // Another call shape on the same key: compute alone.
+                        return f.take().expect("computes once")().await;
+                    }
+                    Outcome::Compute => return f.take().expect("computes once")().await,
+                    Outcome::Retry => {
+                        if let Some(v) = lookup::<P::Stored>(core, key, &slot, false).await {
+                            return P::load(v);
+                        }
+                    }
+                }
+                continue;
+            }
+        };
+        let f = f.take().expect("the leader computes once");
+        let (result, outcome) = lead::<P, R, F, Fut>(core, key, &slot, ttl, mode, share, f).await;
+        leader.finish(outcome);
+        return result;
+    }
+}
+
+/// The live value at `slot`, decoded; counts the hit or miss if `count`.
+async fn lookup<T: CacheValue>(core: &Core, key: &str, slot: &Slot, count: bool) -> Option<T> {
+    let found = match core.store.get(slot).await {
+        Ok(found) => found.and_then(|s| core.decode::<T>(&slot.key, s)),
+        Err(e) => {
+            core.report("get", key, &e);
+            None
+        }
+    };
+    if count {
+        core.count_lookup(key, found.is_some());
+    }
+    found
+}
+
+/// The leader's part: take the lease (waiting while another process holds
+/// it), compute, store under the lease, and say what the followers get.
+async fn lead<P, R, F, Fut>(
+    core: &Core,
+    key: &str,
+    slot: &Slot,
+    ttl: Option<Duration>,
+    mode: Mode,
+    share: fn(&R) -> Option<R>,
+    f: F,
+) -> (R, Outcome)
+where
+    P: CachePolicy<R>,
+    R: Send + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = R>,
+{
+    let mut replace = mode == Mode::Refresh;
+    let token = generation::new_token();
+    let mut backoff = Backoff::default();
+    let lease = loop {
+        match core.store.lease(slot, &token, replace).await {
+            Ok(LeaseOutcome::Granted(lease)) => break Some(lease),
+            Ok(LeaseOutcome::Found(stored)) => match core.decode::<P::Stored>(&slot.key, stored) {
+                Some(v) => return (P::load(v.clone()), handoff::<P, R>(Handoff::Stored(v))),
+                // Corrupt or foreign bytes: fill over them.
+                None => replace = true,
+            },
+            Ok(LeaseOutcome::Busy) => backoff.wait().await,
+            Err(e) => {
+                core.report("lease", key, &e);
+                break None;
+            }
+        }
+    };
+    let Some(lease) = lease else {
+        // The store is unreachable: compute, return, store nothing.
+        let result = f().await;
+        let outcome = unstored::<P, R>(&result, share);
+        return (result, outcome);
+    };
+    let guard = LeaseGuard::hold(core.store.clone(), slot.clone(), lease);
+    let result = f().await;
+    let Some(stored) = P::store(&result) else {
+        let outcome = match guard.release().await {
+            Ok(false) => Outcome::Retry,
+            Ok(true) => unstored::<P, R>(&result, share),
+            Err(e) => {
+                core.report("release", key, &e);
+                unstored::<P, R>(&result, share)
+            }
+        };
+        return (result, outcome);
+    };
+    let filled = core
+        .store
+        .fill(slot, &stored, ttl, guard.lease(), replace)
+        .await;
+    let outcome = match filled {
+        Ok(Filled::Stored) => {
+            guard.disarm();
+            core.count_set();
+            handoff::<P, R>(Handoff::Stored(stored))
+        }
+        Ok(Filled::Dropped) => {
+            guard.disarm();
+            handoff::<P, R>(Handoff::Stored(stored))
+        }
+        Ok(Filled::Kept | Filled::Lost) => {
+            guard.disarm();
+            Outcome::Retry
+        }
+        Err(e) => {
+            // Maybe stored, maybe not; the guard releases the lease.
+            core.report("set", key, &e);
+            handoff::<P, R>(Handoff::Stored(stored))
+        }
+    };
+    (result, outcome)
+}
+
+fn handoff<P: CachePolicy<R>, R: Send + 'static>(h: Handoff<P::Stored, R>) -> Outcome {
+    Outcome::Value(Arc::new(h))
+}
+
+/// What followers get for a result that is not stored.
+fn unstored<P: CachePolicy<R>, R: Send + 'static>(
+    result: &R,
+    share: fn(&R) -> Option<R>,
+) -> Outcome {
+    match share(result) {
+        Some(copy) => handoff::<P, R>(Handoff::Result(Mutex::new(copy), share)),
+        None => Outcome::Compute,
+    }
+}
+
+/// Exponential backoff for waiters polling another process's lease.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(2))
+    }
+}
+
+impl Backoff {
+    const MAX: Duration = Duration::from_millis(50);
+
+    async fn wait(&mut self) {
+        // The timer lives on tg-cache's runtime, so this works for blocking
+        // callers and under any executor.
+        in_io(tokio::time::sleep(self.0)).await;
+        self.0 = (self.0 * 2).min(Self::MAX);
+    }
+}
+
+/// A held lease: renewed in the background while its holder computes, and
+/// released at once if the holder is dropped (cancelled, or unwinding from
+/// a panic) before it stores.
+struct LeaseGuard {
+    store: Arc<dyn Store>,
+    slot: Slot,
+    lease: Lease,
+    renewal: Option<tokio::task::JoinHandle<()>>,
+    armed: bool,
+}
+
+impl LeaseGuard {
+    fn hold(store: Arc<dyn Store>, slot: Slot, lease: Lease) -> Self {
+        let renewal = store.renew_every().map(|every| {
+            let (store, slot, lease) = (store.clone(), slot.clone(), lease.clone());
+            io_runtime().spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if !matches!(store.renew(&slot, &lease).await, Ok(true)) {
+                        return;
+                    }
+                }
+            })
+        });
+        Self {
+            store,
+            slot,
+            lease,
+            renewal,
+            armed: true,
+        }
+    }
+
+    fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The lease was consumed (by a fill): nothing to release.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+
+    /// Gives the lease up; returns whether it was still held.
+    async fn release(mut self) -> crate::Result<bool> {
+        self.armed = false;
+        self.stop_renewal();
+        self.store.release(&self.slot, &self.lease).await
+    }
+
+    fn stop_renewal(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.stop_renewal();
+        if !self.armed {
+            return;
+        }
+        let (store, slot, lease) = (self.store.clone(), self.slot.clone(), self.lease.clone());
+        let release = async move {
+            let _ = store.release(&slot, &lease).await;
+        };
+        // A local store releases synchronously; a remote one on tg-cache's
+        // runtime, so that a dropped holder frees its key at once.
+        let mut release = Box::pin(release);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if release.as_mut().poll(&mut cx).is_pending() {
+            io_runtime().spawn(release);
+        }
+    }
+}

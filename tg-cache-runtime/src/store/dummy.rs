@@ -1,0 +1,95 @@
+//! The dummy store (Django's `DummyCache`): keeps nothing, every read misses.
+
+use super::{
+    Family, Filled, Incr, Lease, LeaseOutcome, Slot, Store, StoreFuture, Stored, Value, ready,
+};
+use crate::generation::Epoch;
+use crate::timeout::Ttl;
+use std::time::Duration;
+
+pub(crate) struct DummyStore;
+
+impl Store for DummyStore {
+    fn keeps_values(&self) -> bool {
+        false
+    }
+
+    fn get<'a>(&'a self, _: &'a Slot) -> StoreFuture<'a, Option<Stored>> {
+        ready(Ok(None))
+    }
+    fn get_many<'a>(&'a self, slots: &'a [Slot]) -> StoreFuture<'a, Vec<Option<Stored>>> {
+        ready(Ok(slots.iter().map(|_| None).collect()))
+    }
+    fn set<'a>(
+        &'a self,
+        _: &'a Slot,
+        _: &'a dyn Value,
+        _: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
+        ready(Ok(()))
+    }
+    fn set_many<'a>(
+        &'a self,
+        _: &'a [(Slot, &'a dyn Value)],
+        _: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
+        ready(Ok(()))
+    }
+    fn add<'a>(
+        &'a self,
+        _: &'a Slot,
+        _: &'a dyn Value,
+        _: Option<Duration>,
+    ) -> StoreFuture<'a, bool> {
+        ready(Ok(true))
+    }
+    fn lease<'a>(&'a self, _: &'a Slot, token: &'a str, _: bool) -> StoreFuture<'a, LeaseOutcome> {
+        ready(Ok(LeaseOutcome::Granted(Lease {
+            token: token.to_owned(),
+            epoch: Epoch::None,
+        })))
+    }
+    fn renew<'a>(&'a self, _: &'a Slot, _: &'a Lease) -> StoreFuture<'a, bool> {
+        ready(Ok(true))
+    }
+    fn fill<'a>(
+        &'a self,
+        _: &'a Slot,
+        _: &'a dyn Value,
+        _: Option<Duration>,
+        _: &'a Lease,
+        _: bool,
+    ) -> StoreFuture<'a, Filled> {
+        ready(Ok(Filled::Dropped))
+    }
+    fn release<'a>(&'a self, _: &'a Slot, _: &'a Lease) -> StoreFuture<'a, bool> {
+        ready(Ok(true))
+    }
+    fn delete<'a>(&'a self, _: &'a [String]) -> StoreFuture<'a, usize> {
+        ready(Ok(0))
+    }
+    fn delete_pattern<'a>(&'a self, _: &'a str) -> StoreFuture<'a, usize> {
+        ready(Ok(0))
+    }
+    fn clear<'a>(&'a self, _: &'a str) -> StoreFuture<'a, ()> {
+        ready(Ok(()))
+    }
+    fn flush<'a>(&'a self) -> StoreFuture<'a, ()> {
+        ready(Ok(()))
+    }
+    fn bump<'a>(&'a self, _: &'a Family) -> StoreFuture<'a, ()> {
+        ready(Ok(()))
+    }
+    fn incr<'a>(&'a self, _: &'a Slot, _: i64) -> StoreFuture<'a, Incr> {
+        ready(Ok(Incr::Missing))
+    }
+    fn touch<'a>(&'a self, _: &'a Slot, _: Option<Duration>) -> StoreFuture<'a, bool> {
+        ready(Ok(false))
+    }
+    fn ttl<'a>(&'a self, _: &'a Slot) -> StoreFuture<'a, Option<Ttl>> {
+        ready(Ok(None))
+    }
+    fn ping<'a>(&'a self) -> StoreFuture<'a, ()> {
+        ready(Ok(()))
+    }
+}
