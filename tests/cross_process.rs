@@ -54,7 +54,11 @@ async fn single_flight_across_two_caches() {
     let runs = runs.load(SeqCst);
     let distinct: std::collections::BTreeSet<_> = values.iter().collect();
     assert_eq!(runs, 1, "body ran {runs} times for 32 callers on 2 caches");
-    assert_eq!(distinct.len(), 1, "callers got different values: {distinct:?}");
+    assert_eq!(
+        distinct.len(),
+        1,
+        "callers got different values: {distinct:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -66,7 +70,11 @@ async fn single_flight_across_two_caches_randomised() {
     let mut tasks = Vec::new();
     for k in 0..KEYS {
         for i in 0..8 {
-            let cache = if (i + k) % 2 == 0 { a.clone() } else { b.clone() };
+            let cache = if (i + k) % 2 == 0 {
+                a.clone()
+            } else {
+                b.clone()
+            };
             let runs = runs.clone();
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(jitter(30)).await;
@@ -122,7 +130,11 @@ async fn single_flight_across_two_processes() {
     let distinct: std::collections::BTreeSet<_> = values.iter().collect();
     assert_eq!(values.len(), 32);
     assert_eq!(runs, 1, "body ran {runs} times for 2 processes x 16 tasks");
-    assert_eq!(distinct.len(), 1, "callers got different values: {distinct:?}");
+    assert_eq!(
+        distinct.len(),
+        1,
+        "callers got different values: {distinct:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -230,7 +242,11 @@ async fn stale_reads_after_paused_fill(kind: Kind, key: &'static str) -> Vec<Str
     db.store(2, SeqCst);
     invalidate(&b, kind, key, 2).await;
     resume.notify_one();
-    assert_eq!(fill.await.unwrap(), 1, "the paused fill returns its own value");
+    assert_eq!(
+        fill.await.unwrap(),
+        1,
+        "the paused fill returns its own value"
+    );
     let mut stale = Vec::new();
     let c = build(&server.url());
     for (name, cache) in [("B", &b), ("A", &a), ("fresh", &c)] {
@@ -253,13 +269,16 @@ async fn stale_reads_after_paused_fill(kind: Kind, key: &'static str) -> Vec<Str
 /// (through A or B at random) while four readers on A and B `get_or_set` and
 /// `get` with short random pauses in the body. A read is stale when it
 /// returns a version older than the last invalidation completed before it
-/// started. Returns (stale, reads, invalidations).
-async fn stale_reads_randomised(kind: Kind, key: &'static str) -> (usize, usize, u64) {
+/// started (a `get_or_set` that joined an in-process fill begun before the
+/// invalidation counts too). Returns (stale `get`s, stale `get_or_set`s,
+/// reads, invalidations).
+async fn stale_reads_randomised(kind: Kind, key: &'static str) -> (usize, usize, usize, u64) {
     let server = RedisServer::start();
     let (a, b) = two_caches(&server);
     let db = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
-    let stale = Arc::new(AtomicUsize::new(0));
+    let stale_get = Arc::new(AtomicUsize::new(0));
+    let stale_gos = Arc::new(AtomicUsize::new(0));
     let reads = Arc::new(AtomicUsize::new(0));
     let stop = Instant::now() + Duration::from_millis(600);
     let writer = {
@@ -276,11 +295,13 @@ async fn stale_reads_randomised(kind: Kind, key: &'static str) -> (usize, usize,
     };
     let mut readers = Vec::new();
     for cache in [a.clone(), a.clone(), b.clone(), b.clone()] {
-        let (db, done, stale, reads) = (db.clone(), done.clone(), stale.clone(), reads.clone());
+        let (db, done, reads) = (db.clone(), done.clone(), reads.clone());
+        let (stale_get, stale_gos) = (stale_get.clone(), stale_gos.clone());
         readers.push(tokio::spawn(async move {
             while Instant::now() < stop {
                 let floor = done.load(SeqCst);
-                let got = if rand::random_range(0..4) == 0 {
+                let by_get = rand::random_range(0..4) == 0;
+                let got = if by_get {
                     cache.get::<u64>(key).await.unwrap()
                 } else {
                     let db = db.clone();
@@ -296,7 +317,7 @@ async fn stale_reads_randomised(kind: Kind, key: &'static str) -> (usize, usize,
                 };
                 reads.fetch_add(1, SeqCst);
                 if got.is_some_and(|v| v < floor) {
-                    stale.fetch_add(1, SeqCst);
+                    if by_get { &stale_get } else { &stale_gos }.fetch_add(1, SeqCst);
                 }
             }
         }));
@@ -305,7 +326,12 @@ async fn stale_reads_randomised(kind: Kind, key: &'static str) -> (usize, usize,
     for r in readers {
         r.await.unwrap();
     }
-    (stale.load(SeqCst), reads.load(SeqCst), db.load(SeqCst))
+    (
+        stale_get.load(SeqCst),
+        stale_gos.load(SeqCst),
+        reads.load(SeqCst),
+        db.load(SeqCst),
+    )
 }
 
 macro_rules! stale_tests {
@@ -318,8 +344,12 @@ macro_rules! stale_tests {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $rnd() {
-            let (stale, reads, invalidations) = stale_reads_randomised($kind, $key).await;
-            assert_eq!(stale, 0, "{:?} on {}: {stale} stale reads of {reads} ({invalidations} invalidations)", $kind, $key);
+            let (by_get, by_get_or_set, reads, invalidations) = stale_reads_randomised($kind, $key).await;
+            assert_eq!(
+                (by_get, by_get_or_set), (0, 0),
+                "{:?} on {}: stale reads of {reads}: {by_get} by get, {by_get_or_set} by get_or_set ({invalidations} invalidations)",
+                $kind, $key
+            );
         }
     )*};
 }
@@ -349,9 +379,10 @@ async fn stale_reads_after_fill_in_other_process(kind: Kind, key: &'static str) 
     let b = build(&server.url());
     invalidate(&b, kind, key, 2).await;
     let _: () = raw.cmd(&["SET", "xp:resume", "1"]);
-    let (ok, out, err) = tokio::task::spawn_blocking(move || finish(child, Duration::from_secs(20)))
-        .await
-        .unwrap();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || finish(child, Duration::from_secs(20)))
+            .await
+            .unwrap();
     assert!(ok, "child failed:\n{out}\n{err}");
     assert_eq!(reported(&out, "value").as_deref(), Some("1"), "{out}");
     let mut stale = Vec::new();
@@ -501,7 +532,10 @@ async fn guarded_store_never_overwrites_randomised() {
     for t in tasks {
         overwritten += usize::from(t.await.unwrap());
     }
-    assert_eq!(overwritten, 0, "{overwritten} of {N} values stored after the miss were overwritten by the fill");
+    assert_eq!(
+        overwritten, 0,
+        "{overwritten} of {N} values stored after the miss were overwritten by the fill"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -549,7 +583,12 @@ fn start_waiter(cache: &Cache, key: &str, value: u64) -> Waiter {
     let runs = Arc::new(AtomicUsize::new(0));
     let body_started = Arc::new(Mutex::new(None));
     let task = {
-        let (cache, key, runs, started) = (cache.clone(), key.to_owned(), runs.clone(), body_started.clone());
+        let (cache, key, runs, started) = (
+            cache.clone(),
+            key.to_owned(),
+            runs.clone(),
+            body_started.clone(),
+        );
         tokio::spawn(async move {
             cache
                 .get_or_set(&key, TTL, || async move {
@@ -560,7 +599,11 @@ fn start_waiter(cache: &Cache, key: &str, value: u64) -> Waiter {
                 .await
         })
     };
-    Waiter { task, runs, body_started }
+    Waiter {
+        task,
+        runs,
+        body_started,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -569,7 +612,8 @@ async fn killed_holder_waiter_takes_over_within_the_lease_bound() {
     let raw = Raw::of(&server);
     let key = "xp:hold";
     let mut child = spawn_child("helper_hold_forever", &server.url(), &[("XP_KEYS", key)]);
-    raw.wait_for("xp:holding:xp:hold", Duration::from_secs(20)).await;
+    raw.wait_for("xp:holding:xp:hold", Duration::from_secs(20))
+        .await;
     let leases = raw.scan("*#lease*");
     let a = build(&server.url());
     let waiter = start_waiter(&a, key, 7);
@@ -582,21 +626,41 @@ async fn killed_holder_waiter_takes_over_within_the_lease_bound() {
         .expect("the waiter never got a value")
         .unwrap();
     let took = killed_at.elapsed();
-    let body_started = waiter.body_started.lock().unwrap().expect("the parent body ran");
+    let body_started = waiter
+        .body_started
+        .lock()
+        .unwrap()
+        .expect("the parent body ran");
     eprintln!(
         "killed holder: waiter got its value {took:?} after the kill; body started {}; leases while held: {leases:?}",
-        if body_started >= killed_at { "after the kill" } else { "BEFORE the kill" }
+        if body_started >= killed_at {
+            "after the kill"
+        } else {
+            "BEFORE the kill"
+        }
     );
     assert_eq!(v, 7);
-    assert_eq!(waiter.runs.load(SeqCst), 1, "the body ran once in the parent");
+    assert_eq!(
+        waiter.runs.load(SeqCst),
+        1,
+        "the body ran once in the parent"
+    );
     assert_eq!(raw.get_u64("xp:child_runs"), Some(1));
     assert!(took < LEASE_BOUND, "waiter took {took:?} after the kill");
     assert!(
         body_started >= killed_at,
         "the parent computed while the child still held the fill (single flight broken)"
     );
-    assert_eq!(raw.get_bytes(key).as_deref(), Some(&b"7"[..]), "the key holds the parent's value");
-    assert_eq!(raw.scan("*#lease*"), Vec::<String>::new(), "no lease left behind");
+    assert_eq!(
+        raw.get_bytes(key).as_deref(),
+        Some(&b"7"[..]),
+        "the key holds the parent's value"
+    );
+    assert_eq!(
+        raw.scan("*#lease*"),
+        Vec::<String>::new(),
+        "no lease left behind"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -605,9 +669,14 @@ async fn killed_holder_waiter_takes_over_randomised() {
     let raw = Raw::of(&server);
     const N: usize = 6;
     let keys: Vec<String> = (0..N).map(|i| format!("xp:holdr:{i}")).collect();
-    let mut child = spawn_child("helper_hold_forever", &server.url(), &[("XP_KEYS", &keys.join(","))]);
+    let mut child = spawn_child(
+        "helper_hold_forever",
+        &server.url(),
+        &[("XP_KEYS", &keys.join(","))],
+    );
     for k in &keys {
-        raw.wait_for(&format!("xp:holding:{k}"), Duration::from_secs(20)).await;
+        raw.wait_for(&format!("xp:holding:{k}"), Duration::from_secs(20))
+            .await;
     }
     let (a, b) = two_caches(&server);
     // Waiters start at random times before and after the kill.
@@ -622,7 +691,12 @@ async fn killed_holder_waiter_takes_over_randomised() {
             tokio::time::sleep(delay).await;
             let w = start_waiter(&cache, &k, i as u64 + 100);
             let v = w.task.await.unwrap();
-            (v, w.runs.load(SeqCst), w.body_started.lock().unwrap().unwrap(), Instant::now())
+            (
+                v,
+                w.runs.load(SeqCst),
+                w.body_started.lock().unwrap().unwrap(),
+                Instant::now(),
+            )
         }));
     }
     tokio::time::sleep_until((start + kill_after).into()).await;
@@ -632,17 +706,23 @@ async fn killed_holder_waiter_takes_over_randomised() {
     let mut worst = Duration::ZERO;
     let mut early = 0;
     for (i, w) in waiters.into_iter().enumerate() {
-        let (v, runs, body_started, done) = tokio::time::timeout(LEASE_BOUND + Duration::from_secs(5), w)
-            .await
-            .expect("a waiter never got a value")
-            .unwrap();
+        let (v, runs, body_started, done) =
+            tokio::time::timeout(LEASE_BOUND + Duration::from_secs(5), w)
+                .await
+                .expect("a waiter never got a value")
+                .unwrap();
         assert_eq!((v, runs), (i as u64 + 100, 1));
         early += usize::from(body_started < killed_at);
         worst = worst.max(done.saturating_duration_since(killed_at));
     }
-    eprintln!("killed holder (randomised, {N} keys): slowest takeover {worst:?} after the kill; {early} bodies ran before the kill");
+    eprintln!(
+        "killed holder (randomised, {N} keys): slowest takeover {worst:?} after the kill; {early} bodies ran before the kill"
+    );
     assert!(worst < LEASE_BOUND, "slowest waiter took {worst:?}");
-    assert_eq!(early, 0, "{early} of {N} waiters computed while the child held the fill");
+    assert_eq!(
+        early, 0,
+        "{early} of {N} waiters computed while the child held the fill"
+    );
     assert_eq!(raw.get_u64("xp:child_runs"), Some(N as u64));
 }
 
@@ -662,7 +742,13 @@ enum Ending {
 /// A's body starts (and holds the fill) for `hold`, then is cancelled or
 /// panics; B started waiting meanwhile. Returns B's takeover time after the
 /// end of A, B's body runs, and whether B's body ran while A still held.
-async fn takeover(a: &Cache, b: &Cache, key: &str, ending: Ending, hold: Duration) -> (Duration, usize, bool) {
+async fn takeover(
+    a: &Cache,
+    b: &Cache,
+    key: &str,
+    ending: Ending,
+    hold: Duration,
+) -> (Duration, usize, bool) {
     let (started_tx, started_rx) = oneshot::channel();
     let holder = {
         let (a, key) = (a.clone(), key.to_owned());
@@ -710,11 +796,20 @@ async fn takeover(a: &Cache, b: &Cache, key: &str, ending: Ending, hold: Duratio
 async fn takeover_test(ending: Ending) {
     let server = RedisServer::start();
     let (a, b) = two_caches(&server);
-    let (took, runs, early) = takeover(&a, &b, "xp:takeover", ending, Duration::from_millis(400)).await;
-    eprintln!("{ending:?} holder: waiter took over {took:?} after the end; computed early: {early}");
+    let (took, runs, early) =
+        takeover(&a, &b, "xp:takeover", ending, Duration::from_millis(400)).await;
+    eprintln!(
+        "{ending:?} holder: waiter took over {took:?} after the end; computed early: {early}"
+    );
     assert_eq!(runs, 1);
-    assert!(took < Duration::from_secs(1), "{ending:?}: waiter took {took:?} after the holder ended");
-    assert!(!early, "{ending:?}: the waiter computed while the holder was alive (single flight broken)");
+    assert!(
+        took < Duration::from_secs(1),
+        "{ending:?}: waiter took {took:?} after the holder ended"
+    );
+    assert!(
+        !early,
+        "{ending:?}: the waiter computed while the holder was alive (single flight broken)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -735,8 +830,16 @@ async fn cancelled_or_panicking_holder_randomised() {
     let (mut slow, mut early, mut worst) = (0, 0, Duration::ZERO);
     let mut i = 0;
     while start.elapsed() < Duration::from_secs(4) && i < 30 && slow < 3 {
-        let ending = if rand::random::<bool>() { Ending::Cancel } else { Ending::Panic };
-        let (x, y) = if rand::random::<bool>() { (&a, &b) } else { (&b, &a) };
+        let ending = if rand::random::<bool>() {
+            Ending::Cancel
+        } else {
+            Ending::Panic
+        };
+        let (x, y) = if rand::random::<bool>() {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
         let hold = Duration::from_millis(30) + jitter(60);
         let (took, runs, e) = takeover(x, y, &format!("xp:takeover:{i}"), ending, hold).await;
         assert_eq!(runs, 1);
@@ -745,8 +848,14 @@ async fn cancelled_or_panicking_holder_randomised() {
         worst = worst.max(took);
         i += 1;
     }
-    eprintln!("takeover randomised: {i} rounds, {slow} slow (>= 1 s), {early} early, worst {worst:?}");
-    assert_eq!((slow, early), (0, 0), "{slow} slow takeovers, {early} early computations in {i} rounds (worst {worst:?})");
+    eprintln!(
+        "takeover randomised: {i} rounds, {slow} slow (>= 1 s), {early} early, worst {worst:?}"
+    );
+    assert_eq!(
+        (slow, early),
+        (0, 0),
+        "{slow} slow takeovers, {early} early computations in {i} rounds (worst {worst:?})"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -777,7 +886,12 @@ async fn xp_none(id: u32) -> Option<u32> {
 }
 
 /// 64 callers at once (plus `jitter_ms` each); returns (runs, wrong results, time).
-async fn unstored_round<F, Fut, R>(call: F, expected: R, runs: &AtomicUsize, jitter_ms: u64) -> (usize, usize, Duration)
+async fn unstored_round<F, Fut, R>(
+    call: F,
+    expected: R,
+    runs: &AtomicUsize,
+    jitter_ms: u64,
+) -> (usize, usize, Duration)
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = R> + Send,
@@ -807,15 +921,24 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unstored_err_goes_to_all_waiters() {
-    let (runs, wrong, took) = unstored_round(|| xp_fail(1), Err("failed 1".to_string()), &FAIL_RUNS, 0).await;
-    assert_eq!((runs, wrong), (1, 0), "64 callers: body ran {runs} times; {wrong} wrong results; {took:?}");
+    let (runs, wrong, took) =
+        unstored_round(|| xp_fail(1), Err("failed 1".to_string()), &FAIL_RUNS, 0).await;
+    assert_eq!(
+        (runs, wrong),
+        (1, 0),
+        "64 callers: body ran {runs} times; {wrong} wrong results; {took:?}"
+    );
     assert!(took < Duration::from_secs(1), "64 callers took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unstored_none_goes_to_all_waiters() {
     let (runs, wrong, took) = unstored_round(|| xp_none(1), None, &NONE_RUNS, 0).await;
-    assert_eq!((runs, wrong), (1, 0), "64 callers: body ran {runs} times; {wrong} wrong results; {took:?}");
+    assert_eq!(
+        (runs, wrong),
+        (1, 0),
+        "64 callers: body ran {runs} times; {wrong} wrong results; {took:?}"
+    );
     assert!(took < Duration::from_secs(1), "64 callers took {took:?}");
 }
 
@@ -826,7 +949,13 @@ async fn unstored_results_go_to_waiters_randomised() {
     for round in 0..6u32 {
         let id = 100 + round;
         let (runs, wrong, took) = if round % 2 == 0 {
-            unstored_round(move || xp_fail(id), Err(format!("failed {id}")), &FAIL_RUNS, 20).await
+            unstored_round(
+                move || xp_fail(id),
+                Err(format!("failed {id}")),
+                &FAIL_RUNS,
+                20,
+            )
+            .await
         } else {
             unstored_round(move || xp_none(id), None, &NONE_RUNS, 20).await
         };
@@ -837,7 +966,11 @@ async fn unstored_results_go_to_waiters_randomised() {
             break;
         }
     }
-    assert_eq!((extra, wrong_total), (0, 0), "{extra} extra body runs, {wrong_total} wrong results; slowest round {worst:?}");
+    assert_eq!(
+        (extra, wrong_total),
+        (0, 0),
+        "{extra} extra body runs, {wrong_total} wrong results; slowest round {worst:?}"
+    );
     assert!(worst < Duration::from_secs(1), "slowest round {worst:?}");
 }
 
@@ -866,7 +999,11 @@ async fn v1_reads_after(tamper: impl AsyncFnOnce(&Raw, &Cache)) -> (Vec<String>,
     assert_eq!(v1, 1);
     assert_eq!(b.get::<u64>(GEN_KEY).await.unwrap(), Some(1));
     b.invalidate_family(GEN_FAMILY).await.unwrap();
-    assert_eq!(a.get::<u64>(GEN_KEY).await.unwrap(), None, "invalidate_family hides v1");
+    assert_eq!(
+        a.get::<u64>(GEN_KEY).await.unwrap(),
+        None,
+        "invalidate_family hides v1"
+    );
     tamper(&raw, &b).await;
     let c = build(&server.url());
     let mut seen = Vec::new();
@@ -884,11 +1021,17 @@ async fn v1_reads_after(tamper: impl AsyncFnOnce(&Raw, &Cache)) -> (Vec<String>,
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleted_epoch_never_resurrects_old_values() {
     let (seen, _server) = v1_reads_after(async |raw: &Raw, _: &Cache| {
-        let deleted: Vec<String> = epoch_keys(raw).iter().flat_map(|k| raw.del_matching(k)).collect();
+        let deleted: Vec<String> = epoch_keys(raw)
+            .iter()
+            .flat_map(|k| raw.del_matching(k))
+            .collect();
         eprintln!("deleted epoch keys: {deleted:?}");
     })
     .await;
-    assert!(seen.is_empty(), "v1 read again after the epoch key was deleted: {seen:?}");
+    assert!(
+        seen.is_empty(),
+        "v1 read again after the epoch key was deleted: {seen:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -907,7 +1050,10 @@ async fn junk_epoch(junk: Vec<u8>) {
         }
     })
     .await;
-    assert!(seen.is_empty(), "v1 read again after the epoch key became junk: {seen:?}");
+    assert!(
+        seen.is_empty(),
+        "v1 read again after the epoch key became junk: {seen:?}"
+    );
     // Caching still works in the family.
     let (a, b) = two_caches(&server);
     let runs = AtomicUsize::new(0);
@@ -921,7 +1067,12 @@ async fn junk_epoch(junk: Vec<u8>) {
         assert_eq!(v, 5);
     }
     let runs = runs.load(SeqCst);
-    assert_eq!(runs, 1, "with a junk epoch ({} bytes) the body ran {runs} times for 3 calls: caching disabled", junk.len());
+    assert_eq!(
+        runs,
+        1,
+        "with a junk epoch ({} bytes) the body ran {runs} times for 3 calls: caching disabled",
+        junk.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -964,7 +1115,10 @@ async fn reserved_keys_are_refused() {
 async fn old_generation_key_no_longer_affects_the_family() {
     let server = RedisServer::start();
     let (a, b) = two_caches(&server);
-    assert_eq!(a.get_or_set("tg:fn:x:id=1", TTL, || async { 1u64 }).await, 1);
+    assert_eq!(
+        a.get_or_set("tg:fn:x:id=1", TTL, || async { 1u64 }).await,
+        1
+    );
     // A manual write to today's generation key must not hide the value...
     b.set("tg:gen:fn:x", &7u64, TTL).await.unwrap();
     let after_set = a.get::<u64>("tg:fn:x:id=1").await.unwrap();

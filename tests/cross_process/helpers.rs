@@ -111,7 +111,10 @@ impl Raw {
     pub async fn wait_for(&self, key: &str, limit: Duration) {
         let deadline = Instant::now() + limit;
         while !self.exists(key) {
-            assert!(Instant::now() < deadline, "{key} did not appear within {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{key} did not appear within {limit:?}"
+            );
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
     }
@@ -168,9 +171,11 @@ pub fn finish(mut child: Child, limit: Duration) -> (bool, String, String) {
 /// The value a child reported with a line `XP <name>=<value>`.
 pub fn reported(stdout: &str, name: &str) -> Option<String> {
     let prefix = format!("XP {name}=");
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+    // libtest prints `test <name> ... ` before the output, on the same line.
+    stdout.lines().find_map(|l| {
+        let at = l.find(&prefix)? + prefix.len();
+        l[at..].split_whitespace().next().map(str::to_owned)
+    })
 }
 
 /// A random duration in `0..max_ms` milliseconds.
