@@ -14,7 +14,10 @@
 #[path = "cross_process/helpers.rs"]
 mod helpers;
 
-use helpers::{Raw, TTL, build, child_url, finish, jitter, reported, spawn_child, two_caches};
+use helpers::{
+    Raw, TTL, build, child_url, finish, jitter, reported, spawn_child, two_caches, watchdog,
+};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +31,7 @@ use tokio::sync::{Barrier, Notify, oneshot};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn single_flight_across_two_caches() {
+    let _w = watchdog("single_flight_across_two_caches");
     let server = RedisServer::start();
     let (a, b) = two_caches(&server);
     let runs = Arc::new(AtomicUsize::new(0));
@@ -63,6 +67,7 @@ async fn single_flight_across_two_caches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn single_flight_across_two_caches_randomised() {
+    let _w = watchdog("single_flight_across_two_caches_randomised");
     let server = RedisServer::start();
     let (a, b) = two_caches(&server);
     const KEYS: usize = 40;
@@ -103,12 +108,18 @@ async fn single_flight_across_two_caches_randomised() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn single_flight_across_two_processes() {
+/// Keys of the randomised two-process single flight.
+const PROCESS_KEYS: u64 = 20;
+
+/// Runs two child processes in `mode` ("fixed": 16 tasks on one key, body
+/// 200 ms; "random": 4 tasks on each of PROCESS_KEYS keys, random starts and
+/// body times) released together; returns, per key, the body runs (a Redis
+/// INCR counter) and the distinct values the callers got, and their count.
+async fn two_processes(mode: &str) -> (Vec<(String, u64, BTreeSet<String>)>, usize) {
     let server = RedisServer::start();
     let raw = Raw::of(&server);
     let children: Vec<_> = (0..2)
-        .map(|_| spawn_child("helper_single_flight", &server.url(), &[]))
+        .map(|_| spawn_child("helper_single_flight", &server.url(), &[("XP_MODE", mode)]))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     while raw.get_u64("xp:ready").unwrap_or(0) < 2 {
@@ -116,7 +127,8 @@ async fn single_flight_across_two_processes() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _: () = raw.cmd(&["SET", "xp:go", "1"]);
-    let mut values = Vec::new();
+    let mut values: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut count = 0;
     for c in children {
         let (ok, out, err) =
             tokio::task::spawn_blocking(move || finish(c, Duration::from_secs(20)))
@@ -124,23 +136,54 @@ async fn single_flight_across_two_processes() {
                 .unwrap();
         assert!(ok, "child failed:\n{out}\n{err}");
         let v = reported(&out, "values").expect("child reported its values");
-        values.extend(v.split(',').map(str::to_owned));
+        for kv in v.split(',') {
+            let (k, v) = kv.split_once('/').unwrap();
+            values.entry(k.to_owned()).or_default().insert(v.to_owned());
+            count += 1;
+        }
     }
-    let runs = raw.get_u64("xp:runs").unwrap_or(0);
-    let distinct: std::collections::BTreeSet<_> = values.iter().collect();
-    assert_eq!(values.len(), 32);
-    assert_eq!(runs, 1, "body ran {runs} times for 2 processes x 16 tasks");
+    let per_key = values
+        .into_iter()
+        .map(|(k, vs)| {
+            let runs = raw.get_u64(&format!("xp:runs:{k}")).unwrap_or(0);
+            (k, runs, vs)
+        })
+        .collect();
+    (per_key, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_flight_across_two_processes() {
+    let _w = watchdog("single_flight_across_two_processes");
+    let (per_key, count) = two_processes("fixed").await;
+    assert_eq!(count, 32);
+    let (_, runs, values) = &per_key[0];
+    assert_eq!(*runs, 1, "body ran {runs} times for 2 processes x 16 tasks");
+    assert_eq!(values.len(), 1, "callers got different values: {values:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_flight_across_two_processes_randomised() {
+    let _w = watchdog("single_flight_across_two_processes_randomised");
+    let (per_key, count) = two_processes("random").await;
     assert_eq!(
-        distinct.len(),
-        1,
-        "callers got different values: {distinct:?}"
+        (per_key.len(), count),
+        (PROCESS_KEYS as usize, 8 * PROCESS_KEYS as usize)
+    );
+    let extra: u64 = per_key.iter().map(|(_, r, _)| r.saturating_sub(1)).sum();
+    let split = per_key.iter().filter(|(_, _, v)| v.len() > 1).count();
+    assert_eq!(
+        (extra, split),
+        (0, 0),
+        "{extra} extra body runs over {PROCESS_KEYS} keys; {split} keys gave callers different values"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "helper: runs only as a child process of single_flight_across_two_processes"]
+#[ignore = "helper: runs only as a child process of single_flight_across_two_processes*"]
 async fn helper_single_flight() {
     let Some(url) = child_url() else { return };
+    let random = std::env::var("XP_MODE").as_deref() == Ok("random");
     let cache = build(&url);
     let raw = Raw(url);
     // Warm the pool up before the start signal.
@@ -148,21 +191,35 @@ async fn helper_single_flight() {
     raw.incr("xp:ready");
     raw.wait_for("xp:go", Duration::from_secs(20)).await;
     let mut tasks = Vec::new();
-    for _ in 0..16 {
+    let calls: Vec<u64> = if random {
+        (0..PROCESS_KEYS).flat_map(|k| [k; 4]).collect()
+    } else {
+        vec![0; 16]
+    };
+    for k in calls {
         let (cache, raw) = (cache.clone(), raw.clone());
         tasks.push(tokio::spawn(async move {
-            cache
-                .get_or_set("xp:sf", TTL, || async move {
-                    let n = raw.incr("xp:runs");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    n
+            if random {
+                tokio::time::sleep(jitter(30)).await;
+            }
+            let v = cache
+                .get_or_set(&format!("xp:sf:{k}"), TTL, || async move {
+                    let n = raw.incr(&format!("xp:runs:{k}"));
+                    let pause = if random {
+                        Duration::from_millis(5) + jitter(25)
+                    } else {
+                        Duration::from_millis(200)
+                    };
+                    tokio::time::sleep(pause).await;
+                    format!("{}-{n}", std::process::id())
                 })
-                .await
+                .await;
+            format!("{k}/{v}")
         }));
     }
     let mut values = Vec::new();
     for t in tasks {
-        values.push(t.await.unwrap().to_string());
+        values.push(t.await.unwrap());
     }
     println!("XP values={}", values.join(","));
 }
@@ -338,12 +395,14 @@ macro_rules! stale_tests {
     ($($det:ident, $rnd:ident: $kind:expr, $key:expr;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $det() {
+            let _w = watchdog(stringify!($det));
             let stale = stale_reads_after_paused_fill($kind, $key).await;
             assert!(stale.is_empty(), "{:?} on {}: stale reads after the invalidation: {stale:?}", $kind, $key);
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $rnd() {
+            let _w = watchdog(stringify!($rnd));
             let (by_get, by_get_or_set, reads, invalidations) = stale_reads_randomised($kind, $key).await;
             assert_eq!(
                 (by_get, by_get_or_set), (0, 0),
@@ -405,12 +464,14 @@ async fn stale_reads_after_fill_in_other_process(kind: Kind, key: &'static str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_set_after_delete_across_processes() {
+    let _w = watchdog("no_set_after_delete_across_processes");
     let stale = stale_reads_after_fill_in_other_process(Kind::Delete, PLAIN).await;
     assert!(stale.is_empty(), "stale reads: {stale:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_set_after_invalidate_family_across_processes() {
+    let _w = watchdog("no_set_after_invalidate_family_across_processes");
     let stale = stale_reads_after_fill_in_other_process(Kind::InvalidateFamily, FAMILY).await;
     assert!(stale.is_empty(), "stale reads: {stale:?}");
 }
@@ -475,6 +536,7 @@ async fn guarded_store(foreign: bool) -> (Option<Vec<u8>>, Option<String>, Optio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn guarded_store_keeps_a_value_set_by_another_cache() {
+    let _w = watchdog("guarded_store_keeps_a_value_set_by_another_cache");
     let (raw, a, b) = guarded_store(false).await;
     let raw = raw.map(|r| String::from_utf8_lossy(&r).into_owned());
     assert_eq!(
@@ -485,6 +547,7 @@ async fn guarded_store_keeps_a_value_set_by_another_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn guarded_store_keeps_a_value_set_by_a_foreign_writer() {
+    let _w = watchdog("guarded_store_keeps_a_value_set_by_a_foreign_writer");
     let (raw, a, b) = guarded_store(true).await;
     let raw = raw.map(|r| String::from_utf8_lossy(&r).into_owned());
     assert_eq!(
@@ -495,6 +558,7 @@ async fn guarded_store_keeps_a_value_set_by_a_foreign_writer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn guarded_store_never_overwrites_randomised() {
+    let _w = watchdog("guarded_store_never_overwrites_randomised");
     let server = RedisServer::start();
     let raw = Raw::of(&server);
     let (a, b) = two_caches(&server);
@@ -608,6 +672,7 @@ fn start_waiter(cache: &Cache, key: &str, value: u64) -> Waiter {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_holder_waiter_takes_over_within_the_lease_bound() {
+    let _w = watchdog("killed_holder_waiter_takes_over_within_the_lease_bound");
     let server = RedisServer::start();
     let raw = Raw::of(&server);
     let key = "xp:hold";
@@ -665,6 +730,7 @@ async fn killed_holder_waiter_takes_over_within_the_lease_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_holder_waiter_takes_over_randomised() {
+    let _w = watchdog("killed_holder_waiter_takes_over_randomised");
     let server = RedisServer::start();
     let raw = Raw::of(&server);
     const N: usize = 6;
@@ -814,16 +880,19 @@ async fn takeover_test(ending: Ending) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelled_holder_waiter_takes_over_at_once() {
+    let _w = watchdog("cancelled_holder_waiter_takes_over_at_once");
     takeover_test(Ending::Cancel).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn panicking_holder_waiter_takes_over_at_once() {
+    let _w = watchdog("panicking_holder_waiter_takes_over_at_once");
     takeover_test(Ending::Panic).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelled_or_panicking_holder_randomised() {
+    let _w = watchdog("cancelled_or_panicking_holder_randomised");
     let server = RedisServer::start();
     let (a, b) = two_caches(&server);
     let start = Instant::now();
@@ -921,6 +990,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unstored_err_goes_to_all_waiters() {
+    let _w = watchdog("unstored_err_goes_to_all_waiters");
     let (runs, wrong, took) =
         unstored_round(|| xp_fail(1), Err("failed 1".to_string()), &FAIL_RUNS, 0).await;
     assert_eq!(
@@ -933,6 +1003,7 @@ async fn unstored_err_goes_to_all_waiters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unstored_none_goes_to_all_waiters() {
+    let _w = watchdog("unstored_none_goes_to_all_waiters");
     let (runs, wrong, took) = unstored_round(|| xp_none(1), None, &NONE_RUNS, 0).await;
     assert_eq!(
         (runs, wrong),
@@ -944,6 +1015,7 @@ async fn unstored_none_goes_to_all_waiters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unstored_results_go_to_waiters_randomised() {
+    let _w = watchdog("unstored_results_go_to_waiters_randomised");
     // Callers start within 20 ms of each other: all arrive during the 50 ms body.
     let (mut extra, mut wrong_total, mut worst) = (0, 0, Duration::ZERO);
     for round in 0..6u32 {
@@ -1020,6 +1092,7 @@ async fn v1_reads_after(tamper: impl AsyncFnOnce(&Raw, &Cache)) -> (Vec<String>,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleted_epoch_never_resurrects_old_values() {
+    let _w = watchdog("deleted_epoch_never_resurrects_old_values");
     let (seen, _server) = v1_reads_after(async |raw: &Raw, _: &Cache| {
         let deleted: Vec<String> = epoch_keys(raw)
             .iter()
@@ -1036,8 +1109,31 @@ async fn deleted_epoch_never_resurrects_old_values() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clear_never_resurrects_old_values() {
-    let (seen, _server) = v1_reads_after(async |_: &Raw, b: &Cache| b.clear().await.unwrap()).await;
-    assert!(seen.is_empty(), "v1 read again after clear(): {seen:?}");
+    let _w = watchdog("clear_never_resurrects_old_values");
+    // v1's bytes are put back after clear() (as a fill racing the clear, or
+    // a key the clear did not reach, would leave them): they must stay dead.
+    let (seen, _server) = v1_reads_after(async |raw: &Raw, b: &Cache| {
+        let dump: Option<Vec<u8>> = raw.cmd(&["DUMP", GEN_KEY]);
+        b.clear().await.unwrap();
+        let dump = dump.expect("v1 is still in Redis after invalidate_family");
+        let () = redis::cmd("RESTORE")
+            .arg(GEN_KEY)
+            .arg(0)
+            .arg(dump)
+            .arg("REPLACE")
+            .query(
+                &mut redis::Client::open(raw.0.as_str())
+                    .unwrap()
+                    .get_connection()
+                    .unwrap(),
+            )
+            .unwrap();
+    })
+    .await;
+    assert!(
+        seen.is_empty(),
+        "v1 read again after clear() (its bytes restored): {seen:?}"
+    );
 }
 
 async fn junk_epoch(junk: Vec<u8>) {
@@ -1077,11 +1173,13 @@ async fn junk_epoch(junk: Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn junk_epoch_never_resurrects_nor_disables_caching() {
+    let _w = watchdog("junk_epoch_never_resurrects_nor_disables_caching");
     junk_epoch(b"junk".to_vec()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn large_junk_epoch_never_resurrects_nor_disables_caching() {
+    let _w = watchdog("large_junk_epoch_never_resurrects_nor_disables_caching");
     junk_epoch(vec![b'z'; 10 * 1024]).await;
 }
 
@@ -1091,6 +1189,7 @@ async fn large_junk_epoch_never_resurrects_nor_disables_caching() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reserved_keys_are_refused() {
+    let _w = watchdog("reserved_keys_are_refused");
     let server = RedisServer::start();
     let raw = Raw::of(&server);
     let cache = build(&server.url());
@@ -1113,6 +1212,7 @@ async fn reserved_keys_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn old_generation_key_no_longer_affects_the_family() {
+    let _w = watchdog("old_generation_key_no_longer_affects_the_family");
     let server = RedisServer::start();
     let (a, b) = two_caches(&server);
     assert_eq!(
