@@ -185,7 +185,7 @@ async fn helper_single_flight() {
     let Some(url) = child_url() else { return };
     let random = std::env::var("XP_MODE").as_deref() == Ok("random");
     let cache = build(&url);
-    let raw = Raw(url);
+    let raw = Raw::new(url);
     // Warm the pool up before the start signal.
     let _ = cache.get::<u64>("xp:warm").await;
     raw.incr("xp:ready");
@@ -482,7 +482,7 @@ async fn helper_paused_fill() {
     let Some(url) = child_url() else { return };
     let key = std::env::var("XP_KEY").unwrap();
     let cache = build(&url);
-    let raw = Raw(url);
+    let raw = Raw::new(url);
     let v = cache
         .get_or_set(&key, TTL, || async move {
             let v = raw.get_u64("xp:db").unwrap();
@@ -492,6 +492,138 @@ async fn helper_paused_fill() {
         })
         .await;
     println!("XP value={v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_set_after_set_across_processes() {
+    let _w = watchdog("no_set_after_set_across_processes");
+    let stale = stale_reads_after_fill_in_other_process(Kind::Set, PLAIN).await;
+    assert!(stale.is_empty(), "stale reads: {stale:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_set_after_clear_across_processes() {
+    let _w = watchdog("no_set_after_clear_across_processes");
+    let stale = stale_reads_after_fill_in_other_process(Kind::Clear, FAMILY).await;
+    assert!(stale.is_empty(), "stale reads: {stale:?}");
+}
+
+/// Randomised across processes: for 800 ms the parent bumps `xp:db`,
+/// invalidates and publishes the completed version in `xp:done`, while a
+/// child process and the parent's own readers `get_or_set` (body: read
+/// `xp:db`, random pause). Returns (stale in child, stale in parent, reads,
+/// invalidations).
+async fn stale_reads_across_processes_randomised(
+    kind: Kind,
+    key: &'static str,
+) -> (u64, usize, u64, u64) {
+    let server = RedisServer::start();
+    let raw = Raw::of(&server);
+    let _: () = raw.cmd(&["SET", "xp:db", "0"]);
+    let _: () = raw.cmd(&["SET", "xp:done", "0"]);
+    let child = spawn_child("helper_stale_reader", &server.url(), &[("XP_KEY", key)]);
+    raw.wait_for("xp:reading", Duration::from_secs(20)).await;
+    let (a, b) = two_caches(&server);
+    let stop = Instant::now() + Duration::from_millis(800);
+    let stale = Arc::new(AtomicUsize::new(0));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for cache in [a.clone(), b.clone()] {
+        let (raw, stale, reads) = (raw.clone(), stale.clone(), reads.clone());
+        readers.push(tokio::spawn(async move {
+            while Instant::now() < stop {
+                let floor = raw.get_u64("xp:done").unwrap();
+                let raw = raw.clone();
+                let v = cache
+                    .get_or_set(key, TTL, || async move {
+                        let v = raw.get_u64("xp:db").unwrap();
+                        tokio::time::sleep(jitter(3)).await;
+                        v
+                    })
+                    .await;
+                reads.fetch_add(1, SeqCst);
+                if v < floor {
+                    stale.fetch_add(1, SeqCst);
+                }
+            }
+        }));
+    }
+    let mut invalidations = 0;
+    while Instant::now() < stop {
+        tokio::time::sleep(jitter(3)).await;
+        let v = raw.incr("xp:db");
+        invalidate(if v.is_multiple_of(2) { &a } else { &b }, kind, key, v).await;
+        let _: () = raw.cmd(&["SET", "xp:done", &v.to_string()]);
+        invalidations = v;
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    let _: () = raw.cmd(&["SET", "xp:stop", "1"]);
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || finish(child, Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert!(ok, "child failed:\n{out}\n{err}");
+    let child_stale: u64 = reported(&out, "stale").unwrap().parse().unwrap();
+    let child_reads: u64 = reported(&out, "reads").unwrap().parse().unwrap();
+    (
+        child_stale,
+        stale.load(SeqCst),
+        child_reads + reads.load(SeqCst) as u64,
+        invalidations,
+    )
+}
+
+macro_rules! stale_process_tests {
+    ($($name:ident: $kind:expr, $key:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let _w = watchdog(stringify!($name));
+            let (child, parent, reads, invalidations) = stale_reads_across_processes_randomised($kind, $key).await;
+            assert_eq!(
+                (child, parent), (0, 0),
+                "{:?} on {}: stale reads of {reads}: {child} in the child process, {parent} in the parent ({invalidations} invalidations)",
+                $kind, $key
+            );
+        }
+    )*};
+}
+
+stale_process_tests! {
+    no_set_after_delete_across_processes_randomised: Kind::Delete, PLAIN;
+    no_set_after_set_across_processes_randomised: Kind::Set, PLAIN;
+    no_set_after_invalidate_family_across_processes_randomised: Kind::InvalidateFamily, FAMILY;
+    no_set_after_clear_across_processes_randomised: Kind::Clear, FAMILY;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "helper: runs only as a child process"]
+async fn helper_stale_reader() {
+    let Some(url) = child_url() else { return };
+    let key = std::env::var("XP_KEY").unwrap();
+    let cache = build(&url);
+    let raw = Raw::new(url);
+    let _ = cache.get::<u64>("xp:warm").await;
+    let _: () = raw.cmd(&["SET", "xp:reading", "1"]);
+    let (mut stale, mut reads) = (0, 0);
+    while !raw.exists("xp:stop") {
+        let floor = raw.get_u64("xp:done").unwrap();
+        let r = raw.clone();
+        let v = cache
+            .get_or_set(&key, TTL, || async move {
+                let v = r.get_u64("xp:db").unwrap();
+                tokio::time::sleep(jitter(3)).await;
+                v
+            })
+            .await;
+        reads += 1;
+        if v < floor {
+            stale += 1;
+        }
+    }
+    println!("XP stale={stale}");
+    println!("XP reads={reads}");
 }
 
 // ---------------------------------------------------------------------------
@@ -617,7 +749,7 @@ const LEASE_BOUND: Duration = Duration::from_secs(10);
 async fn helper_hold_forever() {
     let Some(url) = child_url() else { return };
     let cache = build(&url);
-    let raw = Raw(url);
+    let raw = Raw::new(url);
     let mut tasks = Vec::new();
     for key in std::env::var("XP_KEYS").unwrap().split(',') {
         let (cache, raw, key) = (cache.clone(), raw.clone(), key.to_owned());
@@ -1116,17 +1248,15 @@ async fn clear_never_resurrects_old_values() {
         let dump: Option<Vec<u8>> = raw.cmd(&["DUMP", GEN_KEY]);
         b.clear().await.unwrap();
         let dump = dump.expect("v1 is still in Redis after invalidate_family");
-        let () = redis::cmd("RESTORE")
-            .arg(GEN_KEY)
-            .arg(0)
-            .arg(dump)
-            .arg("REPLACE")
-            .query(
-                &mut redis::Client::open(raw.0.as_str())
-                    .unwrap()
-                    .get_connection()
-                    .unwrap(),
-            )
+        let () = raw
+            .with(|con| {
+                redis::cmd("RESTORE")
+                    .arg(GEN_KEY)
+                    .arg(0)
+                    .arg(dump)
+                    .arg("REPLACE")
+                    .query(con)
+            })
             .unwrap();
     })
     .await;

@@ -5,6 +5,7 @@
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tg_cache::testing::RedisServer;
 use tg_cache::{Cache, CacheConfig};
@@ -27,19 +28,31 @@ pub fn two_caches(server: &RedisServer) -> (Cache, Cache) {
     (build(&server.url()), build(&server.url()))
 }
 
-/// Raw Redis access by URL, bypassing tg-cache (a "foreign writer").
+/// Raw Redis access by URL, bypassing tg-cache (a "foreign writer"). Keeps
+/// its idle connections for reuse.
 #[derive(Clone)]
-pub struct Raw(pub String);
+pub struct Raw(pub String, Arc<Mutex<Vec<redis::Connection>>>);
 
 impl Raw {
-    pub fn of(server: &RedisServer) -> Self {
-        Raw(server.url())
+    pub fn new(url: String) -> Self {
+        Raw(url, Arc::default())
     }
 
-    fn con(&self) -> redis::Connection {
-        redis::Client::open(self.0.as_str())
-            .and_then(|c| c.get_connection())
-            .expect("raw redis connection")
+    pub fn of(server: &RedisServer) -> Self {
+        Raw::new(server.url())
+    }
+
+    /// Runs `f` on an idle (or new) connection.
+    pub fn with<T>(&self, f: impl FnOnce(&mut redis::Connection) -> T) -> T {
+        let idle = self.1.lock().unwrap().pop();
+        let mut con = idle.unwrap_or_else(|| {
+            redis::Client::open(self.0.as_str())
+                .and_then(|c| c.get_connection())
+                .expect("raw redis connection")
+        });
+        let out = f(&mut con);
+        self.1.lock().unwrap().push(con);
+        out
     }
 
     pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
@@ -47,15 +60,13 @@ impl Raw {
         for a in &args[1..] {
             cmd.arg(*a);
         }
-        cmd.query(&mut self.con())
+        self.with(|con| cmd.query(con))
             .unwrap_or_else(|e| panic!("redis {args:?} failed: {e}"))
     }
 
     pub fn set_bytes(&self, key: &str, value: &[u8]) {
-        let () = redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .query(&mut self.con())
+        let () = self
+            .with(|con| redis::cmd("SET").arg(key).arg(value).query(con))
             .unwrap();
     }
 
@@ -78,17 +89,19 @@ impl Raw {
 
     /// Every key matching the glob `pattern` (SCAN, not KEYS).
     pub fn scan(&self, pattern: &str) -> Vec<String> {
-        let mut con = self.con();
         let mut cursor = 0u64;
         let mut out = Vec::new();
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut con)
+            let (next, keys): (u64, Vec<String>) = self
+                .with(|con| {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query(con)
+                })
                 .unwrap();
             out.extend(keys);
             if next == 0 {
