@@ -938,8 +938,10 @@ enum Ending {
 }
 
 /// A's body starts (and holds the fill) for `hold`, then is cancelled or
-/// panics; B started waiting meanwhile. Returns B's takeover time after the
-/// end of A, B's body runs, and whether B's body ran while A still held.
+/// panics; B starts waiting at `hold / 3`. Returns B's takeover time after
+/// the end of A's fill (for a cancel: its deadline, the drop comes at or
+/// after it; for a panic: the instant before `panic!`), B's body runs, and
+/// whether B's body started before that end (single flight broken).
 async fn takeover(
     a: &Cache,
     b: &Cache,
@@ -948,47 +950,51 @@ async fn takeover(
     hold: Duration,
 ) -> (Duration, usize, bool) {
     let (started_tx, started_rx) = oneshot::channel();
+    let end = Arc::new(Mutex::new(None));
     let holder = {
-        let (a, key) = (a.clone(), key.to_owned());
+        let (a, key, end) = (a.clone(), key.to_owned(), end.clone());
         tokio::spawn(async move {
+            let deadline = Instant::now() + hold;
+            let panic_end = end.clone();
             let fill = a.get_or_set(&key, TTL, || async move {
-                started_tx.send(Instant::now()).unwrap();
+                started_tx.send(()).unwrap();
                 match ending {
                     Ending::Cancel => tokio::time::sleep(Duration::from_secs(120)).await,
                     Ending::Panic => {
-                        tokio::time::sleep(hold).await;
+                        tokio::time::sleep_until(deadline.into()).await;
+                        *panic_end.lock().unwrap() = Some(Instant::now());
                         panic!("the holder's body panics (expected)")
                     }
                 }
                 1u64
             });
             if let Ending::Cancel = ending {
-                let _ = tokio::time::timeout(hold, fill).await;
+                *end.lock().unwrap() = Some(deadline);
+                let _ = tokio::time::timeout_at(deadline.into(), fill).await;
             } else {
                 fill.await;
             }
-            Instant::now()
         })
     };
-    let a_started = started_rx.await.unwrap();
+    started_rx.await.unwrap();
     tokio::time::sleep(hold / 3).await;
     let waiter = start_waiter(b, key, 2);
-    let ended_at = match holder.await {
-        Ok(t) => t,
-        Err(e) => {
-            assert!(e.is_panic());
-            Instant::now()
-        }
-    };
+    if let Err(e) = holder.await {
+        assert!(e.is_panic());
+    }
     let v = tokio::time::timeout(Duration::from_secs(15), waiter.task)
         .await
         .expect("the waiter never got a value")
         .unwrap();
-    let took = ended_at.elapsed();
+    let done = Instant::now();
     assert_eq!(v, 2);
+    let end = end.lock().unwrap().expect("the holder ended");
     let body_started = waiter.body_started.lock().unwrap().unwrap();
-    let early = body_started < a_started + hold * 9 / 10;
-    (took, waiter.runs.load(SeqCst), early)
+    (
+        done.saturating_duration_since(end),
+        waiter.runs.load(SeqCst),
+        body_started < end,
+    )
 }
 
 async fn takeover_test(ending: Ending) {
@@ -1242,6 +1248,13 @@ async fn deleted_epoch_never_resurrects_old_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clear_never_resurrects_old_values() {
     let _w = watchdog("clear_never_resurrects_old_values");
+    let (seen, _server) = v1_reads_after(async |_: &Raw, b: &Cache| b.clear().await.unwrap()).await;
+    assert!(seen.is_empty(), "v1 read again after clear(): {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clear_then_restored_old_bytes_stay_dead() {
+    let _w = watchdog("clear_then_restored_old_bytes_stay_dead");
     // v1's bytes are put back after clear() (as a fill racing the clear, or
     // a key the clear did not reach, would leave them): they must stay dead.
     let (seen, _server) = v1_reads_after(async |raw: &Raw, b: &Cache| {
