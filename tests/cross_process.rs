@@ -426,6 +426,76 @@ stale_tests! {
     no_set_after_clear, no_set_after_clear_randomised: Kind::Clear, FAMILY;
 }
 
+/// The in-process join case: A's fill (body read db=1) is paused; B
+/// invalidates; then a second caller on A starts `get_or_set` (after the
+/// invalidation completed) while A's first fill still runs. It must not get
+/// the first fill's value 1 (a value computed before the invalidation).
+/// Returns (what the first and the late caller got, late caller's body runs).
+async fn late_joiner_after_invalidation(kind: Kind, key: &'static str) -> (u64, u64, usize) {
+    let server = RedisServer::start();
+    let (a, b) = two_caches(&server);
+    let db = Arc::new(AtomicU64::new(1));
+    let (read_tx, read_rx) = oneshot::channel();
+    let resume = Arc::new(Notify::new());
+    let first = {
+        let (a, db, resume) = (a.clone(), db.clone(), resume.clone());
+        tokio::spawn(async move {
+            a.get_or_set(key, TTL, || async move {
+                let v = db.load(SeqCst);
+                read_tx.send(()).unwrap();
+                resume.notified().await;
+                v
+            })
+            .await
+        })
+    };
+    read_rx.await.unwrap();
+    db.store(2, SeqCst);
+    invalidate(&b, kind, key, 2).await;
+    let late_runs = Arc::new(AtomicUsize::new(0));
+    let late = {
+        let (a, db, late_runs) = (a.clone(), db.clone(), late_runs.clone());
+        tokio::spawn(async move {
+            a.get_or_set(key, TTL, || async move {
+                late_runs.fetch_add(1, SeqCst);
+                db.load(SeqCst)
+            })
+            .await
+        })
+    };
+    // Let the late caller reach (and join) the running fill.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    resume.notify_one();
+    let first = first.await.unwrap();
+    let late = tokio::time::timeout(Duration::from_secs(10), late)
+        .await
+        .expect("the late caller hung")
+        .unwrap();
+    (first, late, late_runs.load(SeqCst))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_joiner_after_delete_gets_no_stale_value() {
+    let _w = watchdog("late_joiner_after_delete_gets_no_stale_value");
+    let (first, late, runs) = late_joiner_after_invalidation(Kind::Delete, PLAIN).await;
+    assert_eq!(first, 1);
+    assert_eq!(
+        late, 2,
+        "a get_or_set started after delete() got the old value (its body ran {runs} times)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_joiner_after_invalidate_family_gets_no_stale_value() {
+    let _w = watchdog("late_joiner_after_invalidate_family_gets_no_stale_value");
+    let (first, late, runs) = late_joiner_after_invalidation(Kind::InvalidateFamily, FAMILY).await;
+    assert_eq!(first, 1);
+    assert_eq!(
+        late, 2,
+        "a get_or_set started after invalidate_family() got the old value (its body ran {runs} times)"
+    );
+}
+
 /// The same race with the filler in another OS process: the child's body
 /// reads `xp:db`, sets `xp:read`, and waits for `xp:resume`.
 async fn stale_reads_after_fill_in_other_process(kind: Kind, key: &'static str) -> Vec<String> {
