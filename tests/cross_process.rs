@@ -9,6 +9,12 @@
 //! randomised (many short random interleavings, bounded time). Outcomes are
 //! counted: body runs, stale reads, what the Redis key really holds.
 //!
+//! A stale read is a read that started after an invalidation completed and
+//! returned a value computed before it; a `get_or_set` that joins an
+//! in-process fill begun before the invalidation counts (see the
+//! `late_joiner_*` tests). Every test has a 30 s watchdog that aborts the
+//! binary, so a hung fill protocol fails the run instead of hanging it.
+//!
 //! Run: `cargo test --all-features --test cross_process`.
 
 #[path = "cross_process/helpers.rs"]
