@@ -133,7 +133,8 @@ fn an_undefined_vary_argument_is_an_error_not_a_shared_key() {
     .unwrap();
     let t = env.get_template("typo").unwrap();
     for (id, name) in [(5, "Ada"), (6, "Bea")] {
-        let ctx = minijinja::context! { character => minijinja::context! { id => id, name => name } };
+        let ctx =
+            minijinja::context! { character => minijinja::context! { id => id, name => name } };
         let err = t.render(&ctx).unwrap_err();
         assert_eq!(err.kind(), minijinja::ErrorKind::UndefinedError);
         let msg = format!("{err:#}");
