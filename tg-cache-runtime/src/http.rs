@@ -359,6 +359,12 @@ fn identify(
     if headers.contains_key(header::AUTHORIZATION) && !cfg.vary_authorization {
         return Err("authorization");
     }
+    if cfg.allow_cookies.is_empty()
+        && cfg.vary_cookies.is_empty()
+        && headers.contains_key(header::COOKIE)
+    {
+        return Err("cookie");
+    }
     let mut cookies = vec![Vec::new(); cfg.vary_cookies.len()];
     for value in headers.get_all(header::COOKIE) {
         for pair in value.as_bytes().split(|&b| b == b';') {
