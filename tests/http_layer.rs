@@ -945,6 +945,25 @@ mod keys {
         Some((k, identity))
     }
 
+    #[test]
+    fn userinfo_never_enters_the_key() {
+        let layer = cache_page(60).view("k");
+        let absolute: Uri = "http://alice:zzPassword@A.example:8080/p?q"
+            .parse()
+            .unwrap();
+        let k = layer.__page_key(&absolute, &HeaderMap::new(), &[]).unwrap();
+        assert!(!k.contains("zz") && !k.contains("alice"), "{k}");
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("a.example:8080"));
+        let origin: Uri = "/p?q".parse().unwrap();
+        assert_eq!(layer.__page_key(&origin, &h, &[]).unwrap(), k);
+        h.insert(
+            "host",
+            HeaderValue::from_static("bob:zzPassword@a.example:8080"),
+        );
+        assert_eq!(layer.__page_key(&origin, &h, &[]).unwrap(), k);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]

@@ -55,9 +55,10 @@
 //! `tg:view:<view>:path=<path>:scheme=<scheme>:host=<host>:query=<query>`,
 //! then `:headers` (the learned `Vary` list) or `:page[:v=<hash>]`, every
 //! part escaped ([`crate::key`]), so a host or path can neither collide with
-//! another nor act as a glob. The host comes from the request URI when it is
-//! absolute, else from the `Host` header (lowercased; a request without
-//! exactly one readable `Host` passes through uncached). The scheme comes
+//! another nor act as a glob. The host (with its port, lowercased, without
+//! any `user:password@`) comes from the request URI when it is absolute,
+//! else from the `Host` header; a request without exactly one readable
+//! `Host` passes through uncached. The scheme comes
 //! from the URI when absolute, else is `http`, unless the route trusts a
 //! proxy's `X-Forwarded-Proto` ([`CachePageLayer::trust_forwarded_proto`]).
 //!
@@ -390,16 +391,21 @@ fn identify(
             }
         }
     }
-    let host = match uri.authority() {
-        Some(a) => a.as_str().to_ascii_lowercase(),
+    let authority = match uri.authority() {
+        Some(a) => a.as_str(),
         None => {
             let mut hosts = headers.get_all(header::HOST).iter();
             match (hosts.next(), hosts.next()) {
-                (Some(h), None) => h.to_str().map_err(|_| "host")?.to_ascii_lowercase(),
+                (Some(h), None) => h.to_str().map_err(|_| "host")?,
                 _ => return Err("host"),
             }
         }
     };
+    // Never key (or log) `user:password@`: host and port only.
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, h)| h)
+        .to_ascii_lowercase();
     let scheme = match uri.scheme_str() {
         Some(s) => s.to_ascii_lowercase(),
         None if cfg.trust_forwarded_proto => match headers.get("x-forwarded-proto") {
