@@ -116,3 +116,45 @@ fn misuse_is_a_clear_template_error() {
     let err = env.get_template("bad2").unwrap().render(()).unwrap_err();
     assert!(err.to_string().contains("whole seconds"), "{err}");
 }
+
+#[test]
+fn an_undefined_vary_argument_is_an_error_not_a_shared_key() {
+    let renders = Arc::new(AtomicUsize::new(0));
+    let mut env = env(renders.clone());
+    env.add_template(
+        "typo",
+        r#"{% call cache("character_details", 900, "x", character.idd) %}{{ rendered() }}{{ character.name }}{% endcall %}"#,
+    )
+    .unwrap();
+    env.add_template(
+        "typo_in_list",
+        r#"{% call cache("list", 900, [character.id, character.idd]) %}{{ rendered() }}{% endcall %}"#,
+    )
+    .unwrap();
+    let t = env.get_template("typo").unwrap();
+    for (id, name) in [(5, "Ada"), (6, "Bea")] {
+        let ctx =
+            minijinja::context! { character => minijinja::context! { id => id, name => name } };
+        let err = t.render(&ctx).unwrap_err();
+        assert_eq!(err.kind(), minijinja::ErrorKind::UndefinedError);
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("\"character_details\"") && msg.contains("argument 2"),
+            "{msg}"
+        );
+        let err = env
+            .get_template("typo_in_list")
+            .unwrap()
+            .render(&ctx)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("\"list\""), "{err:#}");
+    }
+    assert_eq!(renders.load(SeqCst), 0, "no block was rendered or cached");
+    // an explicit `none` is a value, and cached as one
+    let t = env
+        .template_from_str(r#"{% call cache("n", 900, none) %}{{ rendered() }}x{% endcall %}"#)
+        .unwrap();
+    t.render(()).unwrap();
+    t.render(()).unwrap();
+    assert_eq!(renders.load(SeqCst), 1);
+}

@@ -7,7 +7,8 @@
 //! * the seed's model key (`tg:queryset:Character:id=<id>`) for a character row;
 //! * `#[derive(Invalidate)]` on `Character`, fired from a transaction batch
 //!   when the edit form is saved;
-//! * a per-user page that is never cached, and a `/cache` status page.
+//! * a per-user page that is never cached, a per-session page cached once
+//!   per session cookie (`vary_on_cookie`), and a `/cache` status page.
 
 #![allow(dead_code)] // the tests use only part of the app
 
@@ -151,7 +152,21 @@ pub async fn build(db_path: &str) -> Result<Router, BoxError> {
         .route("/", get(home).layer(cache_page(SHORT).view("home")))
         .route(
             "/meritflaws",
-            get(meritflaws).layer(cache_page(LONG).view("meritflaw_list")),
+            // A theme cookie does not change the list: still one shared page.
+            get(meritflaws).layer(
+                cache_page(LONG)
+                    .view("meritflaw_list")
+                    .allow_cookies(["theme"]),
+            ),
+        )
+        // Personal but cacheable: one entry per session cookie value.
+        .route(
+            "/welcome",
+            get(welcome).layer(
+                cache_page(SHORT)
+                    .view("welcome")
+                    .vary_on_cookie(SESSION_COOKIE),
+            ),
         )
         .route("/characters/{id}", get(character_detail))
         .route("/characters/{id}/edit", get(edit_form).post(edit_save))
@@ -315,13 +330,21 @@ pub async fn save_character(
     Ok(true)
 }
 
+/// The session cookie's name (as tower-sessions' and axum-login's).
+pub const SESSION_COOKIE: &str = "id";
+
 fn user_of(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(';'))
-        .find_map(|c| c.trim().strip_prefix("sessionid=").map(str::to_owned))
+        .find_map(|c| {
+            c.trim()
+                .strip_prefix(SESSION_COOKIE)
+                .and_then(|c| c.strip_prefix('='))
+                .map(str::to_owned)
+        })
         .filter(|u| !u.is_empty() && u.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
@@ -333,6 +356,17 @@ async fn me(State(state): State<AppState>, headers: HeaderMap) -> Response {
         header::HeaderValue::from_static("private, no-store"),
     );
     resp
+}
+
+/// A per-session page cached per session (`vary_on_cookie`).
+async fn welcome(headers: HeaderMap) -> Response {
+    // `user_of` accepts letters and digits only, so this is safe HTML.
+    let who = user_of(&headers).unwrap_or_else(|| "stranger".to_owned());
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    Html(format!("<h1>Welcome, {who}</h1><p>rendered at {at}</p>")).into_response()
 }
 
 #[derive(Deserialize)]
@@ -347,7 +381,7 @@ async fn login(Query(q): Query<Login>) -> Response {
     (
         [(
             header::SET_COOKIE,
-            format!("sessionid={}; Path=/; HttpOnly", q.user),
+            format!("{SESSION_COOKIE}={}; Path=/; HttpOnly", q.user),
         )],
         Redirect::to("/me"),
     )

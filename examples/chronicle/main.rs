@@ -44,6 +44,7 @@ async fn run() -> Result<(), app::BoxError> {
     println!("  /characters/1      scenes via #[cache_function], details via a cached fragment");
     println!("  /characters/1/edit edit a character: #[derive(Invalidate)] drops what it affects");
     println!("  /login?user=alice  per-user page (/me), never cached");
+    println!("  /welcome           cached once per session cookie (vary_on_cookie)");
     println!("  /cache             hits, misses and errors per key family, and health");
     axum::serve(listener, router).await?;
     Ok(())

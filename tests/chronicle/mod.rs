@@ -156,7 +156,7 @@ pub async fn every_strategy_and_an_edit() {
 pub async fn per_user_page_is_never_shared() {
     let app = start().await;
     for _ in 0..2 {
-        let (_, h, alice) = app.get("/me", Some("sessionid=alice")).await;
+        let (_, h, alice) = app.get("/me", Some("id=alice")).await;
         assert!(alice.contains("Hello, alice"));
         assert!(h.get("x-cache").is_none());
         assert!(
@@ -166,7 +166,7 @@ pub async fn per_user_page_is_never_shared() {
                 .unwrap()
                 .contains("private")
         );
-        let (_, _, bob) = app.get("/me", Some("sessionid=bob")).await;
+        let (_, _, bob) = app.get("/me", Some("id=bob")).await;
         assert!(bob.contains("Hello, bob") && !bob.contains("alice"));
     }
     let (_, _, anon) = app.get("/me", None).await;
@@ -187,7 +187,7 @@ pub async fn per_user_page_is_never_shared() {
             .unwrap()
             .to_str()
             .unwrap()
-            .starts_with("sessionid=carol")
+            .starts_with("id=carol")
     );
 }
 
@@ -213,14 +213,53 @@ pub async fn cache_status_page() {
     assert!(page.contains("hit ratio"));
 }
 
+/// Session cookies bypass shared pages; a theme cookie does not; the
+/// welcome page is cached once per session.
+pub async fn cookies_and_the_page_cache() {
+    let app = start().await;
+    let x = |h: &HeaderMap| h.get("x-cache").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(x(&app.get("/", None).await.1).as_deref(), Some("MISS"));
+    assert_eq!(
+        x(&app.get("/", Some("id=alice")).await.1),
+        None,
+        "a session bypasses"
+    );
+    assert_eq!(x(&app.get("/", None).await.1).as_deref(), Some("HIT"));
+    assert_eq!(
+        x(&app.get("/meritflaws", Some("theme=dark")).await.1).as_deref(),
+        Some("MISS")
+    );
+    assert_eq!(
+        x(&app.get("/meritflaws", Some("theme=light")).await.1).as_deref(),
+        Some("HIT")
+    );
+    assert_eq!(
+        x(&app.get("/meritflaws", Some("theme=dark; id=alice")).await.1),
+        None
+    );
+    let (_, h, alice) = app.get("/welcome", Some("id=alice")).await;
+    assert_eq!(x(&h).as_deref(), Some("MISS"));
+    assert!(alice.contains("Welcome, alice"));
+    let (_, h, bob) = app.get("/welcome", Some("id=bob")).await;
+    assert_eq!(x(&h).as_deref(), Some("MISS"));
+    assert!(bob.contains("Welcome, bob"));
+    let (_, h, again) = app.get("/welcome", Some("id=alice")).await;
+    assert_eq!((x(&h).as_deref(), again), (Some("HIT"), alice));
+    let (_, h, again) = app.get("/welcome", Some("id=bob")).await;
+    assert_eq!((x(&h).as_deref(), again), (Some("HIT"), bob));
+    let (_, _, anon) = app.get("/welcome", None).await;
+    assert!(anon.contains("Welcome, stranger"));
+}
+
 /// The scenarios share the process's cache, so they run one after the
 /// other on an emptied cache, each against its own fresh database.
 pub async fn all_scenarios() {
-    for scenario in [0, 1, 2] {
+    for scenario in [0, 1, 2, 3] {
         tg_cache::cache().clear().await.unwrap();
         match scenario {
             0 => every_strategy_and_an_edit().await,
             1 => per_user_page_is_never_shared().await,
+            2 => cookies_and_the_page_cache().await,
             _ => cache_status_page().await,
         }
     }

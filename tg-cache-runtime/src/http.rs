@@ -9,7 +9,7 @@
 //!
 //! let app: Router = Router::new()
 //!     .route("/meritflaws", get(|| async { "<ul>...</ul>" }))
-//!     .route_layer(cache_page(LONG).view("meritflaw_list"));
+//!     .route_layer(cache_page(LONG).view("meritflaw_list").allow_cookies(["csrftoken", "theme"]));
 //! ```
 //!
 //! # What is cached
@@ -17,24 +17,56 @@
 //! Only `GET` responses with status 200 and a body of known length up to
 //! [`CachePageLayer::max_body_bytes`]; never a response that sets a cookie,
 //! says `Cache-Control: private`, `no-store` or `no-cache`, or `Vary: *`.
-//! A request carrying `Authorization` or the session cookie is passed
-//! through, unless the route opts in with
-//! [`CachePageLayer::allow_authenticated`] *and* the response says it varies
-//! on that header. `Vary` is honoured: the entry is keyed on the values of
-//! the request headers the response varies on. `HEAD` requests are served
-//! from a cached `GET`.
+//! `HEAD` requests are served from a cached `GET`.
+//!
+//! **Requests that may be personal pass through uncached** (the cache is
+//! neither read nor written): by default any request with a `Cookie` header
+//! (whatever the cookie's name: Django's `sessionid`, tower-sessions' and
+//! axum-login's `id`...) or an `Authorization` header. A route opts in with:
+//!
+//! * [`CachePageLayer::allow_cookies`]: cookies that do not personalise the
+//!   page (`csrftoken`, `theme`). A request whose cookies are all allowed
+//!   (or varied on, below) is cacheable; allowed cookies never enter the key.
+//! * [`CachePageLayer::vary_on_cookie`]: the page depends on this cookie
+//!   (`id`): the key includes a SHA-256 hash of its value (absent and empty
+//!   are different), so each session gets its own entry.
+//! * [`CachePageLayer::vary_on_authorization`]: the same for the
+//!   `Authorization` header.
+//!
+//! Cookie handling is decided by these options alone: a response's
+//! `Vary: Cookie` / `Vary: Authorization` (Django's CSRF middleware adds the
+//! former) adds nothing to the key, since every cacheable request's
+//! personalising values are already in it; the layer adds those `Vary`
+//! headers to responses of routes that vary on them, for downstream caches.
+//!
+//! Other `Vary` headers are honoured: the entry is keyed on a SHA-256 hash
+//! of the values of the request headers the response varies on (every value,
+//! as bytes; an absent header differs from an empty one). Raw header,
+//! cookie and credential values never appear in a key or a log line.
 //!
 //! Responses get `Cache-Control: max-age` and `Expires` (as Django's
 //! `patch_response_headers`, unless already set) and `X-Cache: HIT|MISS`.
+//! A miss computes the page through [`Cache::get_or_set_with`]: concurrent
+//! misses of one page run the handler once per process, and a page whose
+//! path or view is invalidated while it is computed is not stored.
 //!
 //! # Keys and invalidation
 //!
-//! `tg:view:<view>:path=<path>:query=<query>` plus the varied headers, every
-//! part escaped. Drop one page (all its query strings and variants) with
-//! [`invalidate_path`], a whole view in O(1) with [`invalidate_view`], or from
-//! a model with `#[invalidate(pattern = "tg:view:character:path=/characters/{id}:*")]`.
+//! `tg:view:<view>:path=<path>:scheme=<scheme>:host=<host>:query=<query>`,
+//! then `:headers` (the learned `Vary` list) or `:page[:v=<hash>]`, every
+//! part escaped ([`crate::key`]), so a host or path can neither collide with
+//! another nor act as a glob. The host (with its port, lowercased, without
+//! any `user:password@`) comes from the request URI when it is absolute,
+//! else from the `Host` header; a request without exactly one readable
+//! `Host` passes through uncached. The scheme comes
+//! from the URI when absolute, else is `http`, unless the route trusts a
+//! proxy's `X-Forwarded-Proto` ([`CachePageLayer::trust_forwarded_proto`]).
+//!
+//! Drop one page (every host, scheme, query string and variant) with
+//! [`invalidate_path`], a whole view in O(1) with [`invalidate_view`], or
+//! from a model with `#[invalidate(pattern = "tg:view:character:path=/characters/{id}:*")]`.
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CachePolicy};
 use crate::error::Result;
 use crate::key::{KeyBuilder, KeyPattern};
 use crate::timeout::Timeout;
@@ -47,7 +79,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,8 +100,10 @@ pub fn cache_page(timeout: impl Into<Timeout>) -> CachePageLayer {
             view: DEFAULT_VIEW.to_owned(),
             x_cache: Some(HeaderName::from_static("x-cache")),
             max_body: 1024 * 1024,
-            allow_authenticated: false,
-            session_cookie: "sessionid".to_owned(),
+            allow_cookies: Vec::new(),
+            vary_cookies: Vec::new(),
+            vary_authorization: false,
+            trust_forwarded_proto: false,
         }),
     }
 }
@@ -79,8 +115,12 @@ struct PageConfig {
     view: String,
     x_cache: Option<HeaderName>,
     max_body: usize,
-    allow_authenticated: bool,
-    session_cookie: String,
+    /// Cookies that do not personalise the page; never in the key.
+    allow_cookies: Vec<String>,
+    /// Cookies whose values are hashed into the key; sorted, unique.
+    vary_cookies: Vec<String>,
+    vary_authorization: bool,
+    trust_forwarded_proto: bool,
 }
 
 /// The layer made by [`cache_page`]; its methods tune it.
@@ -121,16 +161,68 @@ impl CachePageLayer {
         self.with(|c| c.max_body = n)
     }
 
-    /// Also cache requests that carry `Authorization` or the session cookie,
-    /// when (and only when) the response varies on that header.
-    pub fn allow_authenticated(self) -> Self {
-        self.with(|c| c.allow_authenticated = true)
+    /// Cookies that do not change the page (`csrftoken`, `theme`): a request
+    /// whose cookies are all in this list (or varied on with
+    /// [`CachePageLayer::vary_on_cookie`]) is cacheable, and these cookies
+    /// do not enter the key, even if the response says `Vary: Cookie`. By
+    /// default any `Cookie` header makes a request pass through uncached.
+    /// Names are compared exactly (case-sensitive, as browsers do).
+    pub fn allow_cookies<I, N>(self, names: I) -> Self
+    where
+        I: IntoIterator<Item = N>,
+        N: Into<String>,
+    {
+        let names: Vec<String> = names.into_iter().map(Into::into).collect();
+        self.with(|c| {
+            c.allow_cookies.extend(names);
+            c.allow_cookies.sort();
+            c.allow_cookies.dedup();
+        })
     }
 
-    /// The name of the session cookie (default `sessionid`, as Django's).
-    pub fn session_cookie(self, name: &str) -> Self {
+    /// The page depends on the cookie `name` (a session id such as
+    /// tower-sessions' `id`): requests carrying it are cacheable, keyed on a
+    /// SHA-256 hash of its value, so every session gets its own entry (a
+    /// request without it gets the shared anonymous entry). Responses get
+    /// `Vary: Cookie`. Call it once per cookie.
+    pub fn vary_on_cookie(self, name: &str) -> Self {
         let name = name.to_owned();
-        self.with(|c| c.session_cookie = name)
+        self.with(|c| {
+            c.vary_cookies.push(name);
+            c.vary_cookies.sort();
+            c.vary_cookies.dedup();
+        })
+    }
+
+    /// Requests with `Authorization` are cacheable, keyed on a SHA-256 hash
+    /// of its value (each credential gets its own entry). Responses get
+    /// `Vary: Authorization`. By default such requests pass through.
+    pub fn vary_on_authorization(self) -> Self {
+        self.with(|c| c.vary_authorization = true)
+    }
+
+    /// Take the scheme of origin-form requests from `X-Forwarded-Proto`
+    /// (its first value, lowercased; one of `http`/`https`, else the request
+    /// passes through uncached). Only for a route behind a proxy that sets
+    /// (or strips) that header: otherwise clients choose it. Without this
+    /// option the scheme is the URI's when the request URI is absolute, else
+    /// `http`.
+    pub fn trust_forwarded_proto(self) -> Self {
+        self.with(|c| c.trust_forwarded_proto = true)
+    }
+
+    /// The page key this layer would use for a request with `uri` and
+    /// `headers` when the response varies on `vary` (lowercase header
+    /// names), or `None` if the request passes through uncached.
+    #[doc(hidden)]
+    pub fn __page_key(
+        &self,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        vary: &[String],
+    ) -> Option<String> {
+        let id = identify(&self.cfg, uri, headers).ok()?;
+        Some(page_key(&self.cfg, &id.base, vary, headers, &id))
     }
 }
 
@@ -210,6 +302,36 @@ impl CachedPage {
     }
 }
 
+/// What the miss path of [`handle`] produced.
+enum Outcome {
+    /// The handler ran. `page` is what to store (`None`: not cacheable, or
+    /// computed under another `Vary` list than the key's); `vary` is the
+    /// response's `Vary` list when it was cacheable.
+    Fresh {
+        resp: Response,
+        page: Option<CachedPage>,
+        vary: Option<Vec<String>>,
+    },
+    /// Another caller's value (a concurrent leader's, or one stored since).
+    Cached(CachedPage),
+}
+
+/// Stores only the pages [`Outcome::Fresh`] says are cacheable.
+enum PagePolicy {}
+
+impl CachePolicy<Outcome> for PagePolicy {
+    type Stored = CachedPage;
+    fn store(result: &Outcome) -> Option<CachedPage> {
+        match result {
+            Outcome::Fresh { page, .. } => page.clone(),
+            Outcome::Cached(_) => None,
+        }
+    }
+    fn load(stored: CachedPage) -> Outcome {
+        Outcome::Cached(stored)
+    }
+}
+
 fn mark(resp: &mut Response, x_cache: &Option<HeaderName>, v: &'static str) {
     if let Some(h) = x_cache {
         resp.headers_mut()
@@ -217,40 +339,164 @@ fn mark(resp: &mut Response, x_cache: &Option<HeaderName>, v: &'static str) {
     }
 }
 
-fn has_cookie(headers: &HeaderMap, name: &str) -> bool {
-    headers.get_all(header::COOKIE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(';').any(|c| {
-                c.trim()
-                    .split_once('=')
-                    .is_some_and(|(k, _)| k.trim() == name)
-            })
-        })
+/// Why a request passes through uncached (logged; never a value).
+type PassReason = &'static str;
+
+/// What identifies a cacheable request's page, apart from varied headers.
+struct Identity {
+    /// `tg:view:<view>:path=..:scheme=..:host=..:query=..`.
+    base: String,
+    /// The values of each varied cookie (`cfg.vary_cookies` order), in
+    /// request order. Hashed into the key, never written raw.
+    cookies: Vec<Vec<Bytes>>,
+}
+
+/// Decides whether a request may use the cache and, if so, its base key.
+fn identify(
+    cfg: &PageConfig,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+) -> std::result::Result<Identity, PassReason> {
+    if headers.contains_key(header::AUTHORIZATION) && !cfg.vary_authorization {
+        return Err("authorization");
+    }
+    if cfg.allow_cookies.is_empty()
+        && cfg.vary_cookies.is_empty()
+        && headers.contains_key(header::COOKIE)
+    {
+        return Err("cookie");
+    }
+    let mut cookies = vec![Vec::new(); cfg.vary_cookies.len()];
+    for value in headers.get_all(header::COOKIE) {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            if pair.is_empty() {
+                continue;
+            }
+            let (name, val) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (pair[..i].trim_ascii(), pair[i + 1..].trim_ascii()),
+                None => (pair, &b""[..]),
+            };
+            let Ok(name) = std::str::from_utf8(name) else {
+                return Err("cookie");
+            };
+            if let Ok(i) = cfg.vary_cookies.binary_search_by(|c| c.as_str().cmp(name)) {
+                cookies[i].push(Bytes::copy_from_slice(val));
+            } else if cfg
+                .allow_cookies
+                .binary_search_by(|c| c.as_str().cmp(name))
+                .is_err()
+            {
+                return Err("cookie");
+            }
+        }
+    }
+    let authority = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => {
+            let mut hosts = headers.get_all(header::HOST).iter();
+            match (hosts.next(), hosts.next()) {
+                (Some(h), None) => h.to_str().map_err(|_| "host")?,
+                _ => return Err("host"),
+            }
+        }
+    };
+    // Never key (or log) `user:password@`: host and port only.
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, h)| h)
+        .to_ascii_lowercase();
+    let scheme = match uri.scheme_str() {
+        Some(s) => s.to_ascii_lowercase(),
+        None if cfg.trust_forwarded_proto => match headers.get("x-forwarded-proto") {
+            None => "http".to_owned(),
+            Some(v) => {
+                let first = v.to_str().map_err(|_| "x-forwarded-proto")?;
+                let first = first.split(',').next().unwrap_or("").trim();
+                let first = first.to_ascii_lowercase();
+                if first != "http" && first != "https" {
+                    return Err("x-forwarded-proto");
+                }
+                first
+            }
+        },
+        None => "http".to_owned(),
+    };
+    Ok(Identity {
+        base: base_key(&cfg.view, &scheme, &host, uri.path(), uri.query()),
+        cookies,
     })
 }
 
-/// `tg:view:<view>:path=<path>:query=<query>`.
-fn base_key(view: &str, uri: &http::Uri) -> String {
-    KeyBuilder::new(&format!("tg:view:{}", crate::key::escape(view)))
-        .param("path", uri.path())
-        .param("query", &uri.query())
+/// `tg:view:<view>:path=<path>:scheme=<scheme>:host=<host>:query=<query>`:
+/// the path first, so one glob drops every host's and scheme's variants.
+fn base_key(view: &str, scheme: &str, host: &str, path: &str, query: Option<&str>) -> String {
+    KeyBuilder::new(&view_prefix(view))
+        .param("path", path)
+        .param("scheme", scheme)
+        .param("host", host)
+        .param("query", &query)
         .finish()
 }
 
-/// The page key: the base key plus the values of the varied headers.
-fn page_key(base: &str, vary: &[String], headers: &HeaderMap) -> String {
-    let mut b = KeyBuilder::new(base).part("page");
-    for name in vary {
-        let values: Vec<&str> = headers
-            .get_all(name.as_str())
-            .iter()
-            .map(|v| v.to_str().unwrap_or("\u{fffd}"))
-            .collect();
-        b = b.param(&format!("h.{name}"), &values);
-    }
-    b.finish()
+/// Feeds `bytes` to `h` length-prefixed, so the encoding is injective.
+fn feed(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_be_bytes());
+    h.update(bytes);
 }
 
+/// The page key: `<base>:page`, or `<base>:page:v=<hash>` when anything is
+/// varied on: a SHA-256 (first 128 bits, hex) over the varied headers'
+/// values (every value, as bytes) and the varied cookies and credential.
+fn page_key(
+    cfg: &PageConfig,
+    base: &str,
+    vary: &[String],
+    headers: &HeaderMap,
+    id: &Identity,
+) -> String {
+    let mut key = String::with_capacity(base.len() + 40);
+    key.push_str(base);
+    key.push_str(":page");
+    if vary.is_empty() && cfg.vary_cookies.is_empty() && !cfg.vary_authorization {
+        return crate::key::shorten(key);
+    }
+    let mut h = Sha256::new();
+    h.update(b"tg-cache page v1");
+    h.update((vary.len() as u64).to_be_bytes());
+    for name in vary {
+        feed(&mut h, name.as_bytes());
+        let values: Vec<&HeaderValue> = headers.get_all(name.as_str()).iter().collect();
+        h.update((values.len() as u64).to_be_bytes());
+        for v in values {
+            feed(&mut h, v.as_bytes());
+        }
+    }
+    h.update((cfg.vary_cookies.len() as u64).to_be_bytes());
+    for (name, values) in cfg.vary_cookies.iter().zip(&id.cookies) {
+        feed(&mut h, name.as_bytes());
+        h.update((values.len() as u64).to_be_bytes());
+        for v in values {
+            feed(&mut h, v);
+        }
+    }
+    if cfg.vary_authorization {
+        let values: Vec<&HeaderValue> = headers.get_all(header::AUTHORIZATION).iter().collect();
+        h.update((values.len() as u64).to_be_bytes());
+        for v in values {
+            feed(&mut h, v.as_bytes());
+        }
+    }
+    key.push_str(":v=");
+    for b in &h.finalize()[..16] {
+        let _ = write!(key, "{b:02x}");
+    }
+    crate::key::shorten(key)
+}
+
+/// The response's `Vary` list, lowercased and sorted, without `cookie` and
+/// `authorization` (the layer's options decide those, see the module docs);
+/// `None` for `Vary: *` or an unreadable `Vary`.
 fn vary_list(headers: &HeaderMap) -> Option<Vec<String>> {
     let mut out = Vec::new();
     for v in headers.get_all(header::VARY) {
@@ -259,13 +505,30 @@ fn vary_list(headers: &HeaderMap) -> Option<Vec<String>> {
             if name == "*" {
                 return None;
             }
-            if !name.is_empty() && !out.contains(&name) {
+            if !name.is_empty()
+                && name != "cookie"
+                && name != "authorization"
+                && !out.contains(&name)
+            {
                 out.push(name);
             }
         }
     }
     out.sort();
     Some(out)
+}
+
+/// Adds `name` to the response's `Vary` unless it is already there.
+fn patch_vary(headers: &mut HeaderMap, name: &'static str) {
+    let present = headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|n| n.trim() == "*" || n.trim().eq_ignore_ascii_case(name))
+        })
+    });
+    if !present {
+        headers.append(header::VARY, HeaderValue::from_static(name));
+    }
 }
 
 fn cache_control_forbids(headers: &HeaderMap) -> bool {
@@ -289,109 +552,156 @@ fn max_age(timeout: Timeout) -> Option<Duration> {
     }
 }
 
+async fn pass<S>(inner: &mut S, req: Request) -> Response
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
+    inner.call(req).await.unwrap_or_else(|e| match e {})
+}
+
 async fn handle<S>(cfg: &PageConfig, mut inner: S, req: Request) -> Response
 where
     S: tower::Service<Request, Response = Response, Error = Infallible>,
 {
-    let pass = |inner: &mut S, req| inner.call(req);
+    let view = cfg.view.as_str();
     let Some(max_age) = max_age(cfg.timeout) else {
-        return pass(&mut inner, req).await.unwrap_or_else(|e| match e {});
+        return pass(&mut inner, req).await;
     };
     let cache = match crate::function::cache_for(cfg.cache.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "cache_page runs uncached");
-            return pass(&mut inner, req).await.unwrap_or_else(|e| match e {});
+            tracing::error!(view, error = %e, "cache_page runs uncached");
+            return pass(&mut inner, req).await;
         }
     };
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
-        return pass(&mut inner, req).await.unwrap_or_else(|e| match e {});
+        return pass(&mut inner, req).await;
     }
-    let authorization = req.headers().contains_key(header::AUTHORIZATION);
-    let session = has_cookie(req.headers(), &cfg.session_cookie);
-    if (authorization || session) && !cfg.allow_authenticated {
-        return pass(&mut inner, req).await.unwrap_or_else(|e| match e {});
-    }
-
-    let base = base_key(&cfg.view, req.uri());
-    let headers_key = format!("{base}:headers");
-    if let Ok(Some(vary)) = cache.get::<Vec<String>>(&headers_key).await {
-        let key = page_key(&base, &vary, req.headers());
+    let id = match identify(cfg, req.uri(), req.headers()) {
+        Ok(id) => id,
+        Err(reason) => {
+            tracing::debug!(view, reason, "cache_page: request passes through uncached");
+            return pass(&mut inner, req).await;
+        }
+    };
+    let headers_key = format!("{}:headers", id.base);
+    // Before any page was stored the response's `Vary` is unknown; assume
+    // none. A response that varies is then not stored (its key would be
+    // wrong), but its `Vary` list is learned for the next request.
+    let known = cache.get::<Vec<String>>(&headers_key).await.ok().flatten();
+    let vary = known.clone().unwrap_or_default();
+    let key = page_key(cfg, &id.base, &vary, req.headers(), &id);
+    if head {
         if let Ok(Some(page)) = cache.get::<CachedPage>(&key).await
-            && let Some(resp) = page.into_response(head, &cfg.x_cache)
+            && let Some(resp) = page.into_response(true, &cfg.x_cache)
         {
+            tracing::debug!(view, key, "cache_page: HEAD hit");
             return resp;
         }
+        return pass(&mut inner, req).await;
     }
-    if head {
-        return pass(&mut inner, req).await.unwrap_or_else(|e| match e {});
-    }
-    let req_headers = req.headers().clone();
-    let resp = pass(&mut inner, req).await.unwrap_or_else(|e| match e {});
-    match store(
-        cfg,
-        cache,
-        &base,
-        &headers_key,
-        &req_headers,
-        authorization,
-        session,
-        max_age,
-        resp,
-    )
-    .await
-    {
-        Ok(resp) | Err(resp) => resp,
+
+    // The request is taken by the computation only if it runs; a cached
+    // value that cannot be served gives it back.
+    let mut slot = Some(req);
+    let outcome = {
+        let (slot, inner) = (&mut slot, &mut inner);
+        let vary = &vary;
+        cache
+            .get_or_set_with::<PagePolicy, Outcome, _, _>(&key, cfg.timeout, move || async move {
+                let req = slot.take().expect("the computation runs once");
+                let resp = pass(inner, req).await;
+                fresh(cfg, vary, max_age, resp).await
+            })
+            .await
+    };
+    match outcome {
+        Outcome::Cached(page) => {
+            if let Some(resp) = page.into_response(false, &cfg.x_cache) {
+                tracing::debug!(view, key, "cache_page: hit");
+                return resp;
+            }
+            tracing::warn!(
+                view,
+                key,
+                "cache_page: a cached page could not be served; dropped"
+            );
+            let _ = cache.delete(&key).await;
+            match slot.take() {
+                Some(req) => pass(&mut inner, req).await,
+                None => {
+                    let mut r = Response::new(Body::empty());
+                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    r
+                }
+            }
+        }
+        Outcome::Fresh {
+            resp,
+            page,
+            vary: learned,
+        } => {
+            tracing::debug!(
+                view,
+                key,
+                stored = page.is_some(),
+                cacheable = learned.is_some(),
+                "cache_page: miss"
+            );
+            if let Some(learned) = learned
+                && known.as_ref() != Some(&learned)
+            {
+                // Failures are logged and counted by the cache.
+                let _ = cache.set(&headers_key, &learned, cfg.timeout).await;
+            }
+            resp
+        }
     }
 }
 
-/// Stores a cacheable response and returns it (`Ok`), or returns an
-/// uncacheable one untouched (`Err`).
-#[allow(clippy::too_many_arguments)]
-async fn store(
-    cfg: &PageConfig,
-    cache: &Cache,
-    base: &str,
-    headers_key: &str,
-    req_headers: &HeaderMap,
-    authorization: bool,
-    session: bool,
-    max_age: Duration,
-    resp: Response,
-) -> std::result::Result<Response, Response> {
+/// Turns the handler's response into an [`Outcome::Fresh`]: buffers a
+/// cacheable body, patches its headers, and builds the page to store when
+/// its `Vary` list is the one the key was computed with.
+async fn fresh(cfg: &PageConfig, vary: &[String], max_age: Duration, resp: Response) -> Outcome {
+    let uncacheable = |resp| Outcome::Fresh {
+        resp,
+        page: None,
+        vary: None,
+    };
     if resp.status() != StatusCode::OK
         || resp.headers().contains_key(header::SET_COOKIE)
         || cache_control_forbids(resp.headers())
     {
-        return Err(resp);
+        return uncacheable(resp);
     }
-    let Some(vary) = vary_list(resp.headers()) else {
-        return Err(resp);
+    let Some(learned) = vary_list(resp.headers()) else {
+        return uncacheable(resp);
     };
-    if (authorization && !vary.iter().any(|v| v == "authorization"))
-        || (session && !vary.iter().any(|v| v == "cookie"))
-    {
-        return Err(resp);
-    }
     // Only bodies of known, bounded length: never buffer a stream.
     let size = http_body::Body::size_hint(resp.body()).exact();
     if size.is_none_or(|n| n > cfg.max_body as u64) {
-        return Err(resp);
+        return uncacheable(resp);
     }
     let (mut parts, body) = resp.into_parts();
     let bytes = match body.collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
-            tracing::warn!(error = %e, "cache_page: reading the response body failed");
+            tracing::warn!(view = cfg.view.as_str(), error = %e, "cache_page: reading the response body failed");
             let mut r = Response::from_parts(parts, Body::empty());
             *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            return Err(r);
+            return uncacheable(r);
         }
     };
     patch_response_headers(&mut parts.headers, max_age);
+    if !cfg.vary_cookies.is_empty() {
+        patch_vary(&mut parts.headers, "Cookie");
+    }
+    if cfg.vary_authorization {
+        patch_vary(&mut parts.headers, "Authorization");
+    }
     let mut headers = Vec::new();
-    let mut storable = true;
+    let mut storable = learned == vary;
     for (k, v) in &parts.headers {
         if Some(k) == cfg.x_cache.as_ref() {
             continue;
@@ -401,7 +711,7 @@ async fn store(
             Err(_) => storable = false,
         }
     }
-    if storable {
+    let page = storable.then(|| {
         let (text, base64) = match std::str::from_utf8(&bytes) {
             Ok(t) => (Some(t.to_owned()), None),
             Err(_) => (
@@ -409,20 +719,20 @@ async fn store(
                 Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
             ),
         };
-        let page = CachedPage {
+        CachedPage {
             status: parts.status.as_u16(),
             headers,
             text,
             base64,
-        };
-        let key = page_key(base, &vary, req_headers);
-        // Failures are logged and counted by the cache; the page is served anyway.
-        let _ = cache.set(headers_key, &vary, cfg.timeout).await;
-        let _ = cache.set(&key, &page, cfg.timeout).await;
-    }
+        }
+    });
     let mut resp = Response::from_parts(parts, Body::from(bytes));
     mark(&mut resp, &cfg.x_cache, "MISS");
-    Ok(resp)
+    Outcome::Fresh {
+        resp,
+        page,
+        vary: Some(learned),
+    }
 }
 
 /// Adds `Cache-Control: max-age` and `Expires` unless the response set them
@@ -456,8 +766,9 @@ pub fn view_prefix(view: &str) -> String {
     format!("tg:view:{}", crate::key::escape(view))
 }
 
-/// Drops every cached variant (query strings, varied headers) of one path of
-/// a view; returns how many entries were removed.
+/// Drops every cached variant of one path of a view (every host, scheme,
+/// query string and varied header or cookie); returns how many entries were
+/// removed. `path` is escaped, so it matches that path only, literally.
 pub async fn invalidate_path(cache: &Cache, view: &str, path: &str) -> Result<usize> {
     let pattern = KeyPattern::prefix(&view_prefix(view))
         .param("path", path)

@@ -20,7 +20,10 @@
 //! On a hit the enclosed block is not rendered at all. The arguments are the
 //! fragment name, the timeout in seconds (`0`: do not cache; `none`: never
 //! expire) and any number of vary-on values, escaped like every other key
-//! part, so `1`, `"1"` and `"a:b"` never collide. Rendering is synchronous,
+//! part, so `1`, `"1"` and `"a:b"` never collide. An *undefined* vary-on
+//! value (a misspelt `character.idd`) is a template error naming the
+//! fragment and the argument's position, never a key shared by every
+//! caller; pass `none` explicitly to vary on "no value". Rendering is synchronous,
 //! so it uses the cache's blocking face: on a Redis cache, render in
 //! `spawn_blocking` rather than on an async worker.
 
@@ -70,6 +73,17 @@ impl KeyPart for ValuePart<'_> {
     }
 }
 
+/// Whether `v` is undefined or a sequence holding an undefined item.
+fn has_undefined(v: &Value) -> bool {
+    match v.kind() {
+        ValueKind::Undefined => true,
+        ValueKind::Seq => v
+            .try_iter()
+            .is_ok_and(|mut items| items.any(|i| has_undefined(&i))),
+        _ => false,
+    }
+}
+
 /// Registers the `cache` function (used with `{% call cache(..) %}`) in `env`,
 /// storing fragments in `cache`.
 pub fn add_to_environment(env: &mut Environment<'_>, cache: &'static Cache) {
@@ -108,6 +122,16 @@ fn fragment(
             }
         },
     };
+    if let Some(pos) = vary_on.iter().position(has_undefined) {
+        return Err(Error::new(
+            ErrorKind::UndefinedError,
+            format!(
+                "cache({name:?}): vary-on argument {} is undefined (a misspelt variable or attribute?); \
+                 an undefined value would make every caller share one fragment",
+                pos + 1
+            ),
+        ));
+    }
     let parts: Vec<ValuePart<'_>> = vary_on.iter().map(ValuePart).collect();
     let dyn_parts: Vec<&dyn KeyPart> = parts.iter().map(|p| p as &dyn KeyPart).collect();
     let key = make_template_fragment_key(name, &dyn_parts);
