@@ -574,8 +574,14 @@ impl RedisStore {
                     .run(move |mut c| async move {
                         let mut pipe = redis::pipe();
                         pipe.atomic();
-                        pipe.cmd("UNLINK").arg(&values);
-                        pipe.cmd("UNLINK").arg(&leases).ignore();
+                        if values.is_empty() {
+                            pipe.cmd("ECHO").arg(0);
+                        } else {
+                            pipe.cmd("UNLINK").arg(&values);
+                        }
+                        if !leases.is_empty() {
+                            pipe.cmd("UNLINK").arg(&leases).ignore();
+                        }
                         let (n,): (usize,) = pipe.query_async(&mut c).await?;
                         Ok(n)
                     })
