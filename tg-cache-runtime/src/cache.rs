@@ -1074,3 +1074,63 @@ impl BlockingCache<'_> {
         )
     }
 }
+
+// TEMP shims: stand-ins for the single-flight methods the runtime rewrite
+// provides; they forward to `get_or_set_with` / `__store_result` and ignore
+// `share`. Drop this block when merging the rewrite.
+impl Cache {
+    #[doc(hidden)]
+    pub async fn __get_or_set_shared<P, R, F, Fut>(
+        &self,
+        key: &str,
+        timeout: Timeout,
+        share: fn(&R) -> Option<R>,
+        f: F,
+    ) -> R
+    where
+        P: CachePolicy<R>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = R>,
+    {
+        let _ = share;
+        self.get_or_set_with::<P, R, F, Fut>(key, timeout, f).await
+    }
+
+    #[doc(hidden)]
+    pub async fn __refresh<P, R, F, Fut>(&self, key: &str, timeout: Timeout, f: F) -> R
+    where
+        P: CachePolicy<R>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = R>,
+    {
+        let r = f().await;
+        self.__store_result::<P, R>(key, timeout, &r).await;
+        r
+    }
+}
+
+impl BlockingCache<'_> {
+    #[doc(hidden)]
+    pub fn __get_or_set_shared<P: CachePolicy<R>, R>(
+        &self,
+        key: &str,
+        timeout: Timeout,
+        share: fn(&R) -> Option<R>,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        let _ = share;
+        self.get_or_set_with::<P, R>(key, timeout, f)
+    }
+
+    #[doc(hidden)]
+    pub fn __refresh<P: CachePolicy<R>, R>(
+        &self,
+        key: &str,
+        timeout: Timeout,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        let r = f();
+        self.__store_result::<P, R>(key, timeout, &r);
+        r
+    }
+}
