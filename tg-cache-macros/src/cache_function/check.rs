@@ -3,7 +3,9 @@
 //! token at fault.
 
 use super::attr::Args;
-use crate::common::{Errors, Token, bad_key_char, key_text_char, split_template};
+use crate::common::{
+    Errors, Token, bad_key_char, check_separators, key_text_char, split_template,
+};
 use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
@@ -233,6 +235,9 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
                 errors.push(span, format!("`key`: {msg}; write e.g. `key = \"{{character_id}}\"`, or remove `key` to use every parameter"));
                 Vec::new()
             });
+            for msg in check_separators(&tokens, "`key` template") {
+                errors.push(span, msg);
+            }
             for token in tokens {
                 let name = match token {
                     Token::Text(text) => {
