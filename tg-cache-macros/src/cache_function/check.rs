@@ -175,10 +175,10 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
 
     // parameters
     let mut params: Vec<(Ident, Type)> = Vec::new();
-    let mut has_self = false;
+    let mut receiver: Option<Span> = None;
     for arg in &sig.inputs {
         match arg {
-            FnArg::Receiver(_) => has_self = true,
+            FnArg::Receiver(r) => receiver = Some(r.self_token.span),
             FnArg::Typed(pt) => match &*pt.pat {
                 Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
                     params.push((pi.ident.clone(), (*pt.ty).clone()));
@@ -199,7 +199,20 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
         }
     };
 
+    let has_self = receiver.is_some();
+    let mut skip_self = false;
     for s in &args.skip {
+        if s == "self" {
+            if has_self {
+                skip_self = true;
+            } else {
+                errors.push(
+                    s.span(),
+                    format!("`skip(self)`: the function has no `self` receiver; {}", param_names()),
+                );
+            }
+            continue;
+        }
         if !params.iter().any(|(i, _)| i == s) {
             errors.push(
                 s.span(),
@@ -215,6 +228,7 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
     // key pieces
     let mut pieces = Vec::new();
     let mut key_uses_self = false;
+    let mut names_self = false;
     let mut in_key: Vec<Ident> = Vec::new();
     match &args.key {
         None => {
@@ -250,7 +264,10 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
                     Token::Placeholder(name) => name,
                 };
                 if let Some(field) = name.strip_prefix("self.") {
-                    if !has_self {
+                    names_self = true;
+                    if skip_self {
+                        errors.push(span, format!("`{{self.{field}}}` is in the `key` template but `self` is also in `skip(..)`; remove one"));
+                    } else if !has_self {
                         errors.push(span, format!("`{{self.{field}}}` in the `key` template, but the function has no `self` parameter"));
                     } else if syn::parse_str::<Ident>(field).is_err() {
                         errors.push(span, format!("`{{self.{field}}}` is not a field name"));
@@ -289,6 +306,16 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
                 }
             }
         }
+    }
+
+    if let Some(recv) = receiver
+        && !skip_self
+        && !names_self
+    {
+        errors.push(
+            recv,
+            "`self` is not part of the key, so calls on different instances would share one entry; name a field, e.g. key = \"{self.id}\", or add skip(self) if every instance gives the same result",
+        );
     }
 
     // key parameter types
