@@ -2,7 +2,7 @@
 //! [`Plan`] that `expand.rs` turns into code. Every error is spanned on the
 //! token at fault.
 
-use super::attr::Args;
+use super::attr::{Args, PolicyKind};
 use crate::common::{
     Errors, Token, bad_key_char, check_separators, key_text_char, split_template,
 };
@@ -38,13 +38,27 @@ pub(crate) struct KeyParam {
     pub(crate) ty: Type,
 }
 
+/// How the policy was chosen.
+pub(crate) enum PolicySource {
+    /// From the return type as written. `probe`: it reads as neither a
+    /// `Result` nor an `Option`, so the expansion checks that it is not one
+    /// behind an alias.
+    Syntax { probe: bool },
+    /// From `result = true`, `option = true` or `always = true`: the stored
+    /// type is not known here, so the policy is asserted against the return
+    /// type instead.
+    Explicit,
+}
+
 pub(crate) struct Plan {
     pub(crate) key_prefix: String,
     pub(crate) pieces: Vec<Piece>,
     pub(crate) key_params: Vec<KeyParam>,
     pub(crate) key_uses_self: bool,
     pub(crate) policy: Policy,
-    /// The type that is stored in the cache.
+    pub(crate) policy_source: PolicySource,
+    /// The type that is stored in the cache (meaningful for
+    /// [`PolicySource::Syntax`]).
     pub(crate) stored: Type,
     pub(crate) ret: Type,
 }
@@ -359,7 +373,39 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
             "`cache_none` only applies to functions returning `Option<T>`; remove it",
         );
     }
-    let (policy, stored) = policy_of(&ret, cache_none);
+    for p in args.policies.iter().skip(1) {
+        let first = &args.policies[0].name;
+        let msg = if p.kind == args.policies[0].kind {
+            format!("`{}` is given twice; keep one", p.name)
+        } else {
+            format!(
+                "`{} = true` conflicts with `{first} = true`: say at most one of `result`, `option` and `always`",
+                p.name
+            )
+        };
+        errors.push(p.name.span(), msg);
+    }
+    if let (Some(b), Some(p)) = (&args.cache_none, args.policies.first()) {
+        errors.push(
+            b.span(),
+            format!("`cache_none` cannot be combined with `{} = true`; to cache `None` too, say `always = true` alone", p.name),
+        );
+    }
+    let (policy, stored, policy_source) = match args.policies.first().map(|p| p.kind) {
+        None => {
+            let (policy, stored) = policy_of(&ret, cache_none);
+            let probe = matches!(policy, Policy::Always) && !is_option(&ret);
+            (policy, stored, PolicySource::Syntax { probe })
+        }
+        Some(kind) => {
+            let policy = match kind {
+                PolicyKind::Result => Policy::OkOnly,
+                PolicyKind::Option => Policy::SomeOnly,
+                PolicyKind::Always => Policy::Always,
+            };
+            (policy, ret.clone(), PolicySource::Explicit)
+        }
+    };
 
     errors.finish()?;
     Ok(Plan {
@@ -368,6 +414,7 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
         key_params,
         key_uses_self,
         policy,
+        policy_source,
         stored,
         ret,
     })

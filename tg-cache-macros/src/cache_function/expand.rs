@@ -2,7 +2,7 @@
 //! runtime only through `::tg_cache::...` paths.
 
 use super::attr::{Args, TimeoutArg};
-use super::check::{Piece, Plan, Policy};
+use super::check::{Piece, Plan, Policy, PolicySource};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
@@ -108,10 +108,34 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
 
     // Compile-time checks spanned on the user's tokens.
     // Key parameter types are checked by the key writer, spanned on them.
-    let asserts = quote_spanned!(rs=>
-        ::tg_cache::__private::assert_cacheable::<#stored>();
-    );
-
+    let asserts = match &plan.policy_source {
+        // `Always` because the return type does not read as a `Result` or an
+        // `Option`: make sure it is not one behind an alias, where caching
+        // every value would cache errors (the probe's inherent `kind`
+        // methods win over the `ProbePlain` fallback).
+        PolicySource::Syntax { probe: true } => {
+            let rs = ret.span();
+            quote_spanned!(rs=>
+                ::tg_cache::__private::assert_cacheable::<#stored>();
+                {
+                    #[allow(unused_imports)]
+                    use ::tg_cache::__private::ProbePlain as _;
+                    ::tg_cache::__private::assert_plain(
+                        ::tg_cache::__private::Probe::<#ret>::new().kind(),
+                    );
+                }
+            )
+        }
+        PolicySource::Syntax { probe: false } => quote_spanned!(rs=>
+            ::tg_cache::__private::assert_cacheable::<#stored>();
+        ),
+        PolicySource::Explicit => {
+            let rs = ret.span();
+            quote_spanned!(rs=>
+                ::tg_cache::__private::assert_policy::<#policy, #ret>();
+            )
+        }
+    };
     let writer = key_writer(&plan);
     let key_string = key_string(&writer);
     let path = quote!(::std::concat!(::std::module_path!(), "::", #name_str));
