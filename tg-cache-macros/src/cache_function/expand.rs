@@ -136,22 +136,31 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
             )
         }
     };
+    // What the single-flight hands to the callers waiting on a result it
+    // does not store: a clone when the return type is `Clone`, else nothing
+    // (they then compute it themselves).
+    let share = quote!({
+        #[allow(unused_imports)]
+        use ::tg_cache::__private::{ShareClone as _, ShareNone as _};
+        (&::tg_cache::__private::Share::<#ret>::new()).share()
+    });
+
     let writer = key_writer(&plan);
     let key_string = key_string(&writer);
     let path = quote!(::std::concat!(::std::module_path!(), "::", #name_str));
 
-    let (body_fn, run, store, aw) = if is_async {
+    let (body_fn, run, refresh, aw) = if is_async {
         (
             quote!(move || ::tg_cache::__private::run_body_async::<#ret, _>(async move #block)),
-            quote!(get_or_set_with::<#policy, #ret, _, _>),
-            quote!(__store_result::<#policy, #ret>),
+            quote!(__get_or_set_shared::<#policy, #ret, _, _>),
+            quote!(__refresh::<#policy, #ret, _, _>),
             quote!(.await),
         )
     } else {
         (
             quote!(move || ::tg_cache::__private::run_body::<#ret, _>(move || -> #ret #block)),
-            quote!(blocking().get_or_set_with::<#policy, #ret>),
-            quote!(blocking().__store_result::<#policy, #ret>),
+            quote!(blocking().__get_or_set_shared::<#policy, #ret>),
+            quote!(blocking().__refresh::<#policy, #ret>),
             quote!(),
         )
     };
@@ -194,12 +203,10 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
                 (::std::option::Option::Some(__tg_c), ::std::option::Option::Some(__tg_k))
                     if __tg_mode == ::tg_cache::__private::CallMode::Refresh =>
                 {
-                    let __tg_r = __tg_body() #aw;
-                    __tg_c.cache.#store(&__tg_k, #timeout, &__tg_r) #aw;
-                    __tg_r
+                    __tg_c.cache.#refresh(&__tg_k, #timeout, __tg_body) #aw
                 }
                 (::std::option::Option::Some(__tg_c), ::std::option::Option::Some(__tg_k)) => {
-                    __tg_c.cache.#run(&__tg_k, #timeout, __tg_body) #aw
+                    __tg_c.cache.#run(&__tg_k, #timeout, #share, __tg_body) #aw
                 }
                 _ => __tg_body() #aw,
             }
