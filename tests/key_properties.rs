@@ -238,7 +238,8 @@ proptest! {
 
 #[test]
 fn nested_option_edge_cases() {
-    let all: [Option<Option<Option<i32>>>; 4] = [None, Some(None), Some(Some(None)), Some(Some(Some(5)))];
+    let all: [Option<Option<Option<i32>>>; 4] =
+        [None, Some(None), Some(Some(None)), Some(Some(Some(5)))];
     let parts: Vec<String> = all.iter().map(KeyPart::to_key_part).collect();
     assert_eq!(parts, ["~", "!~", "!!~", "5"]);
     assert_eq!(Some(Some("~".to_owned())).to_key_part(), "%7E");

@@ -681,7 +681,10 @@ mod tests {
         assert_eq!(Some(None::<i32>).to_key_part(), "!~");
         assert_eq!(Some(Some(None::<i32>)).to_key_part(), "!!~");
         assert_eq!(Some(Some(5)).to_key_part(), "5");
-        assert_ne!(None::<Option<i32>>.to_key_part(), Some(None::<i32>).to_key_part());
+        assert_ne!(
+            None::<Option<i32>>.to_key_part(),
+            Some(None::<i32>).to_key_part()
+        );
         assert_eq!(1.5f64.to_key_part(), "1.5");
         assert_eq!("1.5".to_key_part(), "'1.5");
         assert_eq!(1.0f64.to_key_part(), "1.0");

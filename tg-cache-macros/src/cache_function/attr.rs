@@ -87,16 +87,18 @@ impl Parse for Args {
                     });
                 }
                 "result" | "option" | "always" => {
-                    input.parse::<Token![=]>().map_err(|e| {
-                        syn::Error::new(e.span(), format!("expected `{n} = true`"))
-                    })?;
-                    let value = input.parse::<LitBool>().map_err(|e| {
-                        syn::Error::new(e.span(), format!("expected `{n} = true`"))
-                    })?;
+                    input
+                        .parse::<Token![=]>()
+                        .map_err(|e| syn::Error::new(e.span(), format!("expected `{n} = true`")))?;
+                    let value = input
+                        .parse::<LitBool>()
+                        .map_err(|e| syn::Error::new(e.span(), format!("expected `{n} = true`")))?;
                     if !value.value {
                         return Err(syn::Error::new(
                             value.span(),
-                            format!("`{n} = false` says nothing; remove it to let the return type decide what is cached"),
+                            format!(
+                                "`{n} = false` says nothing; remove it to let the return type decide what is cached"
+                            ),
                         ));
                     }
                     let kind = match n.as_str() {
@@ -104,7 +106,10 @@ impl Parse for Args {
                         "option" => PolicyKind::Option,
                         _ => PolicyKind::Always,
                     };
-                    args.policies.push(PolicyArg { kind, name: name.clone() });
+                    args.policies.push(PolicyArg {
+                        kind,
+                        name: name.clone(),
+                    });
                 }
                 "skip" => {
                     let content;

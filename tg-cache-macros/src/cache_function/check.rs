@@ -3,9 +3,7 @@
 //! token at fault.
 
 use super::attr::{Args, PolicyKind};
-use crate::common::{
-    Errors, Token, bad_key_char, check_separators, key_text_char, split_template,
-};
+use crate::common::{Errors, Token, bad_key_char, check_separators, key_text_char, split_template};
 use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
@@ -222,7 +220,10 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
             } else {
                 errors.push(
                     s.span(),
-                    format!("`skip(self)`: the function has no `self` receiver; {}", param_names()),
+                    format!(
+                        "`skip(self)`: the function has no `self` receiver; {}",
+                        param_names()
+                    ),
                 );
             }
             continue;
