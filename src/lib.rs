@@ -51,6 +51,9 @@ pub use tg_cache_runtime::*;
 ///
 /// `tg:fn:<key_prefix>:<param>=<value>:...`, parameters in declaration order,
 /// values escaped by [`KeyPart`] (so `"a:b"` and `"a"`+`"b"` never collide).
+/// In a `key` template, two placeholders must be separated by text holding a
+/// `:` or `=` (characters no value contains): `"{a}:{b}"`, not `"{a}-{b}"` or
+/// `"{a}{b}"`, which could give two calls the same key.
 /// With the default Redis configuration this is literally the Redis key.
 ///
 /// # Options
@@ -60,9 +63,10 @@ pub use tg_cache_runtime::*;
 /// | `key_prefix = "name"` | required; letters, digits, `_`, `-`, `.`; unique per program |
 /// | `timeout = MEDIUM` | `SHORT`, `MEDIUM`, `LONG`, `VERY_LONG`, `DAY`, whole seconds, or any expression convertible into [`Timeout`] (`Duration::from_millis(500)`, `Timeout::Never`); default: the cache's default |
 /// | `key = "{character_id}:{page}"` | key template over parameter names and `{self.field}`; every non-skipped parameter must appear |
-/// | `skip(pool, request)` | parameters left out of the key (a pool, a request) |
+/// | `skip(pool, request)` | parameters left out of the key (a pool, a request); `skip(self)` leaves out a method's receiver |
 /// | `cache = "alias"` | a named cache (see [`caches`]) instead of the default |
 /// | `cache_none = true` | also cache `None` results |
+/// | `result = true` / `option = true` / `always = true` | what to cache when the return type does not say it: only `Ok`, only `Some`, or every value (at most one) |
 ///
 /// # What is cached
 ///
@@ -72,11 +76,18 @@ pub use tg_cache_runtime::*;
 ///   Deserialize + Clone + Send + Sync + 'static`; return `Arc<T>` to make a
 ///   local hit a reference-count increment.
 ///
+/// The choice is made from the return type as written. A return type that is
+/// a `Result` or an `Option` behind an alias (`type ApiResult<T> = Result<T,
+/// String>`) is a compile error until you say `result = true` (cache only
+/// `Ok`), `option = true` (only `Some`) or `always = true` (every value).
+///
 /// # Shapes
 ///
 /// Sync and async fns; free fns, associated fns in an `impl` (the seed's
-/// `@staticmethod`), and methods (`self` is not part of the key unless the
-/// template names `{self.field}`). Parameters may be owned or references.
+/// `@staticmethod`), and methods. A method must either name a field of
+/// `self` in its template (`key = "{self.id}:{page}"`) or say `skip(self)`
+/// when every instance gives the same result; otherwise it is a compile
+/// error. Parameters may be owned or references.
 /// Generic and `impl Trait` parameters must be skipped (a key cannot tell
 /// concrete types apart), and the return type must be concrete and owned.
 ///
@@ -154,6 +165,9 @@ pub use tg_cache_macros::cache_function;
 /// | `pattern = "tg:view:search:*:name={name}"` | every key matching (a SCAN on Redis); values escaped, so they never widen it |
 /// | `model = "Name"` | sets the model name (default: the struct's name) |
 /// | `cache = "alias"` | the cache of model, key and pattern targets (functions use their own) |
+///
+/// In `key` and `pattern` templates, two placeholders must be separated by
+/// text holding a `:` or `=` (`"{a}:{b}"`), as in `#[cache_function]`'s.
 ///
 /// With no target, the default is `model_key(id)`; a struct without an
 /// `id` field must name its targets. `function =` must name a

@@ -116,3 +116,132 @@ proptest! {
         prop_assert_eq!(glob_match(pattern.as_str(), &key_b), a == b, "{} vs {}", pattern, key_b);
     }
 }
+
+// ---- templates: distinct arguments give distinct keys ----
+
+use tg_cache::cache_function;
+
+#[allow(dead_code)]
+#[cache_function(key_prefix = "kp_colon", key = "{a}:{b}")]
+fn colon(a: String, b: String) -> u8 {
+    0
+}
+
+#[allow(dead_code)]
+#[cache_function(key_prefix = "kp_eq", key = "{a}={b}:{c}")]
+fn eq_colon(a: String, b: i64, c: Option<String>) -> u8 {
+    0
+}
+
+#[allow(dead_code)]
+#[cache_function(key_prefix = "kp_mixed", key = "x{a}-y:{b}z")]
+fn mixed(a: Option<i32>, b: String) -> u8 {
+    0
+}
+
+#[allow(dead_code)]
+#[cache_function(key_prefix = "kp_nested", key = "{a}:{b}=.{c}")]
+fn nested(a: Option<Option<i32>>, b: Option<Option<String>>, c: Vec<String>) -> u8 {
+    0
+}
+
+struct Obj {
+    id: String,
+}
+
+impl Obj {
+    #[allow(dead_code)]
+    #[cache_function(key_prefix = "kp_self", key = "{self.id}:n={n}")]
+    fn method(&self, n: Option<i64>) -> u8 {
+        0
+    }
+}
+
+/// Short strings over separators and markers, so that equal values and
+/// near-collisions come up often.
+fn small_string() -> impl Strategy<Value = String> {
+    prop_oneof!["[a1:=~'%!.-]{0,3}", tricky_string()]
+}
+
+fn nested_option<T: std::fmt::Debug>(
+    inner: impl Strategy<Value = T>,
+) -> impl Strategy<Value = Option<Option<T>>> {
+    proptest::option::of(proptest::option::of(inner))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn colon_template_is_injective(a1 in small_string(), b1 in small_string(), a2 in small_string(), b2 in small_string()) {
+        let (k1, k2) = (colon_cache_key(&a1, &b1), colon_cache_key(&a2, &b2));
+        prop_assert_eq!(k1 == k2, (&a1, &b1) == (&a2, &b2), "{} / {}", k1, k2);
+        // the same string split differently
+        let joined = format!("{a1}:{b1}");
+        if let Some((x, y)) = joined.split_once(':') {
+            let split_again = colon_cache_key(&x.to_owned(), &y.to_owned());
+            prop_assert_eq!(split_again == k1, (x, y) == (a1.as_str(), b1.as_str()));
+        }
+    }
+
+    #[test]
+    fn eq_colon_template_is_injective(
+        x in (small_string(), -11..11i64, proptest::option::of(small_string())),
+        y in (small_string(), -11..11i64, proptest::option::of(small_string())),
+    ) {
+        let k1 = eq_colon_cache_key(&x.0, &x.1, &x.2);
+        let k2 = eq_colon_cache_key(&y.0, &y.1, &y.2);
+        prop_assert_eq!(k1 == k2, x == y, "{} / {}", k1, k2);
+    }
+
+    #[test]
+    fn mixed_template_is_injective(
+        x in (proptest::option::of(-11..11i32), small_string()),
+        y in (proptest::option::of(-11..11i32), small_string()),
+    ) {
+        let k1 = mixed_cache_key(&x.0, &x.1);
+        let k2 = mixed_cache_key(&y.0, &y.1);
+        prop_assert_eq!(k1 == k2, x == y, "{} / {}", k1, k2);
+    }
+
+    #[test]
+    fn nested_template_is_injective(
+        x in (nested_option(-11..11i32), nested_option(small_string()), proptest::collection::vec(small_string(), 0..3)),
+        y in (nested_option(-11..11i32), nested_option(small_string()), proptest::collection::vec(small_string(), 0..3)),
+    ) {
+        let k1 = nested_cache_key(&x.0, &x.1, &x.2);
+        let k2 = nested_cache_key(&y.0, &y.1, &y.2);
+        prop_assert_eq!(k1 == k2, x == y, "{} / {}", k1, k2);
+    }
+
+    #[test]
+    fn self_template_is_injective(
+        x in (small_string(), proptest::option::of(-11..11i64)),
+        y in (small_string(), proptest::option::of(-11..11i64)),
+    ) {
+        let k1 = Obj { id: x.0.clone() }.method_cache_key(&x.1);
+        let k2 = Obj { id: y.0.clone() }.method_cache_key(&y.1);
+        prop_assert_eq!(k1 == k2, x == y, "{} / {}", k1, k2);
+    }
+
+    #[test]
+    fn nested_options_give_distinct_parts(
+        a in nested_option(-11..11i32),
+        b in nested_option(-11..11i32),
+        s in nested_option(small_string()),
+        t in nested_option(small_string()),
+    ) {
+        prop_assert_eq!(a.to_key_part() == b.to_key_part(), a == b, "{:?} / {:?}", a, b);
+        prop_assert_eq!(s.to_key_part() == t.to_key_part(), s == t, "{:?} / {:?}", s, t);
+    }
+}
+
+#[test]
+fn nested_option_edge_cases() {
+    let all: [Option<Option<Option<i32>>>; 4] =
+        [None, Some(None), Some(Some(None)), Some(Some(Some(5)))];
+    let parts: Vec<String> = all.iter().map(KeyPart::to_key_part).collect();
+    assert_eq!(parts, ["~", "!~", "!!~", "5"]);
+    assert_eq!(Some(Some("~".to_owned())).to_key_part(), "%7E");
+    assert_eq!(Some(Some("!".to_owned())).to_key_part(), "%21");
+}

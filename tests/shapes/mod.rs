@@ -88,8 +88,8 @@ impl CharacterDetailView {
         scenes_for(character_id)
     }
 
-    /// `self` is not part of the key.
-    #[cache_function(key_prefix = "method_scenes")]
+    /// `self` is left out of the key with `skip(self)`.
+    #[cache_function(key_prefix = "method_scenes", skip(self))]
     pub async fn scenes(&self, character_id: i64) -> Vec<Scene> {
         METHOD_RUNS.fetch_add(1, SeqCst);
         let _ = self.chronicle_id;

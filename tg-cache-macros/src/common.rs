@@ -62,3 +62,56 @@ pub(crate) fn bad_key_char(c: char) -> String {
         "{c:?} is not allowed in the literal text of a key template (letters, digits and `_ - . : = / @ +` are)"
     )
 }
+
+/// Whether `c` separates two placeholders: a character allowed in key text
+/// that no [`KeyPart`](https://docs.rs/tg-cache) rendering ever contains
+/// (strings keep only `A-Za-z0-9_-./@+` raw and escape the rest as `%XX`;
+/// numbers, floats and bools use digits, letters, `-`, `.` and `+`; `'`
+/// marks ambiguous strings, `~` is `None`, `!` a nested `Some`, and
+/// sequences use `(`, `,`, `)`). Of the characters templates allow, that
+/// leaves `:` and `=`.
+pub(crate) fn separator_char(c: char) -> bool {
+    matches!(c, ':' | '=')
+}
+
+/// Checks that no two values of a key template can be told apart only by
+/// guessing where one ends: the literal text between two consecutive
+/// placeholders must contain a [`separator_char`]; two placeholders that
+/// touch are refused too. Returns one message per offending pair.
+///
+/// Why this is enough: the text before the first placeholder is fixed, so
+/// the first value starts at a fixed offset. A value never contains a
+/// separator, so the first separator after the start of a value is the first
+/// separator of the literal that follows it, at a fixed offset into that
+/// literal; that fixes where the value ends, hence where the next value
+/// starts, and so on. Each value's text is then fixed by the key, and
+/// [`KeyPart`](https://docs.rs/tg-cache) renderings are injective, so two
+/// keys are equal only when every value is. The text after the last
+/// placeholder is fixed and needs no rule.
+pub(crate) fn check_separators(tokens: &[Token<'_>], what: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut prev: Option<&str> = None;
+    let mut between = String::new();
+    for token in tokens {
+        match token {
+            Token::Text(t) => between.push_str(t),
+            Token::Placeholder(name) => {
+                if let Some(p) = prev
+                    && !between.chars().any(separator_char)
+                {
+                    let how = if between.is_empty() {
+                        "touch".to_owned()
+                    } else {
+                        format!("are separated only by {between:?}, which a value can also contain")
+                    };
+                    out.push(format!(
+                        "`{{{p}}}` and `{{{name}}}` in the {what} {how}, so two different calls could share a key; put a `:` between them, e.g. \"{{{p}}}:{{{name}}}\""
+                    ));
+                }
+                prev = Some(name);
+                between.clear();
+            }
+        }
+    }
+    out
+}

@@ -38,6 +38,11 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> CacheValue
 /// Decides what part of a computed result is cached, and how a cached value
 /// becomes a result again. Used by [`Cache::get_or_set_with`] and by
 /// `#[cache_function]`.
+#[diagnostic::on_unimplemented(
+    message = "the caching policy `{Self}` does not apply to the return type `{R}`",
+    label = "`{Self}` cannot cache a `{R}`",
+    note = "`OkOnly` (`result = true`) needs a `Result<T, E>` and `SomeOnly` (`option = true`) an `Option<T>`, after aliases are resolved; `always = true` caches any storable value"
+)]
 pub trait CachePolicy<R> {
     /// What is stored.
     type Stored: CacheValue;

@@ -6,6 +6,7 @@ use crate::key::{MAX_KEY_LEN, shorten};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
@@ -301,3 +302,168 @@ pub fn local_hit<P: CachePolicy<R>, R>(
 /// Asserts at compile time that `T` can be stored in a cache.
 #[doc(hidden)]
 pub fn assert_cacheable<T: crate::CacheValue>() {}
+
+/// Picks the `share` function `#[cache_function]` hands to the single-flight:
+/// `(&Share::<R>::new()).share()` is `|r| Some(r.clone())` when `R: Clone`
+/// (autoref specialisation: [`ShareClone`] matches the receiver `&Share<R>`
+/// without an extra borrow), else `|_| None` ([`ShareNone`]).
+#[doc(hidden)]
+pub struct Share<R>(PhantomData<fn() -> R>);
+
+impl<R> Share<R> {
+    /// The selector for `R`.
+    pub const fn new() -> Self {
+        Share(PhantomData)
+    }
+}
+
+impl<R> Default for Share<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The `R: Clone` case of [`Share`].
+#[doc(hidden)]
+pub trait ShareClone<R> {
+    /// `|r| Some(r.clone())`.
+    fn share(&self) -> fn(&R) -> Option<R>;
+}
+
+impl<R: Clone> ShareClone<R> for Share<R> {
+    fn share(&self) -> fn(&R) -> Option<R> {
+        |r| Some(r.clone())
+    }
+}
+
+/// The fallback case of [`Share`].
+#[doc(hidden)]
+pub trait ShareNone<R> {
+    /// `|_| None`.
+    fn share(&self) -> fn(&R) -> Option<R>;
+}
+
+impl<R> ShareNone<R> for &Share<R> {
+    fn share(&self) -> fn(&R) -> Option<R> {
+        |_| None
+    }
+}
+
+/// Finds out whether a return type is a `Result` or an `Option` once its
+/// aliases are resolved: `Probe::<R>::new().kind()` is [`IsResult`],
+/// [`IsOption`] (inherent methods, which win) or [`IsPlain`] (the
+/// [`ProbePlain`] fallback).
+#[doc(hidden)]
+pub struct Probe<R>(PhantomData<fn() -> R>);
+
+impl<R> Probe<R> {
+    /// The probe for `R`.
+    pub const fn new() -> Self {
+        Probe(PhantomData)
+    }
+}
+
+impl<R> Default for Probe<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The return type is a `Result`.
+#[doc(hidden)]
+pub struct IsResult;
+/// The return type is an `Option`.
+#[doc(hidden)]
+pub struct IsOption;
+/// The return type is neither.
+#[doc(hidden)]
+pub struct IsPlain;
+
+impl<T, E> Probe<Result<T, E>> {
+    /// A `Result`.
+    pub fn kind(&self) -> IsResult {
+        IsResult
+    }
+}
+
+impl<T> Probe<Option<T>> {
+    /// An `Option`.
+    pub fn kind(&self) -> IsOption {
+        IsOption
+    }
+}
+
+/// The fallback of [`Probe`]: any other type.
+#[doc(hidden)]
+pub trait ProbePlain {
+    /// Neither a `Result` nor an `Option`.
+    fn kind(&self) -> IsPlain {
+        IsPlain
+    }
+}
+
+impl<R> ProbePlain for Probe<R> {}
+
+/// Implemented by every probe result except [`IsResult`].
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "the return type is an alias of `Result`; say `result = true` to cache only `Ok` values, or `always = true` to cache errors too",
+    label = "this is a `Result` once its aliases are resolved",
+    note = "#[cache_function] chooses what to cache from the return type as written, and `Result` is not visible here"
+)]
+pub trait NotAResult {}
+impl NotAResult for IsOption {}
+impl NotAResult for IsPlain {}
+
+/// Implemented by every probe result except [`IsOption`].
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "the return type is an alias of `Option`; say `option = true` to cache only `Some` values, or `always = true` to cache `None` too",
+    label = "this is an `Option` once its aliases are resolved",
+    note = "#[cache_function] chooses what to cache from the return type as written, and `Option` is not visible here"
+)]
+pub trait NotAnOption {}
+impl NotAnOption for IsResult {}
+impl NotAnOption for IsPlain {}
+
+/// Fails to compile unless the probed return type is neither a `Result`
+/// nor an `Option`.
+#[doc(hidden)]
+pub fn assert_plain<K: NotAResult + NotAnOption>(_: K) {}
+
+/// Asserts at compile time that policy `P` applies to the return type `R`.
+#[doc(hidden)]
+pub fn assert_policy<P: CachePolicy<R>, R>() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_clones_only_clone_types() {
+        struct NotClone;
+        let cloned = {
+            #[allow(unused_imports)]
+            use super::{ShareClone as _, ShareNone as _};
+            (&Share::<Result<u8, String>>::new()).share()
+        };
+        assert_eq!(cloned(&Err("e".into())), Some(Err("e".to_owned())));
+        let not_shared = {
+            #[allow(unused_imports)]
+            use super::{ShareClone as _, ShareNone as _};
+            (&Share::<Result<u8, NotClone>>::new()).share()
+        };
+        assert!(not_shared(&Err(NotClone)).is_none());
+    }
+
+    #[test]
+    fn probe_sees_through_aliases() {
+        type ApiResult<T> = Result<T, String>;
+        type Maybe = Option<u8>;
+        #[allow(unused_imports)]
+        use super::ProbePlain as _;
+        let _: IsResult = Probe::<ApiResult<u8>>::new().kind();
+        let _: IsOption = Probe::<Maybe>::new().kind();
+        let _: IsPlain = Probe::<Vec<Maybe>>::new().kind();
+    }
+}

@@ -180,12 +180,22 @@ impl KeyPart for () {
     }
 }
 
+/// `None` is `~`; `Some(v)` is `v`'s text, unless that text starts with `~`
+/// or `!` (only a `None` or an escaped `Some` do: strings escape both), in
+/// which case it gets a leading `!`. So `Some(5)` is `5`, `Some(None)` is
+/// `!~` and `Some(Some(None))` is `!!~`: nested options stay injective.
 impl<T: KeyPart> KeyPart for Option<T> {
     fn write_key_part(&self, out: &mut String) {
         match self {
             // `~` is always escaped inside strings, so `None` is unambiguous.
             None => out.push('~'),
-            Some(v) => v.write_key_part(out),
+            Some(v) => {
+                let start = out.len();
+                v.write_key_part(out);
+                if matches!(out.as_bytes().get(start), Some(b'~' | b'!')) {
+                    out.insert(start, '!');
+                }
+            }
         }
     }
 }
@@ -737,6 +747,15 @@ mod tests {
         assert_eq!(true.to_key_part(), "true");
         assert_eq!(None::<i32>.to_key_part(), "~");
         assert_eq!("~".to_key_part(), "%7E");
+        assert_eq!("!".to_key_part(), "%21");
+        assert_eq!(Some(5).to_key_part(), "5");
+        assert_eq!(Some(None::<i32>).to_key_part(), "!~");
+        assert_eq!(Some(Some(None::<i32>)).to_key_part(), "!!~");
+        assert_eq!(Some(Some(5)).to_key_part(), "5");
+        assert_ne!(
+            None::<Option<i32>>.to_key_part(),
+            Some(None::<i32>).to_key_part()
+        );
         assert_eq!(1.5f64.to_key_part(), "1.5");
         assert_eq!("1.5".to_key_part(), "'1.5");
         assert_eq!(1.0f64.to_key_part(), "1.0");

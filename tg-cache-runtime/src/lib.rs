@@ -52,8 +52,9 @@ pub use timeout::{Timeout, Ttl};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::function::{
-        CallMode, Resolved, assert_cacheable, cache_for, current_mode, local_hit, resolve,
-        run_body, run_body_async,
+        CallMode, IsOption, IsPlain, IsResult, NotAResult, NotAnOption, Probe, ProbePlain,
+        Resolved, Share, ShareClone, ShareNone, assert_cacheable, assert_plain, assert_policy,
+        cache_for, current_mode, local_hit, resolve, run_body, run_body_async,
     };
     pub use inventory;
 }

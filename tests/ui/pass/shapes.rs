@@ -77,7 +77,7 @@ impl CharacterDetailView {
         Ok(format!("{}:{page}", self.chronicle_id))
     }
 
-    #[cache_function(key_prefix = "view_mut")]
+    #[cache_function(key_prefix = "view_mut", key = "c={self.chronicle_id}:by={by}")]
     pub fn bump(&mut self, by: i64) -> i64 {
         self.chronicle_id += by;
         self.chronicle_id
@@ -95,6 +95,6 @@ fn main() {
     let v = CharacterDetailView { chronicle_id: 1 };
     let _ = v.page_cache_key(&2);
     let _ = (duration(1), never(1), maybe(1), seconds(1), unit(1), generic_skipped(&(), 1));
-    let _ = CharacterDetailView::bump_invalidate(&1);
+    let _ = v.bump_invalidate(&1);
     let _ = CharacterDetailView::get_character_scenes_invalidate_all();
 }

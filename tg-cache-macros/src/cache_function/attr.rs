@@ -8,7 +8,8 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, ExprUnary, Ident, Lit, LitBool, LitStr, Token, UnOp};
 
-pub(crate) const OPTIONS: &str = "key_prefix, timeout, key, skip, cache, cache_none";
+pub(crate) const OPTIONS: &str =
+    "key_prefix, timeout, key, skip, cache, cache_none, result, option, always";
 pub(crate) const TIMEOUT_NAMES: [&str; 5] = ["SHORT", "MEDIUM", "LONG", "VERY_LONG", "DAY"];
 
 /// The parsed attribute.
@@ -20,6 +21,25 @@ pub(crate) struct Args {
     pub(crate) skip: Vec<Ident>,
     pub(crate) cache: Option<LitStr>,
     pub(crate) cache_none: Option<LitBool>,
+    /// `result = true`, `option = true` or `always = true`, in order given.
+    pub(crate) policies: Vec<PolicyArg>,
+}
+
+/// Which explicit policy argument.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PolicyKind {
+    /// `result = true`: cache only `Ok`.
+    Result,
+    /// `option = true`: cache only `Some`.
+    Option,
+    /// `always = true`: cache every value.
+    Always,
+}
+
+/// `result = true` / `option = true` / `always = true`, with its name token.
+pub(crate) struct PolicyArg {
+    pub(crate) kind: PolicyKind,
+    pub(crate) name: Ident,
 }
 
 /// `timeout = ...`.
@@ -64,6 +84,31 @@ impl Parse for Args {
                         })?
                     } else {
                         LitBool::new(true, name.span())
+                    });
+                }
+                "result" | "option" | "always" => {
+                    input
+                        .parse::<Token![=]>()
+                        .map_err(|e| syn::Error::new(e.span(), format!("expected `{n} = true`")))?;
+                    let value = input
+                        .parse::<LitBool>()
+                        .map_err(|e| syn::Error::new(e.span(), format!("expected `{n} = true`")))?;
+                    if !value.value {
+                        return Err(syn::Error::new(
+                            value.span(),
+                            format!(
+                                "`{n} = false` says nothing; remove it to let the return type decide what is cached"
+                            ),
+                        ));
+                    }
+                    let kind = match n.as_str() {
+                        "result" => PolicyKind::Result,
+                        "option" => PolicyKind::Option,
+                        _ => PolicyKind::Always,
+                    };
+                    args.policies.push(PolicyArg {
+                        kind,
+                        name: name.clone(),
                     });
                 }
                 "skip" => {

@@ -2,8 +2,8 @@
 //! [`Plan`] that `expand.rs` turns into code. Every error is spanned on the
 //! token at fault.
 
-use super::attr::Args;
-use crate::common::{Errors, Token, bad_key_char, key_text_char, split_template};
+use super::attr::{Args, PolicyKind};
+use crate::common::{Errors, Token, bad_key_char, check_separators, key_text_char, split_template};
 use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
@@ -36,13 +36,27 @@ pub(crate) struct KeyParam {
     pub(crate) ty: Type,
 }
 
+/// How the policy was chosen.
+pub(crate) enum PolicySource {
+    /// From the return type as written. `probe`: it reads as neither a
+    /// `Result` nor an `Option`, so the expansion checks that it is not one
+    /// behind an alias.
+    Syntax { probe: bool },
+    /// From `result = true`, `option = true` or `always = true`: the stored
+    /// type is not known here, so the policy is asserted against the return
+    /// type instead.
+    Explicit,
+}
+
 pub(crate) struct Plan {
     pub(crate) key_prefix: String,
     pub(crate) pieces: Vec<Piece>,
     pub(crate) key_params: Vec<KeyParam>,
     pub(crate) key_uses_self: bool,
     pub(crate) policy: Policy,
-    /// The type that is stored in the cache.
+    pub(crate) policy_source: PolicySource,
+    /// The type that is stored in the cache (meaningful for
+    /// [`PolicySource::Syntax`]).
     pub(crate) stored: Type,
     pub(crate) ret: Type,
 }
@@ -173,10 +187,10 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
 
     // parameters
     let mut params: Vec<(Ident, Type)> = Vec::new();
-    let mut has_self = false;
+    let mut receiver: Option<Span> = None;
     for arg in &sig.inputs {
         match arg {
-            FnArg::Receiver(_) => has_self = true,
+            FnArg::Receiver(r) => receiver = Some(r.self_token.span),
             FnArg::Typed(pt) => match &*pt.pat {
                 Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
                     params.push((pi.ident.clone(), (*pt.ty).clone()));
@@ -197,7 +211,23 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
         }
     };
 
+    let has_self = receiver.is_some();
+    let mut skip_self = false;
     for s in &args.skip {
+        if s == "self" {
+            if has_self {
+                skip_self = true;
+            } else {
+                errors.push(
+                    s.span(),
+                    format!(
+                        "`skip(self)`: the function has no `self` receiver; {}",
+                        param_names()
+                    ),
+                );
+            }
+            continue;
+        }
         if !params.iter().any(|(i, _)| i == s) {
             errors.push(
                 s.span(),
@@ -213,6 +243,7 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
     // key pieces
     let mut pieces = Vec::new();
     let mut key_uses_self = false;
+    let mut names_self = false;
     let mut in_key: Vec<Ident> = Vec::new();
     match &args.key {
         None => {
@@ -233,6 +264,9 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
                 errors.push(span, format!("`key`: {msg}; write e.g. `key = \"{{character_id}}\"`, or remove `key` to use every parameter"));
                 Vec::new()
             });
+            for msg in check_separators(&tokens, "`key` template") {
+                errors.push(span, msg);
+            }
             for token in tokens {
                 let name = match token {
                     Token::Text(text) => {
@@ -245,7 +279,10 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
                     Token::Placeholder(name) => name,
                 };
                 if let Some(field) = name.strip_prefix("self.") {
-                    if !has_self {
+                    names_self = true;
+                    if skip_self {
+                        errors.push(span, format!("`{{self.{field}}}` is in the `key` template but `self` is also in `skip(..)`; remove one"));
+                    } else if !has_self {
                         errors.push(span, format!("`{{self.{field}}}` in the `key` template, but the function has no `self` parameter"));
                     } else if syn::parse_str::<Ident>(field).is_err() {
                         errors.push(span, format!("`{{self.{field}}}` is not a field name"));
@@ -284,6 +321,16 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
                 }
             }
         }
+    }
+
+    if let Some(recv) = receiver
+        && !skip_self
+        && !names_self
+    {
+        errors.push(
+            recv,
+            "`self` is not part of the key, so calls on different instances would share one entry; name a field, e.g. key = \"{self.id}\", or add skip(self) if every instance gives the same result",
+        );
     }
 
     // key parameter types
@@ -327,7 +374,39 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
             "`cache_none` only applies to functions returning `Option<T>`; remove it",
         );
     }
-    let (policy, stored) = policy_of(&ret, cache_none);
+    for p in args.policies.iter().skip(1) {
+        let first = &args.policies[0].name;
+        let msg = if p.kind == args.policies[0].kind {
+            format!("`{}` is given twice; keep one", p.name)
+        } else {
+            format!(
+                "`{} = true` conflicts with `{first} = true`: say at most one of `result`, `option` and `always`",
+                p.name
+            )
+        };
+        errors.push(p.name.span(), msg);
+    }
+    if let (Some(b), Some(p)) = (&args.cache_none, args.policies.first()) {
+        errors.push(
+            b.span(),
+            format!("`cache_none` cannot be combined with `{} = true`; to cache `None` too, say `always = true` alone", p.name),
+        );
+    }
+    let (policy, stored, policy_source) = match args.policies.first().map(|p| p.kind) {
+        None => {
+            let (policy, stored) = policy_of(&ret, cache_none);
+            let probe = matches!(policy, Policy::Always) && !is_option(&ret);
+            (policy, stored, PolicySource::Syntax { probe })
+        }
+        Some(kind) => {
+            let policy = match kind {
+                PolicyKind::Result => Policy::OkOnly,
+                PolicyKind::Option => Policy::SomeOnly,
+                PolicyKind::Always => Policy::Always,
+            };
+            (policy, ret.clone(), PolicySource::Explicit)
+        }
+    };
 
     errors.finish()?;
     Ok(Plan {
@@ -336,6 +415,7 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
         key_params,
         key_uses_self,
         policy,
+        policy_source,
         stored,
         ret,
     })

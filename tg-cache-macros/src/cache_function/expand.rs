@@ -2,7 +2,7 @@
 //! runtime only through `::tg_cache::...` paths.
 
 use super::attr::{Args, TimeoutArg};
-use super::check::{Piece, Plan, Policy};
+use super::check::{Piece, Plan, Policy, PolicySource};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
@@ -108,25 +108,58 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
 
     // Compile-time checks spanned on the user's tokens.
     // Key parameter types are checked by the key writer, spanned on them.
-    let asserts = quote_spanned!(rs=>
-        ::tg_cache::__private::assert_cacheable::<#stored>();
-    );
+    let asserts = match &plan.policy_source {
+        // `Always` because the return type does not read as a `Result` or an
+        // `Option`: make sure it is not one behind an alias, where caching
+        // every value would cache errors (the probe's inherent `kind`
+        // methods win over the `ProbePlain` fallback).
+        PolicySource::Syntax { probe: true } => {
+            let rs = ret.span();
+            quote_spanned!(rs=>
+                ::tg_cache::__private::assert_cacheable::<#stored>();
+                {
+                    #[allow(unused_imports)]
+                    use ::tg_cache::__private::ProbePlain as _;
+                    ::tg_cache::__private::assert_plain(
+                        ::tg_cache::__private::Probe::<#ret>::new().kind(),
+                    );
+                }
+            )
+        }
+        PolicySource::Syntax { probe: false } => quote_spanned!(rs=>
+            ::tg_cache::__private::assert_cacheable::<#stored>();
+        ),
+        PolicySource::Explicit => {
+            let rs = ret.span();
+            quote_spanned!(rs=>
+                ::tg_cache::__private::assert_policy::<#policy, #ret>();
+            )
+        }
+    };
+    // What the single-flight hands to the callers waiting on a result it
+    // does not store: a clone when the return type is `Clone`, else nothing
+    // (they then compute it themselves).
+    let share = quote!({
+        #[allow(unused_imports)]
+        use ::tg_cache::__private::{ShareClone as _, ShareNone as _};
+        (&::tg_cache::__private::Share::<#ret>::new()).share()
+    });
 
     let writer = key_writer(&plan);
     let key_string = key_string(&writer);
     let path = quote!(::std::concat!(::std::module_path!(), "::", #name_str));
 
-    let (body_fn, run, store, aw) = if is_async {
+    let (body_fn, run, refresh, aw) = if is_async {
         (
             quote!(move || ::tg_cache::__private::run_body_async::<#ret, _>(async move #block)),
-            quote!(get_or_set_with::<#policy, #ret, _, _>),
+            quote!(__get_or_set_shared::<#policy, #ret, _, _>),
             quote!(__refresh::<#policy, #ret, _, _>),
             quote!(.await),
         )
     } else {
         (
             quote!(move || ::tg_cache::__private::run_body::<#ret, _>(move || -> #ret #block)),
-            quote!(blocking().get_or_set_with::<#policy, #ret>),
+            quote!(blocking().__get_or_set_shared::<#policy, #ret>),
             quote!(blocking().__refresh::<#policy, #ret>),
             quote!(),
         )
@@ -170,10 +203,10 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
                 (::std::option::Option::Some(__tg_c), ::std::option::Option::Some(__tg_k))
                     if __tg_mode == ::tg_cache::__private::CallMode::Refresh =>
                 {
-                    __tg_c.cache.#store(&__tg_k, #timeout, __tg_body) #aw
+                    __tg_c.cache.#refresh(&__tg_k, #timeout, __tg_body) #aw
                 }
                 (::std::option::Option::Some(__tg_c), ::std::option::Option::Some(__tg_k)) => {
-                    __tg_c.cache.#run(&__tg_k, #timeout, __tg_body) #aw
+                    __tg_c.cache.#run(&__tg_k, #timeout, #share, __tg_body) #aw
                 }
                 _ => __tg_body() #aw,
             }

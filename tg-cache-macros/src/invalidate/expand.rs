@@ -1,7 +1,7 @@
 //! Checks and code generation for `#[derive(Invalidate)]`.
 
 use super::attr::{Events, Item, Items};
-use crate::common::{Errors, Token, bad_key_char, key_text_char, split_template};
+use crate::common::{Errors, Token, bad_key_char, check_separators, key_text_char, split_template};
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
@@ -26,6 +26,14 @@ fn parse_template(
         errors.push(span, msg);
         Vec::new()
     });
+    let what = if pattern {
+        "`pattern` template"
+    } else {
+        "`key` template"
+    };
+    for msg in check_separators(&tokens, what) {
+        errors.push(span, msg);
+    }
     let mut pieces = Vec::new();
     for token in tokens {
         match token {
