@@ -257,7 +257,9 @@ impl Backoff {
     async fn wait(&mut self) {
         // The timer lives on tg-cache's runtime, so this works for blocking
         // callers and under any executor.
-        in_io(tokio::time::sleep(self.0)).await;
+        // (created inside `in_io`, where that runtime is the context).
+        let delay = self.0;
+        in_io(async move { tokio::time::sleep(delay).await }).await;
         self.0 = (self.0 * 2).min(Self::MAX);
     }
 }

@@ -555,20 +555,22 @@ impl RedisStore {
                         .await
                 })
                 .await?;
-            let mut values = Vec::new();
-            let mut leases = Vec::new();
+            // Every covered key goes together with its lease, and every
+            // covered lease with its key, in one atomic UNLINK: a fill that
+            // completes between this SCAN and the UNLINK (its lease seen,
+            // its value not yet written) is deleted with the rest.
+            let mut values = std::collections::BTreeSet::new();
             for k in keys {
                 if generation::is_epoch_key(&k) {
                     continue;
                 }
-                match k.strip_suffix(LEASE_SUFFIX) {
-                    Some(base) if pattern_covers(pattern, base) => leases.push(k),
-                    Some(_) => {}
-                    None if pattern_covers(pattern, &k) => values.push(k),
-                    None => {}
+                let base = k.strip_suffix(LEASE_SUFFIX).unwrap_or(&k);
+                if pattern_covers(pattern, base) {
+                    values.insert(base.to_owned());
                 }
             }
-            leases.extend(values.iter().map(|k| lease_key(k)));
+            let leases: Vec<String> = values.iter().map(|k| lease_key(k)).collect();
+            let values: Vec<String> = values.into_iter().collect();
             if !values.is_empty() || !leases.is_empty() {
                 let n: usize = self
                     .run(move |mut c| async move {
