@@ -440,6 +440,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // The borrow is the point: autoref picks the `Clone` impl first.
+    #[allow(clippy::needless_borrow)]
     fn share_clones_only_clone_types() {
         struct NotClone;
         let cloned = {
