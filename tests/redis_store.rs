@@ -355,3 +355,35 @@ async fn rediss_urls_connect_over_tls() {
         .unwrap();
     assert!(plain.get::<i32>("tg:view:home:").await.is_err());
 }
+
+/// Commands the server ran since `CONFIG RESETSTAT`, by name.
+fn commands(server: &RedisServer) -> Vec<(String, u64)> {
+    let info: String = server.cmd(&["INFO", "commandstats"]);
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .filter(|(name, _)| !name.starts_with("config") && name != "info")
+        .collect()
+}
+
+#[tokio::test]
+async fn a_redis_hit_is_one_round_trip() {
+    let server = RedisServer::start();
+    let cache = redis(&server);
+    let key = "tg:fn:one_trip:id=1";
+    assert_eq!(cache.get_or_set(key, MEDIUM, || async { 5 }).await, 5);
+    let () = server.cmd(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..3 {
+        assert_eq!(cache.get_or_set(key, MEDIUM, || async { 6 }).await, 5);
+    }
+    // One MGET (the value and its family's epoch) per hit, nothing else.
+    assert_eq!(commands(&server), vec![("mget".to_owned(), 3)]);
+}
