@@ -110,8 +110,11 @@ pub use tg_cache_runtime::*;
 ///
 /// # Behaviour
 ///
-/// * Concurrent callers of one cold key run the body once per process; a
-///   panicking or cancelled caller releases the others.
+/// * Concurrent callers of one cold key run the body once, in this process
+///   and across every process sharing the Redis (a lease in Redis, see
+///   [`Cache`](crate::Cache#across-processes)); a panicking or cancelled
+///   caller releases the others at once, and a `Clone` result that is not
+///   stored (an `Err`, a `None`) goes to the callers waiting on it.
 /// * A failing store (Redis down, undecodable value) never fails the
 ///   function: the body's result is returned, the failure logged and counted.
 /// * A local hit takes no lock, has no await point and, with an `Arc<T>`

@@ -47,7 +47,7 @@
 //! Responses get `Cache-Control: max-age` and `Expires` (as Django's
 //! `patch_response_headers`, unless already set) and `X-Cache: HIT|MISS`.
 //! A miss computes the page through [`Cache::get_or_set_with`]: concurrent
-//! misses of one page run the handler once per process, and a page whose
+//! misses of one page run the handler once, across processes too, and a page whose
 //! path or view is invalidated while it is computed is not stored.
 //!
 //! # Keys and invalidation
