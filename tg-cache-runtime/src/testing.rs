@@ -1,4 +1,7 @@
-//! Test support: a real `redis-server` on a free loopback port.
+//! Test support: a real `redis-server` on a free loopback port, which tests
+//! can also freeze ([`RedisServer::pause`]), kill and restart on the same
+//! port ([`RedisServer::restart`]), or start late on a chosen port
+//! ([`RedisServer::start_on_port`]). `DEBUG` is enabled for local clients.
 //!
 //! ```no_run
 //! let server = tg_cache_runtime::testing::RedisServer::start();
@@ -9,6 +12,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 /// A `redis-server` process started for a test (`--save ""`, no persistence),
@@ -24,6 +28,20 @@ pub struct RedisServer {
 }
 
 const INSTALL_HINT: &str = "redis-server was not found on PATH. Install it (Debian/Ubuntu: `apt-get install -y redis-server`), or run the README's test command, which installs it.";
+
+/// Whether this `redis-server` has `--enable-debug-command` (7.0 and later,
+/// where `DEBUG` is otherwise refused).
+static DEBUG_COMMAND_OPTION: LazyLock<bool> = LazyLock::new(|| {
+    let Ok(out) = Command::new("redis-server").arg("--version").output() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("v=")
+        .nth(1)
+        .and_then(|v| v.split('.').next())
+        .and_then(|major| major.parse::<u32>().ok())
+        .is_some_and(|major| major >= 7)
+});
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -76,6 +94,20 @@ impl RedisServer {
         let dir =
             std::env::temp_dir().join(format!("tg-cache-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("cannot create a temp dir for redis-server");
+        let mut server = Self {
+            watchdog: None,
+            child: None,
+            port,
+            dir,
+            tls,
+        };
+        server.launch().then_some(server)
+    }
+
+    /// Runs `redis-server` on `self.port` (with its watchdog) and waits
+    /// until it answers; `false` if it exited first (the port was taken).
+    fn launch(&mut self) -> bool {
+        let (port, tls, dir) = (self.port, self.tls, self.dir.clone());
         let log = std::fs::File::create(dir.join("redis.log")).expect("cannot create redis.log");
         let mut cmd = Command::new("redis-server");
         let port_s = port.to_string();
@@ -117,6 +149,10 @@ impl RedisServer {
         } else {
             cmd.args(["--port", &port_s]);
         }
+        if *DEBUG_COMMAND_OPTION {
+            // Fault tests freeze the server with `DEBUG SLEEP`.
+            cmd.args(["--enable-debug-command", "local"]);
+        }
         let child = match cmd
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -131,10 +167,10 @@ impl RedisServer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
             Err(e) => panic!("cannot run redis-server: {e}"),
         };
-        let watchdog = Command::new("sh")
+        self.watchdog = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "while kill -0 {parent} 2>/dev/null; do sleep 0.2; done; kill {server} 2>/dev/null",
+                "while kill -0 {parent} 2>/dev/null; do sleep 0.2; done; kill -9 {server} 2>/dev/null",
                 parent = std::process::id(),
                 server = child.id()
             ))
@@ -143,36 +179,98 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .ok();
-        let mut server = Self {
-            watchdog,
-            child: Some(child),
-            port,
-            dir,
-            tls,
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let ready = if tls {
-                server.log().contains("Ready to accept connections")
+                self.log().contains("Ready to accept connections")
             } else {
                 ping(port)
             };
             if ready {
-                return Some(server);
+                return true;
             }
-            if let Some(c) = server.child.as_mut()
+            if let Some(c) = self.child.as_mut()
                 && let Ok(Some(_)) = c.try_wait()
             {
                 // Most likely the port was taken between probe and bind.
-                server.child = None;
-                return None;
+                self.stop();
+                return false;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
         panic!(
             "redis-server did not answer within 10 s; log:\n{}",
-            server.log()
+            self.log()
         );
+    }
+
+    /// Starts a server on `port` (for a test that first had nothing
+    /// listening there) and waits until it answers `PING`.
+    ///
+    /// # Panics
+    /// If the port stays taken for five seconds, or as [`RedisServer::start`].
+    pub fn start_on_port(port: u16) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(s) = Self::try_start(port, false) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server could not bind port {port} within 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id of the running server, `None` after [`RedisServer::stop`].
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the redis-server is not running");
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {signal} {pid} failed");
+    }
+
+    /// Freezes the server with `SIGSTOP`: it keeps its port and connections
+    /// but answers nothing until [`RedisServer::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [`RedisServer::pause`]d server run again (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Kills the server with `SIGKILL`, like [`RedisServer::stop`]; named
+    /// for tests that then [`RedisServer::restart`] it.
+    pub fn kill9(&mut self) {
+        self.stop();
+    }
+
+    /// Starts a fresh, empty server on the same port (killing the current
+    /// one if still running) and waits until it answers `PING`.
+    ///
+    /// # Panics
+    /// If the port stays taken for five seconds, or as [`RedisServer::start`].
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.launch() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server could not bind port {} again within 5 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The server's port.
