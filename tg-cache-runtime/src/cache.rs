@@ -10,6 +10,7 @@ use crate::key::{check_key, family_of, glob_escape_into, shorten};
 use crate::protocol::{self, Mode};
 use crate::stats::{CacheStats, Counters, Families, FamilyStats};
 use crate::store::broken::BrokenStore;
+use crate::store::connection::ConnectionSettings;
 use crate::store::dummy::DummyStore;
 use crate::store::local::LocalStore;
 use crate::store::redis::{RedisSettings, RedisStore};
@@ -129,6 +130,7 @@ pub(crate) struct Core {
     /// `prefix`, `prefix:version`, `version` or empty: put before every key.
     namespace: String,
     pub(crate) default_timeout: Timeout,
+    max_value_bytes: usize,
     counters: Counters,
     families: Families,
     pub(crate) flights: Flights,
@@ -175,13 +177,17 @@ impl Cache {
                     crate::ConfigError::new("REDIS_URL", "", "the redis backend needs a URL")
                 })?;
                 Arc::new(RedisStore::new(&RedisSettings {
-                    url,
-                    max_connections: cfg.max_connections,
-                    connect_timeout: cfg.connect_timeout,
-                    response_timeout: cfg.response_timeout,
-                    breaker_cooldown: cfg.breaker_cooldown,
+                    connection: ConnectionSettings {
+                        url,
+                        pool_size: cfg.pool_size,
+                        max_connections: cfg.max_connections,
+                        connect_timeout: cfg.connect_timeout,
+                        response_timeout: cfg.response_timeout,
+                        breaker_cooldown: cfg.breaker_cooldown,
+                    },
                     lease_timeout: cfg.lease_timeout,
                     compress_min: cfg.compress_min_bytes,
+                    max_value_bytes: cfg.max_value_bytes,
                 })?)
             }
         };
@@ -200,6 +206,7 @@ impl Cache {
                     .filter(|_| cfg.backend == Backend::Redis),
                 namespace: namespace(cfg),
                 default_timeout: cfg.default_timeout,
+                max_value_bytes: cfg.max_value_bytes,
                 counters: Counters::default(),
                 families: Families::default(),
                 flights: Flights::default(),
@@ -379,7 +386,17 @@ impl Core {
                     None
                 }
             },
-            Stored::Bytes(b) => match codec::decode(&b) {
+            Stored::Oversized => {
+                self.decode_failed(
+                    key,
+                    &format_args!(
+                        "the value is over max_value_bytes ({} bytes); it is not read",
+                        self.max_value_bytes
+                    ),
+                );
+                None
+            }
+            Stored::Bytes(b) => match codec::decode(&b, self.max_value_bytes) {
                 Ok(v) => Some(v),
                 Err(e) => {
                     self.decode_failed(key, &e);

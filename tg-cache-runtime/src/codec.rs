@@ -45,8 +45,8 @@ pub(crate) fn compress(json: Vec<u8>, compress_min: Option<usize>) -> Vec<u8> {
 /// Why stored bytes could not be turned back into a value.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DecodeError {
-    #[error("corrupt zlib data: {0}")]
-    Zlib(std::io::Error),
+    #[error("{0} bytes, over the configured cap")]
+    TooLarge(usize),
     #[error("not the expected JSON shape: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -58,14 +58,20 @@ fn is_zlib(bytes: &[u8]) -> bool {
         && (u16::from(bytes[0]) << 8 | u16::from(bytes[1])) % 31 == 0
 }
 
-/// Decodes bytes written by [`encode`], compressed or not.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+/// Decodes bytes written by [`compress`], compressed or not, reading at
+/// most `max_bytes` of JSON: a compressed value is inflated as it is
+/// parsed (never into one buffer), and parsing stops with an error at the
+/// cap, so a decompression bomb costs at most the cap in time and the
+/// decoded value's size in memory.
+pub(crate) fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    max_bytes: usize,
+) -> Result<T, DecodeError> {
     if is_zlib(bytes) {
-        let mut json = Vec::with_capacity(bytes.len() * 3);
-        ZlibDecoder::new(bytes)
-            .read_to_end(&mut json)
-            .map_err(DecodeError::Zlib)?;
-        Ok(serde_json::from_slice(&json)?)
+        let limited = ZlibDecoder::new(bytes).take(max_bytes as u64);
+        Ok(serde_json::from_reader(std::io::BufReader::new(limited))?)
+    } else if bytes.len() > max_bytes {
+        Err(DecodeError::TooLarge(bytes.len()))
     } else {
         Ok(serde_json::from_slice(bytes)?)
     }
@@ -82,17 +88,41 @@ mod tests {
         assert_eq!(plain[0], b'[');
         let packed = encode(&v, Some(16)).unwrap();
         assert!(is_zlib(&packed) && packed.len() < plain.len());
-        assert_eq!(decode::<Vec<String>>(&plain).unwrap(), v);
-        assert_eq!(decode::<Vec<String>>(&packed).unwrap(), v);
+        assert_eq!(decode::<Vec<String>>(&plain, 1 << 20).unwrap(), v);
+        assert_eq!(decode::<Vec<String>>(&packed, 1 << 20).unwrap(), v);
         // small values stay readable even with compression on
         assert_eq!(encode(&5, Some(16)).unwrap(), b"5");
     }
 
     #[test]
     fn corrupt_is_an_error_not_a_panic() {
-        assert!(decode::<i32>(b"\x78\x9cgarbage").is_err());
-        assert!(decode::<i32>(b"{").is_err());
-        assert!(decode::<i32>(b"\"str\"").is_err());
-        assert!(decode::<i32>(b"").is_err());
+        for bad in [&b"\x78\x9cgarbage"[..], b"{", b"\"str\"", b""] {
+            assert!(decode::<i32>(bad, 1 << 20).is_err());
+        }
+    }
+}
+
+#[cfg(test)]
+mod bomb {
+    use super::*;
+
+    #[test]
+    fn a_bomb_is_cut_at_the_cap() {
+        // 64 MiB of `[0,0,0,...` compresses to a few hundred KiB.
+        let mut json = Vec::with_capacity(64 << 20);
+        json.push(b'[');
+        while json.len() < 64 << 20 {
+            json.extend_from_slice(b"0,");
+        }
+        let packed = compress(json, Some(1));
+        assert!(packed.len() < 1 << 20, "{}", packed.len());
+        let start = std::time::Instant::now();
+        assert!(decode::<Vec<u8>>(&packed, 1 << 20).is_err());
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        // Plain bytes over the cap are refused without parsing.
+        assert!(matches!(
+            decode::<Vec<u8>>(&vec![b' '; 2 << 20], 1 << 20),
+            Err(DecodeError::TooLarge(_))
+        ));
     }
 }

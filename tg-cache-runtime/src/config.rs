@@ -11,6 +11,8 @@
 //! | `TG_CACHE_MAX_CONNECTIONS` | Redis in-flight command limit | `50` |
 //! | `TG_CACHE_CONNECT_TIMEOUT_MS` | Redis connect timeout | `1000` |
 //! | `TG_CACHE_RESPONSE_TIMEOUT_MS` | Redis response timeout | `500` |
+//! | `TG_CACHE_POOL_SIZE` | multiplexed Redis connections | `1` |
+//! | `TG_CACHE_MAX_VALUE_BYTES` | largest value read (stored or inflated) | `67108864` (64 MiB) |
 //! | `TG_CACHE_LEASE_TIMEOUT_MS` | how long a dead filler's Redis lease blocks other processes | `3000` |
 //! | `TG_CACHE_COMPRESS_MIN_BYTES` | zlib-compress values at least this long; `off` | `off` |
 //!
@@ -142,13 +144,17 @@ pub struct CacheConfig {
     pub(crate) compress_min_bytes: Option<usize>,
     pub(crate) breaker_cooldown: Duration,
     pub(crate) lease_timeout: Duration,
+    pub(crate) pool_size: usize,
+    pub(crate) max_value_bytes: usize,
     pub(crate) error: Option<ConfigError>,
 }
 
 /// The seed's development bound.
 pub const DEFAULT_MAX_ENTRIES: u64 = 1000;
-/// The seed's production connection limit.
+/// The seed's production connection limit: commands in flight at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 50;
+/// Multiplexed Redis connections per store (measured in `BENCHMARKS.md`).
+pub const DEFAULT_POOL_SIZE: usize = 1;
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 impl Default for CacheConfig {
@@ -170,8 +176,10 @@ impl CacheConfig {
             connect_timeout: Duration::from_millis(1000),
             response_timeout: Duration::from_millis(500),
             compress_min_bytes: None,
-            breaker_cooldown: Duration::from_secs(1),
+            breaker_cooldown: Duration::from_millis(50),
             lease_timeout: Duration::from_secs(3),
+            pool_size: DEFAULT_POOL_SIZE,
+            max_value_bytes: 64 << 20,
             error: None,
         }
     }
@@ -256,10 +264,27 @@ impl CacheConfig {
         self
     }
 
-    /// After Redis is found unreachable, how long calls fail fast before the
-    /// next attempt (the circuit breaker). Default one second.
+    /// After Redis is found unreachable, how long calls fail fast before
+    /// one call probes it again (the circuit breaker; exactly one probe at a
+    /// time). Default 50 ms, so caching resumes within about that long of
+    /// Redis answering again.
     pub fn breaker_cooldown(mut self, t: Duration) -> Self {
         self.breaker_cooldown = t;
+        self
+    }
+
+    /// How many multiplexed connections the Redis store opens (default
+    /// [`DEFAULT_POOL_SIZE`]); commands are spread over them in turn.
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// The largest value tg-cache reads, in bytes, stored or inflated from
+    /// zlib (default 64 MiB). A bigger value is never read: it is treated
+    /// as a corrupt one (a miss, logged and counted, then replaced).
+    pub fn max_value_bytes(mut self, n: usize) -> Self {
+        self.max_value_bytes = n;
         self
     }
 
@@ -338,6 +363,12 @@ impl CacheConfig {
             c.response_timeout =
                 Duration::from_millis(parse_positive("TG_CACHE_RESPONSE_TIMEOUT_MS", &v)?);
         }
+        if let Some(v) = get("TG_CACHE_POOL_SIZE") {
+            c.pool_size = parse_positive("TG_CACHE_POOL_SIZE", &v)? as usize;
+        }
+        if let Some(v) = get("TG_CACHE_MAX_VALUE_BYTES") {
+            c.max_value_bytes = parse_positive("TG_CACHE_MAX_VALUE_BYTES", &v)? as usize;
+        }
         if let Some(v) = get("TG_CACHE_LEASE_TIMEOUT_MS") {
             c.lease_timeout =
                 Duration::from_millis(parse_positive("TG_CACHE_LEASE_TIMEOUT_MS", &v)?);
@@ -375,12 +406,18 @@ impl CacheConfig {
             return Err(e.clone());
         }
         let zero = |setting: &str| Err(ConfigError::new(setting, "0", "must be greater than zero"));
+        if self.max_value_bytes == 0 {
+            return zero("max_value_bytes");
+        }
         if self.backend == Backend::Local && self.max_entries == 0 {
             return zero("max_entries");
         }
         if self.backend == Backend::Redis {
             if self.max_connections == 0 {
                 return zero("max_connections");
+            }
+            if self.pool_size == 0 {
+                return zero("pool_size");
             }
             if self.connect_timeout.is_zero() {
                 return zero("connect_timeout");

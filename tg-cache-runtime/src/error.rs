@@ -18,6 +18,16 @@ pub enum Error {
     /// Redis did not answer within the configured time.
     #[error("redis did not answer within {0:?}; check that it is running and reachable")]
     Timeout(Duration),
+    /// Every connection was busy for the whole response timeout: the call
+    /// waited its turn (first come, first served) and ran out of time. This
+    /// is load, not a Redis failure: it never opens the circuit breaker.
+    #[error(
+        "every redis connection was busy for {waited:?}; raise max_connections or pool_size, or lower the load"
+    )]
+    Saturated {
+        /// How long the call waited.
+        waited: Duration,
+    },
     /// A recent failure opened the circuit breaker: calls fail fast until it closes.
     #[error(
         "redis is unavailable (a recent call failed; retrying after {retry_in:?}); the cache fails open meanwhile"

@@ -51,14 +51,48 @@ impl Wake for ThreadWaker {
 
 thread_local! {
     static WAKER: Waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    /// Set while a blocking call runs on a thread that drives a
+    /// current-thread tokio runtime: nothing else runs there meanwhile.
+    static SOLE_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the running call must not wait for another call of this
+/// process: it is a blocking call on the thread of a current-thread tokio
+/// runtime, so an async call it would wait for could never run.
+pub(crate) fn must_not_wait() -> bool {
+    SOLE_THREAD.with(std::cell::Cell::get)
 }
 
 /// Drives `fut` to completion on the current thread, parking it while the
-/// future waits. Works with or without a surrounding tokio runtime and never
-/// panics inside one (a blocking call there only blocks that thread, like any
-/// other blocking call). All I/O of a blocking call runs on the tg-cache
-/// runtime, so nothing here depends on the caller's runtime making progress.
+/// future waits. All I/O of a blocking call runs on the tg-cache runtime, so
+/// nothing here depends on the caller's runtime making progress.
+///
+/// * Outside any tokio runtime, or on a `spawn_blocking` thread: it parks.
+/// * On a worker of a multi-thread runtime: through
+///   [`tokio::task::block_in_place`], so the runtime moves its other tasks
+///   to another thread and no worker is parked.
+/// * On the thread of a current-thread runtime: it parks that thread (there
+///   is no other), and marks the call so that it never waits for another
+///   call of the process (see [`must_not_wait`]), which could not run.
 pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| park_on(fut)),
+        Ok(RuntimeFlavor::CurrentThread) => {
+            struct Restore(bool);
+            impl Drop for Restore {
+                fn drop(&mut self) {
+                    SOLE_THREAD.with(|s| s.set(self.0));
+                }
+            }
+            let _restore = Restore(SOLE_THREAD.with(|s| s.replace(true)));
+            park_on(fut)
+        }
+        _ => park_on(fut),
+    }
+}
+
+fn park_on<F: Future>(fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
     WAKER.with(|waker| {
         let mut cx = Context::from_waker(waker);

@@ -33,7 +33,7 @@
 //!   result is returned, not stored; the error is logged and counted.
 
 use crate::cache::{CachePolicy, CacheValue, Core};
-use crate::exec::{in_io, io_runtime};
+use crate::exec::{in_io, io_runtime, must_not_wait};
 use crate::flight::Outcome;
 use crate::generation;
 use crate::store::{Filled, Lease, LeaseOutcome, Slot, Store};
@@ -57,6 +57,14 @@ enum Handoff<S, R> {
     Stored(S),
     /// A result the policy does not store: followers share a copy.
     Result(Mutex<R>, fn(&R) -> Option<R>),
+}
+
+/// What a lookup found.
+enum Found<T> {
+    Hit(T),
+    Miss,
+    /// Undecodable or oversized bytes (counted and logged): fill over them.
+    Corrupt,
 }
 
 /// `f()`'s result, through the cache: see the module docs.
@@ -86,18 +94,32 @@ where
     };
     if mode == Mode::Refresh {
         // A refresh never takes another flight's result: it computes anew.
-        return lead::<P, R, F, Fut>(core, key, &slot, ttl, mode, share, f)
+        return lead::<P, R, F, Fut>(core, key, &slot, ttl, true, share, f)
             .await
             .0;
     }
-    if let Some(v) = lookup::<P::Stored>(core, key, &slot, true).await {
-        return P::load(v);
-    }
+    // Each caller looks up for itself: a value read by another caller
+    // before an invalidation must not reach a caller that began after it.
+    let mut replace = match lookup::<P::Stored>(core, key, &slot).await {
+        Found::Hit(v) => {
+            core.count_lookup(key, true);
+            return P::load(v);
+        }
+        Found::Miss => false,
+        Found::Corrupt => true,
+    };
+    core.count_lookup(key, false);
     let mut f = Some(f);
     loop {
         let leader = match core.flights.join(&slot.key) {
             Ok(leader) => leader,
             Err(flight) => {
+                if must_not_wait() {
+                    // The flight's leader may be an async call of this very
+                    // thread's runtime, which cannot run while we wait.
+                    warn_once_sole_thread(key);
+                    return f.take().expect("computes once")().await;
+                }
                 match flight.wait().await {
                     Outcome::Value(v) => {
                         if let Some(h) = v.downcast_ref::<Handoff<P::Stored, R>>() {
@@ -116,34 +138,49 @@ where
                     }
                     Outcome::Compute => return f.take().expect("computes once")().await,
                     Outcome::Retry => {
-                        if let Some(v) = lookup::<P::Stored>(core, key, &slot, false).await {
-                            return P::load(v);
+                        // The leader's value did not stick (an invalidation,
+                        // or another writer's value): look again.
+                        match lookup::<P::Stored>(core, key, &slot).await {
+                            Found::Hit(v) => return P::load(v),
+                            Found::Miss => replace = false,
+                            Found::Corrupt => replace = true,
                         }
+                        continue;
                     }
                 }
-                continue;
             }
         };
         let f = f.take().expect("the leader computes once");
-        let (result, outcome) = lead::<P, R, F, Fut>(core, key, &slot, ttl, mode, share, f).await;
+        let (result, outcome) =
+            lead::<P, R, F, Fut>(core, key, &slot, ttl, replace, share, f).await;
         leader.finish(outcome);
         return result;
     }
 }
 
-/// The live value at `slot`, decoded; counts the hit or miss if `count`.
-async fn lookup<T: CacheValue>(core: &Core, key: &str, slot: &Slot, count: bool) -> Option<T> {
-    let found = match core.store.get(slot).await {
-        Ok(found) => found.and_then(|s| core.decode::<T>(&slot.key, s)),
+/// The live value at `slot`, decoded.
+async fn lookup<T: CacheValue>(core: &Core, key: &str, slot: &Slot) -> Found<T> {
+    match core.store.get(slot).await {
+        Ok(None) => Found::Miss,
+        Ok(Some(s)) => match core.decode::<T>(&slot.key, s) {
+            Some(v) => Found::Hit(v),
+            None => Found::Corrupt,
+        },
         Err(e) => {
             core.report("get", key, &e);
-            None
+            Found::Miss
         }
-    };
-    if count {
-        core.count_lookup(key, found.is_some());
     }
-    found
+}
+
+fn warn_once_sole_thread(key: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            key,
+            "a blocking cache call on a current-thread tokio runtime found the key being computed by another call; it computes without waiting (waiting could deadlock). Use a multi-thread runtime or the async API. Logged once."
+        );
+    });
 }
 
 /// The leader's part: take the lease (waiting while another process holds
@@ -153,7 +190,7 @@ async fn lead<P, R, F, Fut>(
     key: &str,
     slot: &Slot,
     ttl: Option<Duration>,
-    mode: Mode,
+    replace: bool,
     share: fn(&R) -> Option<R>,
     f: F,
 ) -> (R, Outcome)
@@ -163,7 +200,7 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
 {
-    let mut replace = mode == Mode::Refresh;
+    let mut replace = replace;
     let token = generation::new_token();
     let mut backoff = Backoff::default();
     let lease = loop {

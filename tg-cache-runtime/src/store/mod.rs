@@ -13,6 +13,7 @@
 //! is the one the lease saw, and no live value was written meanwhile.
 
 pub(crate) mod broken;
+pub(crate) mod connection;
 pub(crate) mod dummy;
 pub(crate) mod local;
 pub(crate) mod redis;
@@ -74,6 +75,9 @@ pub(crate) enum Stored {
     Typed(AnyValue),
     /// Kept as bytes (Redis): the payload, epoch header removed.
     Bytes(Vec<u8>),
+    /// A value over the cap (`CacheConfig::max_value_bytes`), never read:
+    /// treated as a corrupt value.
+    Oversized,
 }
 
 /// The right to fill one key, granted by [`Store::lease`].

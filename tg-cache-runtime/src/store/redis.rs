@@ -1,85 +1,42 @@
-//! The Redis store: a lazily connected, auto-reconnecting multiplexed
-//! connection with bounded timeouts and a circuit breaker.
+//! The Redis store: values in Redis, every write and fill through Lua
+//! scripts that keep the fill guarantee (`store/mod.rs`), reached through
+//! [`Connections`].
 
+use super::connection::{ConnectionSettings, Connections};
 use super::{Family, Filled, Incr, Lease, LeaseOutcome, Slot, Store, StoreFuture, Stored, Value};
-use crate::config::RedisUrl;
 use crate::error::{Error, Result};
-use crate::exec::{in_io, io_runtime};
 use crate::generation::{self, Epoch};
 use crate::key::{pattern_covers, scan_pattern};
 use crate::timeout::Ttl;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use std::future::Future;
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Settings of a Redis store, taken from [`crate::CacheConfig`].
 #[derive(Debug, Clone)]
 pub(crate) struct RedisSettings {
-    pub(crate) url: RedisUrl,
-    pub(crate) max_connections: usize,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) response_timeout: Duration,
-    pub(crate) breaker_cooldown: Duration,
+    pub(crate) connection: ConnectionSettings,
     pub(crate) lease_timeout: Duration,
     pub(crate) compress_min: Option<usize>,
-}
-
-/// Stops paying the timeout on every call while Redis is away: after an
-/// unreachable-type failure, calls fail fast for `cooldown`, then one is let
-/// through to probe again.
-struct Breaker {
-    /// Nanoseconds since `EPOCH` until which calls fail fast; 0 = closed.
-    open_until: AtomicU64,
-    cooldown: Duration,
-}
-
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-fn now_nanos() -> u64 {
-    u64::try_from(EPOCH.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
-impl Breaker {
-    fn check(&self) -> Result<()> {
-        let until = self.open_until.load(Relaxed);
-        if until == 0 {
-            return Ok(());
-        }
-        let now = now_nanos();
-        if now < until {
-            return Err(Error::Unavailable {
-                retry_in: Duration::from_nanos(until - now),
-            });
-        }
-        Ok(())
-    }
-    fn trip(&self) {
-        let until = now_nanos().saturating_add(self.cooldown.as_nanos() as u64);
-        self.open_until.store(until.max(1), Relaxed);
-    }
-    fn reset(&self) {
-        if self.open_until.load(Relaxed) != 0 {
-            self.open_until.store(0, Relaxed);
-        }
-    }
+    pub(crate) max_value_bytes: usize,
 }
 
 pub(crate) struct RedisStore {
-    conn: ConnectionManager,
-    op_timeout: Duration,
-    breaker: Breaker,
+    conns: Connections,
+    scripts: Scripts,
     lease_timeout: Duration,
     compress_min: Option<usize>,
 }
 
 /// Shared by the scripts: the epoch rules of `generation.rs`, and writes.
 const PRELUDE: &str = r"
+-- A string value no longer than the cap; a bigger one (or another type)
+-- reads as absent, so it is never copied and a fill replaces it.
 local function get(k)
-  local ok, v = pcall(redis.call, 'GET', k)
-  if ok then return v end
-  return false
+  local ok, n = pcall(redis.call, 'STRLEN', k)
+  if not ok or n > MAX_VALUE_BYTES then return false end
+  return redis.call('GET', k)
 end
 local function put(k, v, px)
   if px == '0' then
@@ -88,6 +45,41 @@ local function put(k, v, px)
     redis.call('SET', k, v, 'PX', px)
   end
 end
+";
+
+/// KEYS: key, [epoch key]. The value (false when absent or over the cap),
+/// the epoch (false when absent), and 1 when the value is over the cap.
+const READ_SCRIPT: &str = r"
+local ok, n = pcall(redis.call, 'STRLEN', KEYS[1])
+local big = ok and n > MAX_VALUE_BYTES
+local v = false
+if ok and not big then v = redis.call('GET', KEYS[1]) end
+local e = false
+if KEYS[2] then
+  local okE, x = pcall(redis.call, 'GET', KEYS[2])
+  if okE then e = x end
+end
+return {v, e, big and 1 or 0}
+";
+
+/// KEYS: n value keys, then epoch keys. ARGV: n. {v1, .., vn, e1, .., big1, ..}.
+const READ_MANY_SCRIPT: &str = r"
+local n = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS do
+  local ok, len = pcall(redis.call, 'STRLEN', KEYS[i])
+  local v = false
+  if ok and (i > n or len <= MAX_VALUE_BYTES) then
+    local okV, x = pcall(redis.call, 'GET', KEYS[i])
+    if okV then v = x end
+  end
+  out[i] = v
+end
+for i = 1, n do
+  local ok, len = pcall(redis.call, 'STRLEN', KEYS[i])
+  out[#KEYS + i] = (ok and len > MAX_VALUE_BYTES) and 1 or 0
+end
+return out
 ";
 
 /// KEYS: key, lease, [epoch key]. ARGV: payload, px, fresh epoch.
@@ -183,18 +175,70 @@ end
 return redis.call('PTTL', KEYS[1])
 ";
 
-fn script(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{}{PRELUDE}{body}", generation::LUA))
+/// The scripts of one store, with its value cap written in.
+struct Scripts {
+    read: Arc<redis::Script>,
+    read_many: Arc<redis::Script>,
+    set: Arc<redis::Script>,
+    add: Arc<redis::Script>,
+    lease: Arc<redis::Script>,
+    renew: Arc<redis::Script>,
+    fill: Arc<redis::Script>,
+    release: Arc<redis::Script>,
+    incr: Arc<redis::Script>,
+    ttl: Arc<redis::Script>,
 }
 
-static SET: LazyLock<redis::Script> = LazyLock::new(|| script(SET_SCRIPT));
-static ADD: LazyLock<redis::Script> = LazyLock::new(|| script(ADD_SCRIPT));
-static LEASE: LazyLock<redis::Script> = LazyLock::new(|| script(LEASE_SCRIPT));
-static RENEW: LazyLock<redis::Script> = LazyLock::new(|| script(RENEW_SCRIPT));
-static FILL: LazyLock<redis::Script> = LazyLock::new(|| script(FILL_SCRIPT));
-static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| script(RELEASE_SCRIPT));
-static INCR: LazyLock<redis::Script> = LazyLock::new(|| script(INCR_SCRIPT));
-static TTL: LazyLock<redis::Script> = LazyLock::new(|| script(TTL_SCRIPT));
+/// One script call being built: its keys and arguments, owned, so that it
+/// can be sent to the connection's task.
+struct Call {
+    script: Arc<redis::Script>,
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    fn new(script: &Arc<redis::Script>) -> Self {
+        Self {
+            script: script.clone(),
+            keys: Vec::with_capacity(3),
+            args: Vec::with_capacity(5),
+        }
+    }
+
+    fn key(&mut self, k: impl Into<String>) -> &mut Self {
+        self.keys.push(k.into());
+        self
+    }
+
+    fn arg(&mut self, a: impl redis::ToRedisArgs) -> &mut Self {
+        self.args.extend(a.to_redis_args());
+        self
+    }
+}
+
+impl Scripts {
+    fn new(max_value_bytes: usize) -> Self {
+        let script = |body: &str| {
+            Arc::new(redis::Script::new(&format!(
+                "local MAX_VALUE_BYTES = {max_value_bytes}\n{}{PRELUDE}{body}",
+                generation::LUA
+            )))
+        };
+        Self {
+            read: script(READ_SCRIPT),
+            read_many: script(READ_MANY_SCRIPT),
+            set: script(SET_SCRIPT),
+            add: script(ADD_SCRIPT),
+            lease: script(LEASE_SCRIPT),
+            renew: script(RENEW_SCRIPT),
+            fill: script(FILL_SCRIPT),
+            release: script(RELEASE_SCRIPT),
+            incr: script(INCR_SCRIPT),
+            ttl: script(TTL_SCRIPT),
+        }
+    }
+}
 
 /// The suffix of a key's lease. A segment starting with `#` is reserved,
 /// so no public key can name a lease.
@@ -240,86 +284,47 @@ fn valid(e: &Option<Vec<u8>>) -> Option<&[u8]> {
 
 impl RedisStore {
     pub(crate) fn new(s: &RedisSettings) -> Result<Self> {
-        #[cfg(feature = "tls")]
-        {
-            // rustls needs a process-wide crypto provider; keep the
-            // application's if it installed one.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let client = redis::Client::open(s.url.expose())?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(s.connect_timeout))
-            .set_response_timeout(Some(s.response_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1))
-            .set_concurrency_limit(s.max_connections);
-        // Created inside the tg-cache runtime so that its reconnect tasks live
-        // there, not in whichever runtime happens to make the first call.
-        let _guard = io_runtime().enter();
-        let conn = ConnectionManager::new_lazy_with_config(client, cfg)?;
         Ok(Self {
-            conn,
-            op_timeout: s.connect_timeout + s.response_timeout,
-            breaker: Breaker {
-                open_until: AtomicU64::new(0),
-                cooldown: s.breaker_cooldown,
-            },
+            conns: Connections::new(&s.connection)?,
+            scripts: Scripts::new(s.max_value_bytes),
             lease_timeout: s.lease_timeout,
             compress_min: s.compress_min,
         })
     }
 
-    /// Runs one Redis operation with the timeout and circuit breaker.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
         T: Send + 'static,
     {
-        self.breaker.check()?;
-        let limit = self.op_timeout;
-        let op = op(self.conn.clone());
-        // The timer is created when the future first runs, so inside whichever
-        // runtime executes it.
-        let fut = async move { tokio::time::timeout(limit, op).await };
-        let res = in_io(fut).await;
-        let err = match res {
-            Ok(Ok(v)) => {
-                self.breaker.reset();
-                return Ok(v);
+        self.conns.run(op).await
+    }
+
+    async fn invoke<T: redis::FromRedisValue + Send + 'static>(&self, inv: Call) -> Result<T> {
+        self.run(|mut c| async move {
+            let mut i = inv.script.prepare_invoke();
+            for k in &inv.keys {
+                i.key(k);
             }
-            Ok(Err(e)) => Error::Redis(e),
-            Err(_) => Error::Timeout(limit),
-        };
-        if err.is_unreachable() {
-            self.breaker.trip();
-        }
-        Err(err)
+            for a in &inv.args {
+                i.arg(a.as_slice());
+            }
+            i.invoke_async::<T>(&mut c).await
+        })
+        .await
     }
 
-    async fn invoke<T: redis::FromRedisValue + Send + 'static>(
-        &self,
-        inv: redis::ScriptInvocation<'static>,
-    ) -> Result<T> {
-        self.run(|mut c| async move { inv.invoke_async::<T>(&mut c).await })
-            .await
-    }
-
-    /// An invocation of `script` on `slot`'s key, its lease (if `lease`)
-    /// and its epoch key (if it has a family).
-    fn on_slot(
-        script: &'static redis::Script,
-        slot: &Slot,
-        lease: bool,
-    ) -> redis::ScriptInvocation<'static> {
-        let mut inv = script.prepare_invoke();
-        inv.key(&slot.key);
+    /// A call of `script` on `slot`'s key, its lease (if `lease`) and its
+    /// epoch key (if it has a family).
+    fn on_slot(script: &Arc<redis::Script>, slot: &Slot, lease: bool) -> Call {
+        let mut inv = Call::new(script);
+        inv.key(slot.key.clone());
         if lease {
             inv.key(lease_key(&slot.key));
         }
         if let Some(f) = &slot.family {
-            inv.key(&f.epoch_key);
+            inv.key(f.epoch_key.clone());
         }
         inv
     }
@@ -333,16 +338,17 @@ impl RedisStore {
     }
 
     async fn get_one(&self, slot: &Slot) -> Result<Option<Stored>> {
-        let mut keys = vec![slot.key.clone()];
-        keys.extend(slot.family.as_ref().map(|f| f.epoch_key.clone()));
-        let mut values: Vec<Option<Vec<u8>>> = self
-            .run(|mut c| async move { redis::cmd("MGET").arg(keys).query_async(&mut c).await })
-            .await?;
-        let epoch = slot.family.as_ref().map(|_| values.pop().flatten());
-        let epoch = epoch.as_ref().map(valid);
-        Ok(values
-            .pop()
-            .flatten()
+        let mut inv = Call::new(&self.scripts.read);
+        inv.key(slot.key.clone());
+        if let Some(f) = &slot.family {
+            inv.key(f.epoch_key.clone());
+        }
+        let (value, epoch, big): (Option<Vec<u8>>, Option<Vec<u8>>, i64) = self.invoke(inv).await?;
+        if big == 1 {
+            return Ok(Some(Stored::Oversized));
+        }
+        let epoch = slot.family.as_ref().map(|_| valid(&epoch));
+        Ok(value
             .and_then(|v| live_payload(v, epoch))
             .map(Stored::Bytes))
     }
@@ -357,30 +363,44 @@ impl RedisStore {
             .collect();
         epoch_keys.sort();
         epoch_keys.dedup();
-        let args: Vec<String> = slots
-            .iter()
-            .map(|s| s.key.clone())
-            .chain(epoch_keys.iter().cloned())
+        let mut inv = Call::new(&self.scripts.read_many);
+        for s in slots {
+            inv.key(s.key.clone());
+        }
+        for e in &epoch_keys {
+            inv.key(e.clone());
+        }
+        inv.arg(slots.len());
+        let reply: Vec<redis::Value> = self.invoke(inv).await?;
+        let bytes = |v: Option<&redis::Value>| match v {
+            Some(redis::Value::BulkString(b)) => Some(b.clone()),
+            _ => None,
+        };
+        let n = slots.len();
+        let epochs: Vec<Option<Vec<u8>>> = (0..epoch_keys.len())
+            .map(|i| bytes(reply.get(n + i)))
             .collect();
-        let mut values: Vec<Option<Vec<u8>>> = self
-            .run(|mut c| async move { redis::cmd("MGET").arg(args).query_async(&mut c).await })
-            .await?;
-        let epochs = values.split_off(slots.len());
-        Ok(values
-            .into_iter()
-            .zip(slots)
-            .map(|(v, slot)| {
+        Ok(slots
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| {
+                if matches!(
+                    reply.get(n + epoch_keys.len() + i),
+                    Some(redis::Value::Int(1))
+                ) {
+                    return Some(Stored::Oversized);
+                }
                 let epoch = slot.family.as_ref().map(|f| {
-                    let i = epoch_keys.binary_search(&f.epoch_key).ok()?;
-                    valid(&epochs[i])
+                    let j = epoch_keys.binary_search(&f.epoch_key).ok()?;
+                    valid(&epochs[j])
                 });
-                live_payload(v?, epoch).map(Stored::Bytes)
+                live_payload(bytes(reply.get(i))?, epoch).map(Stored::Bytes)
             })
             .collect())
     }
 
     async fn set_now(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>) -> Result<()> {
-        let mut inv = Self::on_slot(&SET, slot, true);
+        let mut inv = Self::on_slot(&self.scripts.set, slot, true);
         inv.arg(self.encode(slot, value)?)
             .arg(ttl_arg(ttl))
             .arg(generation::new_token());
@@ -402,7 +422,7 @@ impl RedisStore {
             let mut keys = vec![slot.key.clone(), lease_key(&slot.key)];
             keys.extend(slot.family.as_ref().map(|f| f.epoch_key.clone()));
             pipe.cmd("EVALSHA")
-                .arg(SET.get_hash())
+                .arg(self.scripts.set.get_hash())
                 .arg(keys.len())
                 .arg(keys)
                 .arg(self.encode(slot, *value)?)
@@ -410,16 +430,17 @@ impl RedisStore {
                 .arg(&fresh)
                 .ignore();
         }
+        let set = self.scripts.set.clone();
         self.run(|mut c| async move {
             // Make sure the script is loaded before the EVALSHA pipeline.
-            SET.prepare_invoke().load_async(&mut c).await?;
+            set.prepare_invoke().load_async(&mut c).await?;
             pipe.query_async::<()>(&mut c).await
         })
         .await
     }
 
     async fn add_now(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>) -> Result<bool> {
-        let mut inv = Self::on_slot(&ADD, slot, true);
+        let mut inv = Self::on_slot(&self.scripts.add, slot, true);
         inv.arg(self.encode(slot, value)?)
             .arg(ttl_arg(ttl))
             .arg(generation::new_token());
@@ -427,7 +448,7 @@ impl RedisStore {
     }
 
     async fn lease_now(&self, slot: &Slot, token: &str, replace: bool) -> Result<LeaseOutcome> {
-        let mut inv = Self::on_slot(&LEASE, slot, true);
+        let mut inv = Self::on_slot(&self.scripts.lease, slot, true);
         inv.arg(token)
             .arg(px(self.lease_timeout))
             .arg(generation::new_token())
@@ -483,7 +504,7 @@ impl RedisStore {
         lease: &Lease,
         replace: bool,
     ) -> Result<Filled> {
-        let mut inv = Self::on_slot(&FILL, slot, true);
+        let mut inv = Self::on_slot(&self.scripts.fill, slot, true);
         inv.arg(self.encode(slot, value)?)
             .arg(ttl_arg(ttl))
             .arg(&lease.token)
@@ -497,17 +518,17 @@ impl RedisStore {
     }
 
     async fn release_now(&self, slot: &Slot, lease: &Lease) -> Result<bool> {
-        let mut inv = RELEASE.prepare_invoke();
+        let mut inv = Call::new(&self.scripts.release);
         inv.key(lease_key(&slot.key));
         if let Some(f) = &slot.family {
-            inv.key(&f.epoch_key);
+            inv.key(f.epoch_key.clone());
         }
         inv.arg(&lease.token).arg(epoch_arg(&lease.epoch));
         Ok(self.invoke::<i64>(inv).await? == 1)
     }
 
     async fn renew_now(&self, slot: &Slot, lease: &Lease) -> Result<bool> {
-        let mut inv = RENEW.prepare_invoke();
+        let mut inv = Call::new(&self.scripts.renew);
         inv.key(lease_key(&slot.key));
         inv.arg(&lease.token).arg(px(self.lease_timeout));
         Ok(self.invoke::<i64>(inv).await? == 1)
@@ -598,13 +619,13 @@ impl RedisStore {
     }
 
     async fn ttl_script(&self, slot: &Slot, arg: String) -> Result<i64> {
-        let mut inv = Self::on_slot(&TTL, slot, false);
+        let mut inv = Self::on_slot(&self.scripts.ttl, slot, false);
         inv.arg(arg);
         self.invoke(inv).await
     }
 
     async fn incr_now(&self, slot: &Slot, delta: i64) -> Result<Incr> {
-        let mut inv = Self::on_slot(&INCR, slot, false);
+        let mut inv = Self::on_slot(&self.scripts.incr, slot, false);
         inv.arg(delta);
         match self.invoke::<Option<i64>>(inv).await {
             Ok(Some(n)) => Ok(Incr::Done(n)),

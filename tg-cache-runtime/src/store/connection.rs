@@ -1,0 +1,233 @@
+//! Connections to one Redis server: a small pool of multiplexed,
+//! auto-reconnecting connections, a fair queue in front of them, one
+//! deadline per call, and a circuit breaker.
+//!
+//! * **Fair waiting that is not failure.** At most `max_connections`
+//!   commands are in flight; callers beyond that wait in a FIFO queue
+//!   (a fair `tokio` semaphore). A call that is still queued at its deadline
+//!   fails with [`Error::Saturated`], which never counts against Redis:
+//!   it does not open the breaker.
+//! * **One deadline per call.** Queueing, (re)connecting and the command
+//!   itself all fit in the response timeout, so no call takes longer than
+//!   it, healthy Redis or not.
+//! * **Breaker with one probe.** After a failure that says Redis is
+//!   unreachable (I/O error, refused connection, timeout), calls fail fast
+//!   with [`Error::Unavailable`] for the cooldown (default 50 ms). Then
+//!   exactly one call goes through as a probe while the others keep failing
+//!   fast; its success closes the breaker, its failure opens it again. A
+//!   probe that is cancelled hands the probe to the next caller.
+
+use crate::config::RedisUrl;
+use crate::error::{Error, Result};
+use crate::exec::{in_io, io_runtime};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// How to reach Redis, taken from [`crate::CacheConfig`].
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionSettings {
+    pub(crate) url: RedisUrl,
+    pub(crate) pool_size: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+    pub(crate) breaker_cooldown: Duration,
+}
+
+pub(crate) struct Connections {
+    pool: Vec<ConnectionManager>,
+    next: AtomicUsize,
+    /// In-flight commands; FIFO for the waiters.
+    permits: Arc<Semaphore>,
+    timeout: Duration,
+    breaker: Breaker,
+}
+
+impl Connections {
+    pub(crate) fn new(s: &ConnectionSettings) -> Result<Self> {
+        #[cfg(feature = "tls")]
+        {
+            // rustls needs a process-wide crypto provider; keep the
+            // application's if it installed one.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = redis::Client::open(s.url.expose())?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(s.connect_timeout))
+            .set_response_timeout(Some(s.response_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(50));
+        // Created inside the tg-cache runtime so that their reconnect tasks
+        // live there, not in whichever runtime happens to make the first call.
+        let _guard = io_runtime().enter();
+        let pool = (0..s.pool_size.max(1))
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), cfg.clone()))
+            .collect::<redis::RedisResult<Vec<_>>>()?;
+        Ok(Self {
+            pool,
+            next: AtomicUsize::new(0),
+            permits: Arc::new(Semaphore::new(s.max_connections.max(1))),
+            timeout: s.response_timeout,
+            breaker: Breaker {
+                open_until: AtomicU64::new(0),
+                probing: AtomicBool::new(false),
+                cooldown: s.breaker_cooldown,
+            },
+        })
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Relaxed) % self.pool.len();
+        self.pool[i].clone()
+    }
+
+    /// Runs one Redis operation within the call's deadline, behind the fair
+    /// queue and the breaker.
+    pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let probe = self.breaker.admit()?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let permits = self.permits.clone();
+        // Timers are created inside `in_io`, on tg-cache's runtime.
+        let permit =
+            in_io(async move { tokio::time::timeout_at(deadline, permits.acquire_owned()).await })
+                .await;
+        let _permit = match permit {
+            Ok(Ok(p)) => p,
+            // Queued for the whole deadline: load, not a Redis failure.
+            _ => {
+                return Err(Error::Saturated {
+                    waited: self.timeout,
+                });
+            }
+        };
+        let op = op(self.connection());
+        let res = in_io(async move { tokio::time::timeout_at(deadline, op).await }).await;
+        let err = match res {
+            Ok(Ok(v)) => {
+                self.breaker.success(probe);
+                return Ok(v);
+            }
+            Ok(Err(e)) => Error::Redis(e),
+            Err(_) => Error::Timeout(self.timeout),
+        };
+        if err.is_unreachable() {
+            self.breaker.failure(probe);
+        } else {
+            // Redis answered (with an error about this command).
+            self.breaker.success(probe);
+        }
+        Err(err)
+    }
+}
+
+/// Stops paying the timeout on every call while Redis is away.
+struct Breaker {
+    /// Nanoseconds since `START` until which calls fail fast; 0 = closed.
+    open_until: AtomicU64,
+    /// Whether a probe is out.
+    probing: AtomicBool,
+    cooldown: Duration,
+}
+
+/// The one call let through a half-open breaker; dropping it unanswered
+/// (a cancelled caller) lets the next caller probe.
+pub(crate) struct Probe<'b>(Option<&'b Breaker>);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.0 {
+            b.probing.store(false, Relaxed);
+        }
+    }
+}
+
+static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_nanos() -> u64 {
+    u64::try_from(START.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Breaker {
+    /// Lets a call through (closed, or as the one probe), or fails it fast.
+    fn admit(&self) -> Result<Probe<'_>> {
+        let until = self.open_until.load(Relaxed);
+        if until == 0 {
+            return Ok(Probe(None));
+        }
+        let now = now_nanos();
+        if now >= until
+            && self
+                .probing
+                .compare_exchange(false, true, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Ok(Probe(Some(self)));
+        }
+        Err(Error::Unavailable {
+            retry_in: Duration::from_nanos(until.saturating_sub(now)).max(self.cooldown / 4),
+        })
+    }
+
+    fn success(&self, probe: Probe<'_>) {
+        if self.open_until.load(Relaxed) != 0 {
+            self.open_until.store(0, Relaxed);
+        }
+        drop(probe);
+    }
+
+    fn failure(&self, probe: Probe<'_>) {
+        let until = now_nanos().saturating_add(self.cooldown.as_nanos() as u64);
+        self.open_until.store(until.max(1), Relaxed);
+        drop(probe);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(cooldown_ms: u64) -> Breaker {
+        Breaker {
+            open_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            cooldown: Duration::from_millis(cooldown_ms),
+        }
+    }
+
+    #[test]
+    fn a_half_open_breaker_lets_exactly_one_probe_through() {
+        let b = breaker(20);
+        let p = b.admit().unwrap();
+        b.failure(p);
+        assert!(b.admit().is_err(), "open: fail fast");
+        std::thread::sleep(Duration::from_millis(25));
+        let probe = b.admit().unwrap();
+        for _ in 0..10 {
+            assert!(b.admit().is_err(), "only one probe at a time");
+        }
+        b.success(probe);
+        assert!(b.admit().is_ok() && b.admit().is_ok(), "closed again");
+    }
+
+    #[test]
+    fn a_cancelled_probe_hands_over() {
+        let b = breaker(1);
+        let p = b.admit().unwrap();
+        b.failure(p);
+        std::thread::sleep(Duration::from_millis(2));
+        drop(b.admit().unwrap());
+        let again = b.admit().unwrap();
+        b.failure(again);
+        assert!(b.admit().is_err());
+    }
+}
