@@ -1005,8 +1005,8 @@ async fn child_oversized_value() {
     for k in 0..16 {
         assert_eq!(poison_fn(k).await, format!("v{k}"));
     }
-    // A plain key read with `get`, which never replaces it: it stays
-    // poisoned for the whole run.
+    // A plain key read with `get`: the first read finds it over the cap,
+    // counts it and removes it (a value that can never be read is no use).
     let () = raw_cmd(
         &server,
         &[b"SET", b"faults:poison", &huge_json_string(POISON)],
@@ -1085,6 +1085,13 @@ async fn child_oversized_value() {
             "other keys: slowest call {max:?} (bound {:?})",
             call_bound()
         )
+    });
+    let left: i64 = raw_cmd(&server, &[b"EXISTS", b"faults:poison"]);
+    f.check(left == 0, || {
+        "the oversized value was not removed".to_owned()
+    });
+    f.check(stats.decode_errors >= 1, || {
+        format!("the oversized value was not counted: {stats:?}")
     });
     f.check(p_returned == 0, || {
         format!("{p_returned} reads returned the {} MiB value", POISON >> 20)

@@ -406,6 +406,14 @@ impl Core {
         }
     }
 
+    /// Removes a value over `max_value_bytes` that a plain read found (a
+    /// fill replaces one that `get_or_set` finds): it could never be read.
+    async fn remove_oversized(&self, key: &str, slot: &Slot) {
+        if let Err(e) = self.delete_keys(std::slice::from_ref(&slot.key)).await {
+            self.report("delete", key, &e);
+        }
+    }
+
     pub(crate) fn count_lookup(&self, key: &str, hit: bool) {
         let f = self.families.of(key);
         if hit {
@@ -426,6 +434,9 @@ impl Core {
     async fn get_in<T: CacheValue>(&self, key: &str) -> Result<Option<T>> {
         let slot = self.slot(key)?;
         let r = self.store.get(&slot).await;
+        if let Ok(Some(Stored::Oversized)) = r {
+            self.remove_oversized(key, &slot).await;
+        }
         let r = r.map(|found| found.and_then(|s| self.decode::<T>(&slot.key, s)));
         if let Ok(v) = &r {
             self.count_lookup(key, v.is_some());
