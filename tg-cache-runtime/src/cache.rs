@@ -798,8 +798,16 @@ fn share_none<R>(_: &R) -> Option<R> {
 }
 
 /// The blocking face of a [`Cache`] ([`Cache::blocking`]): the same methods,
-/// for synchronous code. Needs no async runtime, and never panics when called
-/// inside one (it blocks the calling thread, as any blocking call does).
+/// for synchronous code. Needs no async runtime, never panics when called
+/// inside one, and never deadlocks there:
+///
+/// * on a worker of a multi-thread tokio runtime it waits through
+///   `tokio::task::block_in_place`, so the runtime's other tasks move to
+///   another thread and no worker is parked, even while Redis is slow;
+/// * on the thread of a current-thread runtime it blocks that thread (there
+///   is no other), and a call that would wait for another call of the
+///   process computing the same key computes without waiting instead
+///   (logged once), since that other call could never run.
 #[derive(Clone, Copy)]
 pub struct BlockingCache<'a>(&'a Cache);
 
