@@ -451,6 +451,13 @@ impl CacheConfig {
                 "must not contain whitespace or control characters",
             ));
         }
+        if self.key_prefix.starts_with('#') || self.key_prefix.contains(":#") {
+            return Err(ConfigError::new(
+                "key_prefix",
+                self.key_prefix.clone(),
+                "a segment starting with `#` is reserved for tg-cache's own keys (leases, epochs)",
+            ));
+        }
         Ok(())
     }
 }
@@ -548,5 +555,33 @@ mod tests {
         assert_eq!(c.compress_min_bytes, Some(100));
         assert_eq!(c.key_prefix, "app");
         assert_eq!(c.version, Some(2));
+    }
+
+    #[test]
+    fn reserved_and_zero_settings_are_refused() {
+        for bad in ["#epoch", "app:#x"] {
+            let e = CacheConfig::local().key_prefix(bad).validate().unwrap_err();
+            assert_eq!(e.setting, "key_prefix");
+        }
+        let e = env(&[("TG_CACHE_POOL_SIZE", "0")]).unwrap_err();
+        assert_eq!(e.setting, "TG_CACHE_POOL_SIZE");
+        let e = env(&[("TG_CACHE_MAX_VALUE_BYTES", "lots")]).unwrap_err();
+        assert_eq!(e.setting, "TG_CACHE_MAX_VALUE_BYTES");
+        let e = env(&[("TG_CACHE_LEASE_TIMEOUT_MS", "-1")]).unwrap_err();
+        assert_eq!(e.setting, "TG_CACHE_LEASE_TIMEOUT_MS");
+        let c = env(&[
+            ("TG_CACHE_POOL_SIZE", "4"),
+            ("TG_CACHE_LEASE_TIMEOUT_MS", "500"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.pool_size, c.lease_timeout),
+            (4, Duration::from_millis(500))
+        );
+        let e = CacheConfig::redis("redis://127.0.0.1")
+            .lease_timeout(Duration::from_millis(5))
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.setting, "lease_timeout");
     }
 }
