@@ -51,7 +51,7 @@ enum Op {
 
 fn op(i: u64) -> Op {
     let k = format!("load:k{}", i.wrapping_mul(2_654_435_761) % KEYS);
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         Op::Set(k, i)
     } else {
         Op::Get(k)
