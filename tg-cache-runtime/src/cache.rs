@@ -409,8 +409,10 @@ impl Core {
     /// Removes a value over `max_value_bytes` that a plain read found (a
     /// fill replaces one that `get_or_set` finds): it could never be read.
     async fn remove_oversized(&self, key: &str, slot: &Slot) {
-        if let Err(e) = self.delete_keys(std::slice::from_ref(&slot.key)).await {
-            self.report("delete", key, &e);
+        match self.store.drop_oversized(slot).await {
+            Ok(true) => self.count_deletes(1),
+            Ok(false) => {}
+            Err(e) => self.report("delete", key, &e),
         }
     }
 
@@ -582,6 +584,16 @@ impl Core {
             });
         }
         check_key(family)?;
+        if family
+            .bytes()
+            .any(|b| matches!(b, b'*' | b'?' | b'[' | b']' | b'\\'))
+            || family.split(':').any(str::is_empty)
+        {
+            return Err(Error::InvalidKey {
+                key: family.to_owned(),
+                reason: "a key family names one family: no glob characters and no empty segment",
+            });
+        }
         let r = self.store.bump(&self.family(family)).await;
         self.track("invalidate_family", family, r)
     }

@@ -90,6 +90,20 @@ pub(crate) struct Leader<'a> {
 }
 
 impl Leader<'_> {
+    /// Closes the flight to new followers (they start a flight of their
+    /// own); the ones already waiting still get the outcome. Called when
+    /// the leader's value is about to be stored: a caller that begins after
+    /// that must not receive it, since an invalidation may come between.
+    pub(crate) fn detach(&self) {
+        let mut map = lock(&self.flights.map);
+        if map
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            map.remove(&self.key);
+        }
+    }
+
     /// Hands `outcome` to the followers and ends the flight.
     pub(crate) fn finish(mut self, outcome: Outcome) {
         self.outcome = outcome;
@@ -99,15 +113,7 @@ impl Leader<'_> {
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        {
-            let mut map = lock(&self.flights.map);
-            if map
-                .get(&self.key)
-                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
-            {
-                map.remove(&self.key);
-            }
-        }
+        self.detach();
         let outcome = std::mem::replace(&mut self.outcome, Outcome::Retry);
         lock(&self.flight.state).done = Some(outcome);
         self.flight.notify.notify_waiters();

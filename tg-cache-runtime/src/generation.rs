@@ -12,8 +12,9 @@
 //!   `#epoch:<family>` (after the cache's namespace, if any). Values of the
 //!   family are stored as `#<token>:<payload>`. A bump writes a *new random
 //!   token*, never an incremented number, so losing the key (a `DEL`, an
-//!   eviction, a failover that drops the last write, a `clear()`) or finding
-//!   junk in it can never make an old token current again. A missing or
+//!   eviction, a `clear()`) or finding junk in it can never make an old
+//!   token current again. (A failover that loses the bump's own write loses
+//!   that invalidation, like any lost write.) A missing or
 //!   malformed epoch reads as "no entry of this family is live"; the next
 //!   fill writes a fresh token (and counts the repair as an error), so
 //!   caching is never disabled either.

@@ -47,8 +47,12 @@ pub const LONG_KEY_HEAD: usize = 200;
 ///
 /// Implemented for integers, floats, `bool`, `char`, strings, `Option`,
 /// references, smart pointers, slices, `Vec`s, arrays and tuples. Implement it
-/// for your own types by writing their identifying fields with the existing
-/// impls (for example `self.id.write_key_part(out)`), so escaping is preserved.
+/// for your own types by delegating to the existing impls, so escaping is
+/// preserved: one identifying field (`self.id.write_key_part(out)`), or
+/// several as one tuple (`(&self.a, &self.b).write_key_part(out)`), which
+/// separates them unambiguously. Never write two parts one after another,
+/// and never write `:` or `=` yourself: either could make two values share
+/// a key.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be part of a cache key",
     label = "this type does not implement `tg_cache::KeyPart`",

@@ -13,28 +13,36 @@
 //!   another process polls (one round trip each, backoff 2 ms doubling to
 //!   50 ms) until the holder's value appears or the lease is free. The
 //!   holder renews its lease every third of the lease timeout while it
-//!   computes (default timeout 3 s, `CacheConfig::lease_timeout`); if it
-//!   dies, its lease expires within that timeout and one waiter takes over.
-//!   A holder that is cancelled or panics releases its lease at once.
+//!   computes (default timeout 3 s, `CacheConfig::lease_timeout`), for at
+//!   most 60 s; if it dies (or hangs past that), its lease expires within
+//!   that timeout and one waiter takes over. A holder that is cancelled or
+//!   panics releases its lease at once.
 //! * **No set-after-invalidate.** Every invalidation that covers a key
 //!   (`set`, `add`, `delete`, `delete_many`, `delete_pattern`,
 //!   `invalidate_family`, `clear`) removes the key's lease or changes its
 //!   family's epoch, atomically in the store. The holder's value is stored
-//!   only if its lease is still held, the epoch unchanged, and no live value
-//!   was written after the miss (another writer's value, Django's included,
-//!   is never overwritten). A refused value is still returned to its caller,
-//!   whose call began before the invalidation; the flight's followers look
-//!   again instead of taking it.
-//! * **Unstored results are shared.** A result the policy does not store
-//!   (an `Err`, a `None`) goes to the followers of the flight when it can be
-//!   cloned and no invalidation happened meanwhile; otherwise they run the
-//!   body themselves, concurrently, never one after another.
+//!   only if its lease is still held, the epoch unchanged, and the key
+//!   unchanged since the lease was granted (the lease records a digest of
+//!   what the key held: a value another client wrote meanwhile, Django's
+//!   included, is never overwritten). A refused value is still returned to
+//!   its caller, whose call began before the invalidation; the flight's
+//!   followers look again instead of taking it, and the flight closes to
+//!   new followers before the value is sent to the store.
+//!   An invalidation is only as durable as Redis' own write: a failover
+//!   that loses the write of a new epoch loses that invalidation.
+//! * **Unstored results are shared in a process.** A result the policy
+//!   does not store (an `Err`, a `None`) goes to the followers of the
+//!   in-process flight when it can be cloned and no invalidation happened
+//!   meanwhile; otherwise they run the body themselves, concurrently. Across
+//!   processes such a result is not shared: the holder releases the lease
+//!   and the next process's leader computes, so P processes may run a
+//!   failing body up to P times, one after another.
 //! * **Fail-open.** If the store cannot be reached, the body runs and its
 //!   result is returned, not stored; the error is logged and counted.
 
 use crate::cache::{CachePolicy, CacheValue, Core};
 use crate::exec::{in_io, io_runtime, must_not_wait};
-use crate::flight::Outcome;
+use crate::flight::{Leader, Outcome};
 use crate::generation;
 use crate::store::{Filled, Lease, LeaseOutcome, Slot, Store};
 use crate::timeout::Timeout;
@@ -94,7 +102,7 @@ where
     };
     if mode == Mode::Refresh {
         // A refresh never takes another flight's result: it computes anew.
-        return lead::<P, R, F, Fut>(core, key, &slot, ttl, true, share, f)
+        return lead::<P, R, F, Fut>(core, key, &slot, ttl, true, None, share, f)
             .await
             .0;
     }
@@ -152,7 +160,7 @@ where
         };
         let f = f.take().expect("the leader computes once");
         let (result, outcome) =
-            lead::<P, R, F, Fut>(core, key, &slot, ttl, replace, share, f).await;
+            lead::<P, R, F, Fut>(core, key, &slot, ttl, replace, Some(&leader), share, f).await;
         leader.finish(outcome);
         return result;
     }
@@ -191,6 +199,7 @@ async fn lead<P, R, F, Fut>(
     slot: &Slot,
     ttl: Option<Duration>,
     replace: bool,
+    flight: Option<&Leader<'_>>,
     share: fn(&R) -> Option<R>,
     f: F,
 ) -> (R, Outcome)
@@ -211,9 +220,26 @@ where
                 // Corrupt or foreign bytes: fill over them.
                 None => replace = true,
             },
+            Ok(LeaseOutcome::Busy) if must_not_wait() => {
+                // The holder may be a call on this very thread: waiting
+                // could never end. Compute without storing.
+                warn_once_sole_thread(key);
+                break None;
+            }
             Ok(LeaseOutcome::Busy) => backoff.wait().await,
             Err(e) => {
                 core.report("lease", key, &e);
+                // The script may have run and granted the lease before the
+                // reply was lost: give it back rather than leave it to expire.
+                drop(LeaseGuard::hold(
+                    core.store.clone(),
+                    slot.clone(),
+                    Lease {
+                        token: token.clone(),
+                        epoch: generation::Epoch::None,
+                    },
+                    false,
+                ));
                 break None;
             }
         }
@@ -224,7 +250,7 @@ where
         let outcome = unstored::<P, R>(&result, share);
         return (result, outcome);
     };
-    let guard = LeaseGuard::hold(core.store.clone(), slot.clone(), lease);
+    let guard = LeaseGuard::hold(core.store.clone(), slot.clone(), lease, true);
     let result = f().await;
     let Some(stored) = P::store(&result) else {
         let outcome = match guard.release().await {
@@ -237,6 +263,9 @@ where
         };
         return (result, outcome);
     };
+    if let Some(flight) = flight {
+        flight.detach();
+    }
     let filled = core
         .store
         .fill(slot, &stored, ttl, guard.lease(), replace)
@@ -301,6 +330,12 @@ impl Backoff {
     }
 }
 
+/// How long a holder keeps renewing its lease: a computation that takes
+/// longer (a hung body) lets the lease expire, and a waiter in another
+/// process takes over. Waiters therefore wait at most this plus the lease
+/// timeout.
+const MAX_HOLD: Duration = Duration::from_secs(60);
+
 /// A held lease: renewed in the background while its holder computes, and
 /// released at once if the holder is dropped (cancelled, or unwinding from
 /// a panic) before it stores.
@@ -313,13 +348,18 @@ struct LeaseGuard {
 }
 
 impl LeaseGuard {
-    fn hold(store: Arc<dyn Store>, slot: Slot, lease: Lease) -> Self {
-        let renewal = store.renew_every().map(|every| {
+    /// Holds `lease`, renewing it while `renew` (a lease that is only to be
+    /// given back is not renewed: dropping the guard releases it).
+    fn hold(store: Arc<dyn Store>, slot: Slot, lease: Lease, renew: bool) -> Self {
+        let renewal = store.renew_every().filter(|_| renew).map(|every| {
             let (store, slot, lease) = (store.clone(), slot.clone(), lease.clone());
             io_runtime().spawn(async move {
-                loop {
+                let until = tokio::time::Instant::now() + MAX_HOLD;
+                while tokio::time::Instant::now() < until {
                     tokio::time::sleep(every).await;
-                    if !matches!(store.renew(&slot, &lease).await, Ok(true)) {
+                    // Stop when the lease is lost; a failed renewal (Redis
+                    // slow or busy) is tried again next time.
+                    if let Ok(false) = store.renew(&slot, &lease).await {
                         return;
                     }
                 }

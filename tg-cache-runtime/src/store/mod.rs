@@ -238,6 +238,12 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Checks that the store answers.
     fn ping<'a>(&'a self) -> StoreFuture<'a, ()>;
+
+    /// Deletes the value at `slot` if it is (still) over the value cap;
+    /// returns whether it did. Only stores with a cap have such values.
+    fn drop_oversized<'a>(&'a self, _slot: &'a Slot) -> StoreFuture<'a, bool> {
+        ready(Ok(false))
+    }
 }
 
 /// A future that is already complete.

@@ -38,6 +38,19 @@ local function get(k)
   if not ok or n > MAX_VALUE_BYTES then return false end
   return redis.call('GET', k)
 end
+-- What a key holds, in short: '-' when absent, else a digest of its raw
+-- bytes, whatever wrote them (tg-cache, or another client such as Django).
+local function digest(k)
+  if redis.call('EXISTS', k) == 0 then return '-' end
+  local ok, n = pcall(redis.call, 'STRLEN', k)
+  if not ok then return 'type' end
+  if n > MAX_VALUE_BYTES then return 'big' .. n end
+  return redis.sha1hex(redis.call('GET', k))
+end
+-- A lease's value is '<token> <digest of the key when it was granted>'.
+local function holds(lease, token)
+  return lease and string.sub(lease, 1, #token + 1) == token .. ' '
+end
 local function put(k, v, px)
   if px == '0' then
     redis.call('SET', k, v)
@@ -82,6 +95,15 @@ end
 return out
 ";
 
+/// KEYS: key, lease. Deletes the key (and cancels its fill) only if it is
+/// still over the cap: a value written since the read is kept.
+const DROP_OVERSIZED_SCRIPT: &str = r"
+local ok, n = pcall(redis.call, 'STRLEN', KEYS[1])
+if not ok or n <= MAX_VALUE_BYTES then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+";
+
 /// KEYS: key, lease, [epoch key]. ARGV: payload, px, fresh epoch.
 /// Writes in the current epoch and cancels any fill in progress.
 const SET_SCRIPT: &str = r"
@@ -109,7 +131,7 @@ if ARGV[4] ~= '1' then
   local v = get(KEYS[1])
   if live(v, e) then return {1, v, e} end
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. digest(KEYS[1]), 'NX', 'PX', ARGV[2]) then
   return {2, e, repaired and 1 or 0}
 end
 return {3}
@@ -117,19 +139,22 @@ return {3}
 
 /// KEYS: lease. ARGV: token, px. Extends a lease its holder still holds.
 const RENEW_SCRIPT: &str = r"
-if get(KEYS[1]) ~= ARGV[1] then return 0 end
+if not holds(get(KEYS[1]), ARGV[1]) then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
 
 /// KEYS: key, lease, [epoch key]. ARGV: payload, px, token, epoch seen, replace.
-/// 1: stored; 2: a live value written meanwhile was kept; 0: the lease was
-/// lost or the family's epoch changed (an invalidation), nothing stored.
+/// 1: stored; 2: the key was written after the lease was granted (by any
+/// client, Django included), and that value was kept; 0: the lease was lost
+/// or the family's epoch changed (an invalidation), nothing stored.
 const FILL_SCRIPT: &str = r"
-if get(KEYS[2]) ~= ARGV[3] then return 0 end
+local lease = get(KEYS[2])
+if not holds(lease, ARGV[3]) then return 0 end
 redis.call('DEL', KEYS[2])
 local e = epoch_of(KEYS[3], '', false)
 if e == nil or e ~= ARGV[4] then return 0 end
+if string.sub(lease, #ARGV[3] + 2) ~= digest(KEYS[1]) then return 2 end
 if ARGV[5] ~= '1' and live(get(KEYS[1]), e) then return 2 end
 put(KEYS[1], with_epoch(ARGV[1], e), ARGV[2])
 return 1
@@ -138,7 +163,7 @@ return 1
 /// KEYS: lease, [epoch key]. ARGV: token, epoch seen. Gives a lease up;
 /// 1 if it was still held and the epoch unchanged (no invalidation since).
 const RELEASE_SCRIPT: &str = r"
-if get(KEYS[1]) ~= ARGV[1] then return 0 end
+if not holds(get(KEYS[1]), ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
 local e = epoch_of(KEYS[2], '', false)
 if e ~= ARGV[2] then return 0 end
@@ -187,6 +212,7 @@ struct Scripts {
     release: Arc<redis::Script>,
     incr: Arc<redis::Script>,
     ttl: Arc<redis::Script>,
+    drop_oversized: Arc<redis::Script>,
 }
 
 /// One script call being built: its keys and arguments, owned, so that it
@@ -236,6 +262,7 @@ impl Scripts {
             release: script(RELEASE_SCRIPT),
             incr: script(INCR_SCRIPT),
             ttl: script(TTL_SCRIPT),
+            drop_oversized: script(DROP_OVERSIZED_SCRIPT),
         }
     }
 }
@@ -755,5 +782,13 @@ impl Store for RedisStore {
 
     fn ping<'a>(&'a self) -> StoreFuture<'a, ()> {
         Box::pin(async move { self.cmd::<String>(redis::cmd("PING")).await.map(drop) })
+    }
+
+    fn drop_oversized<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut inv = Call::new(&self.scripts.drop_oversized);
+            inv.key(slot.key.clone()).key(lease_key(&slot.key));
+            Ok(self.invoke::<i64>(inv).await? == 1)
+        })
     }
 }
