@@ -22,7 +22,9 @@
 //!   timeout (+10% + slack), while a 5 ms ticker keeps ticking: no worker is
 //!   parked.
 //! * **Other threads.** Blocking calls in `spawn_blocking` and on a plain
-//!   `std::thread` (no runtime) work, and wait on flights.
+//!   `std::thread` (no runtime) work and wait on flights, except that a
+//!   `spawn_blocking` thread of a current-thread runtime sees that runtime's
+//!   flavor, so its follower computes itself (2 runs; allowed, not required).
 //!
 //! Every test has a 20 s watchdog that aborts the binary: a deadlock fails
 //! the run instead of hanging it.
