@@ -63,6 +63,11 @@ impl RedisUrl {
                 "rediss:// needs TLS support: enable the `tls` feature of tg-cache (on by default)",
             ));
         }
+        if scheme == "rediss" && url.ends_with("#insecure") && !cfg!(feature = "tls-insecure") {
+            return Err(bad(
+                "#insecure (no certificate verification) needs the explicit `tls-insecure` feature of tg-cache; certificates are verified otherwise",
+            ));
+        }
         if rest.is_empty() && !scheme.ends_with("unix") {
             return Err(bad("no host; expected redis://host[:port][/db]"));
         }
@@ -217,13 +222,18 @@ impl CacheConfig {
     }
 
     /// Prefix put before every key, as Django's `KEY_PREFIX`: the key `k` is
-    /// stored as `<prefix>:k`. Empty by default, so keys are stored as given.
+    /// stored as `<prefix>:<version>:k`, the version being 1 unless
+    /// [`CacheConfig::version`] sets it (as in Django). Empty by default, so
+    /// keys are stored as given. Must not contain `:`. See
+    /// [`crate::parity`] (namespaces).
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
     }
 
-    /// Version put before every key, as Django's `VERSION`: `<prefix>:<version>:k`.
+    /// Version put before every key, as Django's `VERSION`: `<prefix>:<version>:k`
+    /// (`:<version>:k` without a prefix). A cache with a prefix and no
+    /// version uses version 1.
     pub fn version(mut self, version: u64) -> Self {
         self.version = Some(version);
         self
@@ -412,6 +422,13 @@ impl CacheConfig {
                 "key_prefix",
                 self.key_prefix.clone(),
                 "must not contain whitespace or control characters",
+            ));
+        }
+        if self.key_prefix.contains(':') || self.key_prefix.starts_with('#') {
+            return Err(ConfigError::new(
+                "key_prefix",
+                self.key_prefix.clone(),
+                "must not contain `:` nor start with `#` (keys are stored as `<prefix>:<version>:<key>`; a `:` would make two configurations share keys)",
             ));
         }
         Ok(())

@@ -3,56 +3,119 @@
 //! orders every fill against every invalidation.
 
 use super::{
-    AnyValue, Family, Filled, Incr, Lease, LeaseOutcome, Slot, Store, StoreFuture, Stored, Value,
-    ready,
+    AnyValue, Encoder, Family, Filled, Incr, Lease, LeaseOutcome, Slot, Store, StoreFuture, Stored,
+    Value, encode_any, ready,
 };
+use crate::error::{Error, Result};
 use crate::generation::{Epoch, LocalEpochs};
 use crate::key::pattern_covers;
 use crate::timeout::Ttl;
 use moka::ops::compute::Op;
-// A TSC-based clock: the expiry check on the hit path costs a few
-// nanoseconds instead of a clock_gettime call.
-use quanta::Instant;
+use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Once};
+use std::time::{Duration, Instant};
 
-/// An entry, its deadline and the generation of its key family when it was
-/// written. Expiry is checked on read (moka's own per-entry expiry costs
-/// about twice as much on the hit path); an entry of an older generation is
-/// invisible. Expired and outdated entries are dropped by the size bound or
-/// overwritten.
+/// An entry, its deadline (milliseconds of [`clock`]) and the generation of
+/// its key family when it was written. Expiry and generation are checked on
+/// read against a coarse clock (an atomic load); moka also evicts expired
+/// entries on its own (see [`Deadlines`]), and entries of an outdated
+/// generation when their family is bumped, so neither counts against the
+/// size bound.
 #[derive(Clone)]
 pub(crate) struct Entry {
     pub(crate) value: AnyValue,
-    pub(crate) expires_at: Option<Instant>,
+    /// The value's JSON encoder (reads as another type, `incr`).
+    pub(crate) json: Encoder,
+    pub(crate) expires_at: Option<u64>,
     pub(crate) generation: u64,
+    /// The epoch of the entry's family, to drop it once outdated.
+    pub(crate) family: Option<Arc<AtomicU64>>,
 }
 
 impl Entry {
     #[inline]
     fn live(&self, generation: u64) -> bool {
-        self.generation == generation && self.expires_at.is_none_or(|t| t > recent())
+        self.generation == generation && self.expires_at.is_none_or(|t| t > clock::recent())
     }
 }
 
-/// How often the clock read by the hit path is refreshed: an entry may be
-/// served up to this long after its deadline.
-const CLOCK_TICK: Duration = Duration::from_millis(10);
+/// tg-cache's own coarse clock: milliseconds since the first local store
+/// was made, refreshed by a tg-cache thread every [`clock::TICK`]. The hit
+/// path reads it with one atomic load. It belongs to tg-cache alone: no
+/// other crate can stop or freeze it (a global clock shared with other
+/// crates, such as quanta's `Instant::recent`, froze when another crate's
+/// upkeep thread was dropped).
+pub(crate) mod clock {
+    use super::*;
 
-/// The time, read from a value a background thread refreshes every
-/// [`CLOCK_TICK`] (an atomic load instead of a clock read on every hit).
-#[inline]
-fn recent() -> Instant {
-    Instant::recent()
+    /// How often the coarse clock is refreshed: an entry may be served up
+    /// to this long after its deadline.
+    pub(crate) const TICK: Duration = Duration::from_millis(10);
+
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    static RECENT: AtomicU64 = AtomicU64::new(0);
+
+    /// The precise time, in milliseconds since the clock started.
+    pub(crate) fn now() -> u64 {
+        let now = u64::try_from(START.elapsed().as_millis()).unwrap_or(u64::MAX);
+        RECENT.fetch_max(now, Ordering::Relaxed);
+        now
+    }
+
+    /// The coarse time: at most [`TICK`] behind [`now`].
+    #[inline]
+    pub(crate) fn recent() -> u64 {
+        RECENT.load(Ordering::Relaxed)
+    }
+
+    /// Starts the refreshing thread (once per process).
+    pub(crate) fn start() {
+        static STARTED: Once = Once::new();
+        STARTED.call_once(|| {
+            now();
+            let spawned = std::thread::Builder::new()
+                .name("tg-cache-clock".into())
+                .spawn(|| {
+                    loop {
+                        std::thread::sleep(TICK);
+                        now();
+                    }
+                });
+            if let Err(e) = spawned {
+                // Writes still advance the clock; expiry is coarser.
+                tracing::error!(error = %e, "tg-cache could not start its clock thread; local expiry is only checked as of the last write");
+            }
+        });
+    }
 }
 
-fn start_clock() {
-    static UPKEEP: std::sync::OnceLock<Option<quanta::Handle>> = std::sync::OnceLock::new();
-    // An error means another component already runs one: its clock is
-    // just as good.
-    UPKEEP.get_or_init(|| quanta::Upkeep::new(CLOCK_TICK).start().ok());
+/// moka's per-entry expiry, from each entry's deadline: expired entries are
+/// evicted by moka's maintenance instead of counting against the bound.
+/// Reads do not depend on it ([`Entry::live`] decides).
+struct Deadlines;
+
+impl Deadlines {
+    fn left(e: &Entry) -> Option<Duration> {
+        e.expires_at
+            .map(|t| Duration::from_millis(t.saturating_sub(clock::now())))
+    }
+}
+
+impl moka::Expiry<String, Entry> for Deadlines {
+    fn expire_after_create(&self, _: &String, e: &Entry, _: Instant) -> Option<Duration> {
+        Self::left(e)
+    }
+    fn expire_after_update(
+        &self,
+        _: &String,
+        e: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Self::left(e)
+    }
 }
 
 pub(crate) struct LocalStore {
@@ -61,14 +124,48 @@ pub(crate) struct LocalStore {
     /// Fills in progress: key -> lease token. Every write and invalidation
     /// takes this lock, so a fill's check-and-store is atomic against them.
     leases: Mutex<HashMap<String, String>>,
+    /// When outdated entries were last scheduled for eviction ([`clock`] ms + 1).
+    last_sweep: AtomicU64,
 }
 
-fn deadline(ttl: Option<Duration>) -> Option<Instant> {
-    ttl.map(|d| Instant::now().checked_add(d).unwrap_or_else(far_future))
+/// Outdated entries are scheduled for eviction at most this often.
+const SWEEP_EVERY_MS: u64 = 1000;
+
+fn deadline(ttl: Option<Duration>) -> Option<u64> {
+    ttl.map(|d| {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        clock::now().saturating_add(ms)
+    })
 }
 
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(100 * 365 * 86_400)
+/// Refuses, as a byte store would, a value JSON cannot carry
+/// ([`crate::parity`]): one serialization into a sink, on writes only.
+pub(crate) fn check(slot: &Slot, value: &dyn Value) -> Result<()> {
+    value.check().map_err(|source| Error::Encode {
+        key: slot.key.clone(),
+        source,
+    })
+}
+
+/// The integer a value holds, as a byte store reads it: its JSON text.
+fn as_i64(v: &(dyn Any + Send + Sync), json: Encoder) -> Option<i64> {
+    macro_rules! ints {
+        ($($t:ty),*) => {$(
+            if let Some(n) = v.downcast_ref::<$t>() {
+                return i64::try_from(*n).ok();
+            }
+        )*};
+    }
+    ints!(
+        i64, i32, u32, u64, usize, isize, i16, u16, i8, u8, i128, u128
+    );
+    let text = json(v).ok()?;
+    let text = std::str::from_utf8(&text).ok()?;
+    // JSON integers only: no `+`, no fraction, no exponent.
+    if text.starts_with('+') {
+        return None;
+    }
+    text.parse().ok()
 }
 
 fn family_name(slot: &Slot) -> Option<&str> {
@@ -77,13 +174,20 @@ fn family_name(slot: &Slot) -> Option<&str> {
 
 impl LocalStore {
     pub(crate) fn new(max_entries: u64) -> Self {
-        start_clock();
+        clock::start();
         Self {
             cache: moka::sync::Cache::builder()
                 .max_capacity(max_entries)
+                // Least-recently-used eviction admits every new entry: a
+                // value just set is readable (moka's default policy may
+                // refuse a new key when the cache is full).
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .expire_after(Deadlines)
+                .support_invalidation_closures()
                 .build(),
             epochs: LocalEpochs::default(),
             leases: Mutex::new(HashMap::new()),
+            last_sweep: AtomicU64::new(0),
         }
     }
 
@@ -102,29 +206,67 @@ impl LocalStore {
         e.live(epoch).then_some(e.value)
     }
 
-    fn insert(&self, key: String, value: AnyValue, ttl: Option<Duration>, epoch: u64) {
+    fn insert(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>, epoch: u64) {
         self.cache.insert(
-            key,
+            slot.key.clone(),
             Entry {
-                value,
+                value: value.to_any(),
+                json: value.encoder(),
                 expires_at: deadline(ttl),
                 generation: epoch,
+                family: family_name(slot).map(|f| self.epochs.handle(f)),
             },
         );
+    }
+
+    /// Has moka drop, in its background maintenance, every entry whose
+    /// family was bumped since it was written, so that outdated entries do
+    /// not count against the bound. One scan covers every bump before it;
+    /// at most one is scheduled per [`SWEEP_EVERY_MS`] (later bumps are
+    /// covered by the next one, or by LRU eviction and overwrites).
+    fn sweep_outdated(&self) {
+        let now = clock::now() + 1;
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        if last != 0 && now < last + SWEEP_EVERY_MS {
+            return;
+        }
+        if self
+            .last_sweep
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let r = self.cache.invalidate_entries_if(|_, e| {
+            e.family
+                .as_ref()
+                .is_some_and(|g| g.load(Ordering::Acquire) != e.generation)
+        });
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "could not schedule the eviction of outdated entries");
+        }
+    }
+
+    /// The live value at `key` of epoch `epoch`, with its encoder.
+    fn stored(&self, key: &str, epoch: u64) -> Option<Stored> {
+        let e = self.cache.get(key)?;
+        e.live(epoch).then(|| Stored::Typed(e.value, e.json))
     }
 
     /// Removes `key`; returns whether a live entry (of any epoch) was there.
     fn remove(&self, key: &str) -> bool {
         match self.cache.remove(key) {
-            Some(e) => e.expires_at.is_none_or(|t| t > Instant::now()),
+            Some(e) => e.expires_at.is_none_or(|t| t > clock::now()),
             None => false,
         }
     }
 
-    fn set_now(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>) {
+    fn set_now(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>) -> Result<()> {
+        check(slot, value)?;
         let mut leases = self.leases();
         leases.remove(&slot.key);
-        self.insert(slot.key.clone(), value.to_any(), ttl, self.epoch(slot));
+        self.insert(slot, value, ttl, self.epoch(slot));
+        Ok(())
     }
 
     /// Sets a new expiry on a live entry; returns whether it existed.
@@ -147,8 +289,9 @@ impl LocalStore {
         found
     }
 
-    /// Atomically adds `delta` to an integer entry, keeping its expiry.
-    fn incr_now(&self, slot: &Slot, delta: i64) -> Incr {
+    /// Atomically adds `delta` to an integer entry, keeping its expiry. Any
+    /// value whose JSON is an integer counts; the result is an `i64`.
+    fn incr_now(&self, slot: &Slot, delta: i128) -> Incr {
         let epoch = self.epoch(slot);
         let mut out = Incr::Missing;
         self.cache
@@ -156,15 +299,14 @@ impl LocalStore {
             .and_compute_with(|cur| match cur {
                 Some(e) if e.value().live(epoch) => {
                     let e = e.into_value();
-                    match e
-                        .value
-                        .downcast_ref::<i64>()
-                        .and_then(|v| v.checked_add(delta))
+                    match as_i64(&*e.value, e.json)
+                        .and_then(|v| i64::try_from(i128::from(v) + delta).ok())
                     {
                         Some(n) => {
                             out = Incr::Done(n);
                             Op::Put(Entry {
                                 value: Arc::new(n),
+                                json: encode_any::<i64>,
                                 ..e
                             })
                         }
@@ -186,7 +328,7 @@ impl LocalStore {
         }
         Some(match e.expires_at {
             None => Ttl::Forever,
-            Some(t) => Ttl::Remaining(t.saturating_duration_since(Instant::now())),
+            Some(t) => Ttl::Remaining(Duration::from_millis(t.saturating_sub(clock::now()))),
         })
     }
 
@@ -219,15 +361,13 @@ impl Store for LocalStore {
     }
 
     fn get<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, Option<Stored>> {
-        ready(Ok(self
-            .live(&slot.key, self.epoch(slot))
-            .map(Stored::Typed)))
+        ready(Ok(self.stored(&slot.key, self.epoch(slot))))
     }
 
     fn get_many<'a>(&'a self, slots: &'a [Slot]) -> StoreFuture<'a, Vec<Option<Stored>>> {
         ready(Ok(slots
             .iter()
-            .map(|s| self.live(&s.key, self.epoch(s)).map(Stored::Typed))
+            .map(|s| self.stored(&s.key, self.epoch(s)))
             .collect()))
     }
 
@@ -237,8 +377,7 @@ impl Store for LocalStore {
         value: &'a dyn Value,
         ttl: Option<Duration>,
     ) -> StoreFuture<'a, ()> {
-        self.set_now(slot, value, ttl);
-        ready(Ok(()))
+        ready(self.set_now(slot, value, ttl))
     }
 
     fn set_many<'a>(
@@ -246,8 +385,16 @@ impl Store for LocalStore {
         items: &'a [(Slot, &'a dyn Value)],
         ttl: Option<Duration>,
     ) -> StoreFuture<'a, ()> {
+        // All or nothing, as on Redis, whose pipeline encodes every value first.
         for (slot, value) in items {
-            self.set_now(slot, *value, ttl);
+            if let Err(e) = check(slot, *value) {
+                return ready(Err(e));
+            }
+        }
+        for (slot, value) in items {
+            let mut leases = self.leases();
+            leases.remove(&slot.key);
+            self.insert(slot, *value, ttl, self.epoch(slot));
         }
         ready(Ok(()))
     }
@@ -258,12 +405,15 @@ impl Store for LocalStore {
         value: &'a dyn Value,
         ttl: Option<Duration>,
     ) -> StoreFuture<'a, bool> {
+        if let Err(e) = check(slot, value) {
+            return ready(Err(e));
+        }
         let mut leases = self.leases();
         if self.live(&slot.key, self.epoch(slot)).is_some() {
             return ready(Ok(false));
         }
         leases.remove(&slot.key);
-        self.insert(slot.key.clone(), value.to_any(), ttl, self.epoch(slot));
+        self.insert(slot, value, ttl, self.epoch(slot));
         ready(Ok(true))
     }
 
@@ -275,8 +425,8 @@ impl Store for LocalStore {
     ) -> StoreFuture<'a, LeaseOutcome> {
         let mut leases = self.leases();
         let epoch = self.epoch(slot);
-        if !replace && let Some(v) = self.live(&slot.key, epoch) {
-            return ready(Ok(LeaseOutcome::Found(Stored::Typed(v))));
+        if !replace && let Some(v) = self.stored(&slot.key, epoch) {
+            return ready(Ok(LeaseOutcome::Found(v)));
         }
         if leases.contains_key(&slot.key) {
             return ready(Ok(LeaseOutcome::Busy));
@@ -300,6 +450,10 @@ impl Store for LocalStore {
         lease: &'a Lease,
         replace: bool,
     ) -> StoreFuture<'a, Filled> {
+        // Not stored (the caller releases the lease and reports the error).
+        if let Err(e) = check(slot, value) {
+            return ready(Err(e));
+        }
         let mut leases = self.leases();
         if leases.get(&slot.key) != Some(&lease.token) {
             return ready(Ok(Filled::Lost));
@@ -312,7 +466,7 @@ impl Store for LocalStore {
         if !replace && self.live(&slot.key, epoch).is_some() {
             return ready(Ok(Filled::Kept));
         }
-        self.insert(slot.key.clone(), value.to_any(), ttl, epoch);
+        self.insert(slot, value, ttl, epoch);
         ready(Ok(Filled::Stored))
     }
 
@@ -354,10 +508,12 @@ impl Store for LocalStore {
         let prefix = format!("{}:", family.name);
         leases.retain(|k, _| k != &family.name && !k.starts_with(&prefix));
         self.epochs.bump(&family.name);
+        drop(leases);
+        self.sweep_outdated();
         ready(Ok(()))
     }
 
-    fn incr<'a>(&'a self, slot: &'a Slot, delta: i64) -> StoreFuture<'a, Incr> {
+    fn incr<'a>(&'a self, slot: &'a Slot, delta: i128) -> StoreFuture<'a, Incr> {
         ready(Ok(self.incr_now(slot, delta)))
     }
 
