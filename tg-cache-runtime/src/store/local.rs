@@ -92,8 +92,9 @@ pub(crate) mod clock {
 }
 
 /// moka's per-entry expiry, from each entry's deadline: expired entries are
-/// evicted by moka's maintenance instead of counting against the bound.
-/// Reads do not depend on it ([`Entry::live`] decides).
+/// evicted by moka's maintenance (its timer wheel, within about a second of
+/// the deadline) instead of counting against the bound. Reads do not depend
+/// on it ([`Entry::live`] decides).
 struct Deadlines;
 
 impl Deadlines {
