@@ -514,6 +514,30 @@ mod tests {
     }
 
     #[test]
+    fn insecure_tls_needs_the_explicit_feature() {
+        let r = RedisUrl::parse("rediss://127.0.0.1:6380/0#insecure");
+        if cfg!(feature = "tls-insecure") {
+            assert!(r.is_ok());
+        } else if cfg!(feature = "tls") {
+            let e = r.unwrap_err();
+            assert!(e.reason.contains("tls-insecure"), "{e}");
+        }
+        if cfg!(feature = "tls") {
+            assert!(RedisUrl::parse("rediss://127.0.0.1:6380/0").is_ok());
+        }
+    }
+
+    #[test]
+    fn key_prefix_cannot_contain_a_colon() {
+        let e = CacheConfig::local()
+            .key_prefix("a:1")
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.setting, "key_prefix");
+        assert!(CacheConfig::local().key_prefix("a").validate().is_ok());
+    }
+
+    #[test]
     fn env_tuning() {
         let c = env(&[
             ("TG_CACHE_BACKEND", "redis"),
