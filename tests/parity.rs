@@ -277,14 +277,31 @@ async fn expired_entries_do_not_count_against_the_bound() {
             .await
             .unwrap();
     }
-    // moka's timer wheel evicts them within about a second of expiry.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(cache.local_len(), Some(0));
-    for i in 0..10 {
-        cache.set(&format!("k{i}"), &i, MEDIUM).await.unwrap();
+    // A full store whose oldest half expired: new entries take the expired
+    // ones' room, and no live entry is evicted.
+    for i in 0..5 {
+        cache.set(&format!("live{i}"), &i, MEDIUM).await.unwrap();
     }
+    for i in 0..5 {
+        cache
+            .set(&format!("short{i}"), &i, Duration::from_millis(50))
+            .await
+            .unwrap();
+    }
+    assert_eq!(cache.local_len(), Some(10));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 5..10 {
+        cache.set(&format!("live{i}"), &i, MEDIUM).await.unwrap();
+    }
+    assert_eq!(cache.local_len(), Some(10));
     for i in 0..10 {
-        assert_eq!(cache.get::<i32>(&format!("k{i}")).await.unwrap(), Some(i));
+        assert_eq!(
+            cache.get::<i32>(&format!("live{i}")).await.unwrap(),
+            Some(i),
+            "live{i}"
+        );
     }
 }
 

@@ -39,8 +39,10 @@
 //! * **Timeouts, culling, expiry.** A value just written is readable at once,
 //!   even when the local store is full (least-recently-used entries are
 //!   evicted, never the new one); expired and invalidated (old-epoch) entries
-//!   do not count against `max_entries` (they are evicted in the background,
-//!   expired ones within about a second of their deadline). The local store's expiry clock is
+//!   do not count against `max_entries`: they are swept out in the
+//!   background (when the store is full, after an `invalidate_family`, and
+//!   on [`Cache::local_len`](crate::Cache::local_len)), before any live
+//!   entry is evicted for room. The local store's expiry clock is
 //!   tg-cache's own, refreshed by a tg-cache thread every 10 ms: an entry may
 //!   be served up to 10 ms past its deadline, and no other crate can stop it.
 //! * **Namespaces.** With a `key_prefix`, keys are stored as Django stores
