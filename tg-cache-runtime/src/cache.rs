@@ -134,7 +134,8 @@ pub(crate) struct Core {
     backend: Backend,
     pub(crate) store: Arc<dyn Store>,
     url: Option<RedisUrl>,
-    /// `prefix`, `prefix:version`, `version` or empty: put before every key.
+    /// `<prefix>:<version>` (version 1 unless set, prefix possibly empty),
+    /// or empty when neither is configured: put before every key.
     namespace: String,
     pub(crate) default_timeout: Timeout,
     counters: Counters,

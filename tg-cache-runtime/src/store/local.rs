@@ -30,8 +30,6 @@ pub(crate) struct Entry {
     pub(crate) json: Encoder,
     pub(crate) expires_at: Option<u64>,
     pub(crate) generation: u64,
-    /// The epoch of the entry's family, to drop it once outdated.
-    pub(crate) family: Option<Arc<AtomicU64>>,
 }
 
 impl Entry {
@@ -106,16 +104,19 @@ pub(crate) struct LocalStore {
 /// Writes and bumps schedule a sweep at most this often.
 const SWEEP_EVERY_MS: u64 = 1000;
 
-impl Entry {
-    /// Expired, or of an older generation than its family's: never read
-    /// again, only taking room.
-    fn dead(&self) -> bool {
-        self.expires_at.is_some_and(|t| t <= clock::recent())
-            || self
-                .family
-                .as_ref()
-                .is_some_and(|g| g.load(Ordering::Acquire) != self.generation)
+/// Whether the entry at `key` is dead: expired, or of an older generation
+/// than its family's (`epochs`: the bumped families): never read again,
+/// only taking room. A family's entries are `<family>` and `<family>:...`.
+fn dead(epochs: &HashMap<String, u64>, key: &str, e: &Entry) -> bool {
+    if e.expires_at.is_some_and(|t| t <= clock::recent()) {
+        return true;
     }
+    !epochs.is_empty()
+        && key
+            .match_indices(':')
+            .map(|(i, _)| &key[..i])
+            .chain(std::iter::once(key))
+            .any(|family| epochs.get(family).is_some_and(|g| *g != e.generation))
 }
 
 fn deadline(ttl: Option<Duration>) -> Option<u64> {
@@ -208,13 +209,12 @@ impl LocalStore {
                 json: value.encoder(),
                 expires_at: deadline(ttl),
                 generation: epoch,
-                family: family_name(slot).map(|f| self.epochs.handle(f)),
             },
         );
     }
 
     /// Has moka drop, in its background maintenance, every entry that is
-    /// [dead](Entry::dead) (expired, or outdated by a bump), so that such
+    /// [dead](dead) (expired, or outdated by a bump), so that such
     /// entries do not count against the bound. One sweep covers every entry
     /// written before it. Writes to a full store and bumps schedule one at
     /// most every [`SWEEP_EVERY_MS`] (`force`: now).
@@ -233,7 +233,12 @@ impl LocalStore {
                 return;
             }
         }
-        if let Err(e) = self.cache.invalidate_entries_if(|_, e| e.dead()) {
+        // Epochs only grow: an entry outdated now stays outdated.
+        let epochs = self.epochs.snapshot();
+        if let Err(e) = self
+            .cache
+            .invalidate_entries_if(move |k, e| dead(&epochs, k, e))
+        {
             tracing::debug!(error = %e, "could not schedule a sweep of dead entries");
         }
     }
