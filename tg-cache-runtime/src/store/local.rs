@@ -116,7 +116,9 @@ fn dead(epochs: &HashMap<String, u64>, key: &str, e: &Entry) -> bool {
             .match_indices(':')
             .map(|(i, _)| &key[..i])
             .chain(std::iter::once(key))
-            .any(|family| epochs.get(family).is_some_and(|g| *g != e.generation))
+            // `<`, not `!=`: an entry written after the snapshot may
+            // already have a newer epoch than it.
+            .any(|family| epochs.get(family).is_some_and(|g| e.generation < *g))
 }
 
 fn deadline(ttl: Option<Duration>) -> Option<u64> {
@@ -214,7 +216,7 @@ impl LocalStore {
     }
 
     /// Has moka drop, in its background maintenance, every entry that is
-    /// [dead](dead) (expired, or outdated by a bump), so that such
+    /// [dead] (expired, or outdated by a bump), so that such
     /// entries do not count against the bound. One sweep covers every entry
     /// written before it. Writes to a full store and bumps schedule one at
     /// most every [`SWEEP_EVERY_MS`] (`force`: now).
