@@ -397,3 +397,20 @@ async fn a_redis_hit_is_one_round_trip() {
         ]
     );
 }
+
+/// Certificates are verified unless explicitly disabled: a self-signed
+/// server is refused by a plain `rediss://` URL. (`#insecure` works in
+/// these tests only because they enable the `tls-insecure` feature.)
+#[tokio::test]
+async fn rediss_verifies_certificates_by_default() {
+    let server = RedisServer::start_tls();
+    let verified = CacheConfig::redis(&format!("rediss://127.0.0.1:{}/0", server.port()))
+        .build()
+        .unwrap();
+    let err = verified.set("k", &1, MEDIUM).await.unwrap_err();
+    assert!(matches!(err, tg_cache::Error::Redis(_)), "{err}");
+    assert!(verified.health().await.is_err());
+    // the same server, with verification explicitly disabled
+    let insecure = redis(&server);
+    insecure.set("k", &1, MEDIUM).await.unwrap();
+}

@@ -116,6 +116,14 @@ impl<T: CacheValue> CachePolicy<Option<T>> for SomeOnly {
 /// assert!(cache.delete("my_key").await?);
 /// # Ok(()) }
 /// ```
+///
+/// # Parity rules
+///
+/// Every store behaves the same: JSON semantics everywhere (a value reads
+/// as another type exactly when its JSON does, `incr` works on any integer,
+/// values JSON cannot carry are refused at `set` on every store), a value
+/// just set is readable, and namespaces never share keys. The rules are in
+/// [`crate::parity`].
 #[derive(Clone)]
 pub struct Cache {
     inner: Arc<Core>,
@@ -127,7 +135,8 @@ pub(crate) struct Core {
     backend: Backend,
     pub(crate) store: Arc<dyn Store>,
     url: Option<RedisUrl>,
-    /// `prefix`, `prefix:version`, `version` or empty: put before every key.
+    /// `<prefix>:<version>` (version 1 unless set, prefix possibly empty),
+    /// or empty when neither is configured: put before every key.
     namespace: String,
     pub(crate) default_timeout: Timeout,
     max_value_bytes: usize,
@@ -158,12 +167,14 @@ impl CacheConfig {
     }
 }
 
+/// What is put before every key: Django's `<prefix>:<version>` (version 1
+/// unless set; `:<version>` without a prefix), or nothing when neither is
+/// configured. See [`crate::parity`] (namespaces): no two configurations
+/// share a key.
 fn namespace(cfg: &CacheConfig) -> String {
     match (cfg.key_prefix.is_empty(), cfg.version) {
         (true, None) => String::new(),
-        (false, None) => cfg.key_prefix.clone(),
-        (true, Some(v)) => v.to_string(),
-        (false, Some(v)) => format!("{}:{v}", cfg.key_prefix),
+        (_, v) => format!("{}:{}", cfg.key_prefix, v.unwrap_or(1)),
     }
 }
 
@@ -305,6 +316,12 @@ impl Core {
     fn make_key<'k>(&self, key: &'k str) -> Result<Cow<'k, str>> {
         let key = check_key(key)?;
         if self.namespace.is_empty() {
+            if key.starts_with(':') {
+                return Err(Error::InvalidKey {
+                    key: key.into_owned(),
+                    reason: "a key starting with `:` is a versioned cache's stored form (`:<version>:<key>`); it is refused by caches without key prefix or version",
+                });
+            }
             Ok(key)
         } else {
             Ok(Cow::Owned(shorten(format!("{}:{}", self.namespace, key))))
@@ -373,18 +390,23 @@ impl Core {
     /// bytes are a miss (logged and counted).
     pub(crate) fn decode<T: CacheValue>(&self, key: &str, stored: Stored) -> Option<T> {
         match stored {
-            Stored::Typed(v) => match v.downcast_ref::<T>() {
+            Stored::Typed(v, json) => match v.downcast_ref::<T>() {
                 Some(t) => Some(t.clone()),
-                None => {
-                    self.decode_failed(
-                        key,
-                        &format_args!(
-                            "the entry holds another type than {}",
-                            std::any::type_name::<T>()
-                        ),
-                    );
-                    None
-                }
+                // Another type: read its JSON, as a byte store would
+                // (crate::parity); never on the hit path.
+                None => match json(&*v).and_then(|b| serde_json::from_slice::<T>(&b)) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        self.decode_failed(
+                            key,
+                            &format_args!(
+                                "the entry holds another type than {}, whose JSON does not read as one: {e}",
+                                std::any::type_name::<T>()
+                            ),
+                        );
+                        None
+                    }
+                },
             },
             Stored::Oversized => {
                 self.decode_failed(
@@ -560,7 +582,7 @@ impl Core {
         self.track("touch", key, r)
     }
 
-    async fn incr_in(&self, key: &str, delta: i64) -> Result<i64> {
+    async fn incr_in(&self, key: &str, delta: i128) -> Result<i64> {
         let slot = self.slot(key)?;
         match self.store.incr(&slot, delta).await {
             Ok(Incr::Done(n)) => Ok(n),
@@ -677,9 +699,14 @@ api! {
     fn touch(key: &str, timeout: impl Into<Timeout>) -> Result<bool> => touch_in(key, timeout.into());
     /// Atomically adds `delta` to the integer at `key` and returns the new
     /// value. As in Django, a missing key is an error ([`Error::MissingKey`]).
-    fn incr(key: &str, delta: i64) -> Result<i64> => incr_in(key, delta);
-    /// Atomically subtracts `delta`; see [`Cache::incr`].
-    fn decr(key: &str, delta: i64) -> Result<i64> => incr_in(key, delta.checked_neg().unwrap_or(i64::MAX));
+    ///
+    /// Any value whose JSON is an integer that fits an `i64` can be
+    /// incremented, on every store; the arithmetic is exact, and a result
+    /// outside the `i64` range is [`Error::NotAnInteger`] (nothing changes).
+    /// See [`crate::parity`].
+    fn incr(key: &str, delta: i64) -> Result<i64> => incr_in(key, i128::from(delta));
+    /// Atomically subtracts `delta` (exactly, `i64::MIN` included); see [`Cache::incr`].
+    fn decr(key: &str, delta: i64) -> Result<i64> => incr_in(key, -i128::from(delta));
     /// The remaining lifetime of `key`, or `None` if it is not cached.
     fn ttl(key: &str) -> Result<Option<Ttl>> => ttl_in(key);
     /// Deletes every key matching the glob `pattern` (Redis syntax: `*`, `?`,

@@ -65,6 +65,11 @@ impl RedisUrl {
                 "rediss:// needs TLS support: enable the `tls` feature of tg-cache (on by default)",
             ));
         }
+        if scheme == "rediss" && url.ends_with("#insecure") && !cfg!(feature = "tls-insecure") {
+            return Err(bad(
+                "#insecure (no certificate verification) needs the explicit `tls-insecure` feature of tg-cache; certificates are verified otherwise",
+            ));
+        }
         if rest.is_empty() && !scheme.ends_with("unix") {
             return Err(bad("no host; expected redis://host[:port][/db]"));
         }
@@ -225,13 +230,18 @@ impl CacheConfig {
     }
 
     /// Prefix put before every key, as Django's `KEY_PREFIX`: the key `k` is
-    /// stored as `<prefix>:k`. Empty by default, so keys are stored as given.
+    /// stored as `<prefix>:<version>:k`, the version being 1 unless
+    /// [`CacheConfig::version`] sets it (as in Django). Empty by default, so
+    /// keys are stored as given. Must not contain `:`. See
+    /// [`crate::parity`] (namespaces).
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
     }
 
-    /// Version put before every key, as Django's `VERSION`: `<prefix>:<version>:k`.
+    /// Version put before every key, as Django's `VERSION`: `<prefix>:<version>:k`
+    /// (`:<version>:k` without a prefix). A cache with a prefix and no
+    /// version uses version 1.
     pub fn version(mut self, version: u64) -> Self {
         self.version = Some(version);
         self
@@ -451,11 +461,11 @@ impl CacheConfig {
                 "must not contain whitespace or control characters",
             ));
         }
-        if self.key_prefix.starts_with('#') || self.key_prefix.contains(":#") {
+        if self.key_prefix.contains(':') || self.key_prefix.starts_with('#') {
             return Err(ConfigError::new(
                 "key_prefix",
                 self.key_prefix.clone(),
-                "a segment starting with `#` is reserved for tg-cache's own keys (leases, epochs)",
+                "must not contain `:` nor start with `#` (keys are stored as `<prefix>:<version>:<key>`; a `:` would make two configurations share keys)",
             ));
         }
         Ok(())
@@ -538,6 +548,30 @@ mod tests {
         assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
         let c = CacheConfig::redis("redis://:pw@h:1/3");
         assert!(!format!("{c:?}").contains(":pw@"));
+    }
+
+    #[test]
+    fn insecure_tls_needs_the_explicit_feature() {
+        let r = RedisUrl::parse("rediss://127.0.0.1:6380/0#insecure");
+        if cfg!(feature = "tls-insecure") {
+            assert!(r.is_ok());
+        } else if cfg!(feature = "tls") {
+            let e = r.unwrap_err();
+            assert!(e.reason.contains("tls-insecure"), "{e}");
+        }
+        if cfg!(feature = "tls") {
+            assert!(RedisUrl::parse("rediss://127.0.0.1:6380/0").is_ok());
+        }
+    }
+
+    #[test]
+    fn key_prefix_cannot_contain_a_colon() {
+        let e = CacheConfig::local()
+            .key_prefix("a:1")
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.setting, "key_prefix");
+        assert!(CacheConfig::local().key_prefix("a").validate().is_ok());
     }
 
     #[test]

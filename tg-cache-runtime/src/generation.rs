@@ -144,6 +144,15 @@ impl LocalEpochs {
         crate::stats::shared_entry(&self.map, family, |_| family)
     }
 
+    /// Every family bumped at least once, with its current epoch.
+    pub(crate) fn snapshot(&self) -> HashMap<String, u64> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(k, g)| (k.clone(), g.load(Ordering::Acquire)))
+            .filter(|(_, g)| *g != 0)
+            .collect()
+    }
+
     /// Makes every entry of `family` invisible, in O(1).
     pub(crate) fn bump(&self, family: &str) {
         self.handle(family).fetch_add(1, Ordering::AcqRel);

@@ -23,6 +23,7 @@ mod generation;
 pub mod http;
 mod invalidate;
 pub mod key;
+pub mod parity;
 mod protocol;
 mod registry;
 mod stats;

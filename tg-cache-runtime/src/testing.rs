@@ -76,7 +76,8 @@ impl RedisServer {
 
     /// Starts a server that only speaks TLS, with a fresh self-signed
     /// certificate (made with `openssl`). Connect with [`RedisServer::url`],
-    /// which is then `rediss://127.0.0.1:<port>/0#insecure`.
+    /// which is then `rediss://127.0.0.1:<port>/0#insecure` (needs the
+    /// `tls-insecure` feature; certificates are verified otherwise).
     pub fn start_tls() -> Self {
         Self::start_with(true)
     }

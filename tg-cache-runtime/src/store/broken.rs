@@ -78,7 +78,7 @@ impl Store for BrokenStore {
     fn bump<'a>(&'a self, _: &'a Family) -> StoreFuture<'a, ()> {
         self.fail()
     }
-    fn incr<'a>(&'a self, _: &'a Slot, _: i64) -> StoreFuture<'a, Incr> {
+    fn incr<'a>(&'a self, _: &'a Slot, _: i128) -> StoreFuture<'a, Incr> {
         self.fail()
     }
     fn touch<'a>(&'a self, _: &'a Slot, _: Option<Duration>) -> StoreFuture<'a, bool> {

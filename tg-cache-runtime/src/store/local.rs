@@ -3,56 +3,90 @@
 //! orders every fill against every invalidation.
 
 use super::{
-    AnyValue, Family, Filled, Incr, Lease, LeaseOutcome, Slot, Store, StoreFuture, Stored, Value,
-    ready,
+    AnyValue, Encoder, Family, Filled, Incr, Lease, LeaseOutcome, Slot, Store, StoreFuture, Stored,
+    Value, encode_any, ready,
 };
+use crate::error::{Error, Result};
 use crate::generation::{Epoch, LocalEpochs};
 use crate::key::pattern_covers;
 use crate::timeout::Ttl;
 use moka::ops::compute::Op;
-// A TSC-based clock: the expiry check on the hit path costs a few
-// nanoseconds instead of a clock_gettime call.
-use quanta::Instant;
+use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Once};
+use std::time::{Duration, Instant};
 
-/// An entry, its deadline and the generation of its key family when it was
-/// written. Expiry is checked on read (moka's own per-entry expiry costs
-/// about twice as much on the hit path); an entry of an older generation is
-/// invisible. Expired and outdated entries are dropped by the size bound or
-/// overwritten.
+/// An entry, its deadline (milliseconds of [`clock`]) and the generation of
+/// its key family when it was written. Expiry and generation are checked on
+/// read against a coarse clock (an atomic load; moka's own per-entry expiry
+/// costs about 27 ns more per hit). Expired and outdated entries are swept
+/// out in moka's background maintenance (see [`LocalStore::sweep`]), so
+/// they do not count against the size bound.
 #[derive(Clone)]
 pub(crate) struct Entry {
     pub(crate) value: AnyValue,
-    pub(crate) expires_at: Option<Instant>,
+    /// The value's JSON encoder (reads as another type, `incr`).
+    pub(crate) json: Encoder,
+    pub(crate) expires_at: Option<u64>,
     pub(crate) generation: u64,
 }
 
 impl Entry {
     #[inline]
     fn live(&self, generation: u64) -> bool {
-        self.generation == generation && self.expires_at.is_none_or(|t| t > recent())
+        self.generation == generation && self.expires_at.is_none_or(|t| t > clock::recent())
     }
 }
 
-/// How often the clock read by the hit path is refreshed: an entry may be
-/// served up to this long after its deadline.
-const CLOCK_TICK: Duration = Duration::from_millis(10);
+/// tg-cache's own coarse clock: milliseconds since the first local store
+/// was made, refreshed by a tg-cache thread every [`clock::TICK`]. The hit
+/// path reads it with one atomic load. It belongs to tg-cache alone: no
+/// other crate can stop or freeze it (a global clock shared with other
+/// crates, such as quanta's `Instant::recent`, froze when another crate's
+/// upkeep thread was dropped).
+pub(crate) mod clock {
+    use super::*;
 
-/// The time, read from a value a background thread refreshes every
-/// [`CLOCK_TICK`] (an atomic load instead of a clock read on every hit).
-#[inline]
-fn recent() -> Instant {
-    Instant::recent()
-}
+    /// How often the coarse clock is refreshed: an entry may be served up
+    /// to this long after its deadline.
+    pub(crate) const TICK: Duration = Duration::from_millis(10);
 
-fn start_clock() {
-    static UPKEEP: std::sync::OnceLock<Option<quanta::Handle>> = std::sync::OnceLock::new();
-    // An error means another component already runs one: its clock is
-    // just as good.
-    UPKEEP.get_or_init(|| quanta::Upkeep::new(CLOCK_TICK).start().ok());
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    static RECENT: AtomicU64 = AtomicU64::new(0);
+
+    /// The precise time, in milliseconds since the clock started.
+    pub(crate) fn now() -> u64 {
+        let now = u64::try_from(START.elapsed().as_millis()).unwrap_or(u64::MAX);
+        RECENT.fetch_max(now, Ordering::Relaxed);
+        now
+    }
+
+    /// The coarse time: at most [`TICK`] behind [`now`].
+    #[inline]
+    pub(crate) fn recent() -> u64 {
+        RECENT.load(Ordering::Relaxed)
+    }
+
+    /// Starts the refreshing thread (once per process).
+    pub(crate) fn start() {
+        static STARTED: Once = Once::new();
+        STARTED.call_once(|| {
+            now();
+            let spawned = std::thread::Builder::new()
+                .name("tg-cache-clock".into())
+                .spawn(|| {
+                    loop {
+                        std::thread::sleep(TICK);
+                        now();
+                    }
+                });
+            if let Err(e) = spawned {
+                // Writes still advance the clock; expiry is coarser.
+                tracing::error!(error = %e, "tg-cache could not start its clock thread; local expiry is only checked as of the last write");
+            }
+        });
+    }
 }
 
 pub(crate) struct LocalStore {
@@ -61,14 +95,67 @@ pub(crate) struct LocalStore {
     /// Fills in progress: key -> lease token. Every write and invalidation
     /// takes this lock, so a fill's check-and-store is atomic against them.
     leases: Mutex<HashMap<String, String>>,
+    /// The size bound.
+    max_entries: u64,
+    /// When a sweep was last scheduled by a write or a bump ([`clock`] ms + 1).
+    last_sweep: AtomicU64,
 }
 
-fn deadline(ttl: Option<Duration>) -> Option<Instant> {
-    ttl.map(|d| Instant::now().checked_add(d).unwrap_or_else(far_future))
+/// Writes and bumps schedule a sweep at most this often.
+const SWEEP_EVERY_MS: u64 = 1000;
+
+/// Whether the entry at `key` is dead: expired, or of an older generation
+/// than its family's (`epochs`: the bumped families): never read again,
+/// only taking room. A family's entries are `<family>` and `<family>:...`.
+fn dead(epochs: &HashMap<String, u64>, key: &str, e: &Entry) -> bool {
+    if e.expires_at.is_some_and(|t| t <= clock::recent()) {
+        return true;
+    }
+    !epochs.is_empty()
+        && key
+            .match_indices(':')
+            .map(|(i, _)| &key[..i])
+            .chain(std::iter::once(key))
+            // `<`, not `!=`: an entry written after the snapshot may
+            // already have a newer epoch than it.
+            .any(|family| epochs.get(family).is_some_and(|g| e.generation < *g))
 }
 
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(100 * 365 * 86_400)
+fn deadline(ttl: Option<Duration>) -> Option<u64> {
+    ttl.map(|d| {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        clock::now().saturating_add(ms)
+    })
+}
+
+/// Refuses, as a byte store would, a value JSON cannot carry
+/// ([`crate::parity`]): one serialization into a sink, on writes only.
+pub(crate) fn check(slot: &Slot, value: &dyn Value) -> Result<()> {
+    value.check().map_err(|source| Error::Encode {
+        key: slot.key.clone(),
+        source,
+    })
+}
+
+/// The integer a value holds, as a byte store reads it: its JSON text.
+fn as_i64(v: &(dyn Any + Send + Sync), json: Encoder) -> Option<i64> {
+    macro_rules! ints {
+        ($($t:ty),*) => {$(
+            if let Some(n) = v.downcast_ref::<$t>() {
+                return i64::try_from(*n).ok();
+            }
+        )*};
+    }
+    ints!(
+        i64, i32, u32, u64, usize, isize, i16, u16, i8, u8, i128, u128
+    );
+    let text = json(v).ok()?;
+    let text = std::str::from_utf8(&text).ok()?;
+    // JSON integers only: no `+`, no fraction, no exponent.
+    if text.starts_with('+') {
+        return None;
+    }
+    text.parse().ok()
 }
 
 fn family_name(slot: &Slot) -> Option<&str> {
@@ -77,13 +164,21 @@ fn family_name(slot: &Slot) -> Option<&str> {
 
 impl LocalStore {
     pub(crate) fn new(max_entries: u64) -> Self {
-        start_clock();
+        clock::start();
         Self {
             cache: moka::sync::Cache::builder()
                 .max_capacity(max_entries)
+                // Least-recently-used eviction admits every new entry: a
+                // value just set is readable (moka's default policy may
+                // refuse a new key when the cache is full).
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                // For sweeps (an atomic load per read when none is pending).
+                .support_invalidation_closures()
                 .build(),
             epochs: LocalEpochs::default(),
             leases: Mutex::new(HashMap::new()),
+            max_entries,
+            last_sweep: AtomicU64::new(0),
         }
     }
 
@@ -102,29 +197,74 @@ impl LocalStore {
         e.live(epoch).then_some(e.value)
     }
 
-    fn insert(&self, key: String, value: AnyValue, ttl: Option<Duration>, epoch: u64) {
+    fn insert(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>, epoch: u64) {
+        // A full store: have dead entries make room before live ones are
+        // evicted (the sweep runs before the size bound in moka's
+        // maintenance).
+        if self.cache.entry_count() >= self.max_entries {
+            self.sweep(false);
+        }
         self.cache.insert(
-            key,
+            slot.key.clone(),
             Entry {
-                value,
+                value: value.to_any(),
+                json: value.encoder(),
                 expires_at: deadline(ttl),
                 generation: epoch,
             },
         );
     }
 
+    /// Has moka drop, in its background maintenance, every entry that is
+    /// [dead] (expired, or outdated by a bump), so that such
+    /// entries do not count against the bound. One sweep covers every entry
+    /// written before it. Writes to a full store and bumps schedule one at
+    /// most every [`SWEEP_EVERY_MS`] (`force`: now).
+    fn sweep(&self, force: bool) {
+        if !force {
+            let now = clock::recent() + 1;
+            let last = self.last_sweep.load(Ordering::Relaxed);
+            if last != 0 && now < last + SWEEP_EVERY_MS {
+                return;
+            }
+            if self
+                .last_sweep
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                return;
+            }
+        }
+        // Epochs only grow: an entry outdated now stays outdated.
+        let epochs = self.epochs.snapshot();
+        if let Err(e) = self
+            .cache
+            .invalidate_entries_if(move |k, e| dead(&epochs, k, e))
+        {
+            tracing::debug!(error = %e, "could not schedule a sweep of dead entries");
+        }
+    }
+
+    /// The live value at `key` of epoch `epoch`, with its encoder.
+    fn stored(&self, key: &str, epoch: u64) -> Option<Stored> {
+        let e = self.cache.get(key)?;
+        e.live(epoch).then(|| Stored::Typed(e.value, e.json))
+    }
+
     /// Removes `key`; returns whether a live entry (of any epoch) was there.
     fn remove(&self, key: &str) -> bool {
         match self.cache.remove(key) {
-            Some(e) => e.expires_at.is_none_or(|t| t > Instant::now()),
+            Some(e) => e.expires_at.is_none_or(|t| t > clock::now()),
             None => false,
         }
     }
 
-    fn set_now(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>) {
+    fn set_now(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>) -> Result<()> {
+        check(slot, value)?;
         let mut leases = self.leases();
         leases.remove(&slot.key);
-        self.insert(slot.key.clone(), value.to_any(), ttl, self.epoch(slot));
+        self.insert(slot, value, ttl, self.epoch(slot));
+        Ok(())
     }
 
     /// Sets a new expiry on a live entry; returns whether it existed.
@@ -147,8 +287,9 @@ impl LocalStore {
         found
     }
 
-    /// Atomically adds `delta` to an integer entry, keeping its expiry.
-    fn incr_now(&self, slot: &Slot, delta: i64) -> Incr {
+    /// Atomically adds `delta` to an integer entry, keeping its expiry. Any
+    /// value whose JSON is an integer counts; the result is an `i64`.
+    fn incr_now(&self, slot: &Slot, delta: i128) -> Incr {
         let epoch = self.epoch(slot);
         let mut out = Incr::Missing;
         self.cache
@@ -156,15 +297,14 @@ impl LocalStore {
             .and_compute_with(|cur| match cur {
                 Some(e) if e.value().live(epoch) => {
                     let e = e.into_value();
-                    match e
-                        .value
-                        .downcast_ref::<i64>()
-                        .and_then(|v| v.checked_add(delta))
+                    match as_i64(&*e.value, e.json)
+                        .and_then(|v| i64::try_from(i128::from(v) + delta).ok())
                     {
                         Some(n) => {
                             out = Incr::Done(n);
                             Op::Put(Entry {
                                 value: Arc::new(n),
+                                json: encode_any::<i64>,
                                 ..e
                             })
                         }
@@ -186,7 +326,7 @@ impl LocalStore {
         }
         Some(match e.expires_at {
             None => Ttl::Forever,
-            Some(t) => Ttl::Remaining(t.saturating_duration_since(Instant::now())),
+            Some(t) => Ttl::Remaining(Duration::from_millis(t.saturating_sub(clock::now()))),
         })
     }
 
@@ -214,20 +354,19 @@ impl Store for LocalStore {
     }
 
     fn len(&self) -> Option<u64> {
+        self.sweep(true);
         self.cache.run_pending_tasks();
         Some(self.cache.entry_count())
     }
 
     fn get<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, Option<Stored>> {
-        ready(Ok(self
-            .live(&slot.key, self.epoch(slot))
-            .map(Stored::Typed)))
+        ready(Ok(self.stored(&slot.key, self.epoch(slot))))
     }
 
     fn get_many<'a>(&'a self, slots: &'a [Slot]) -> StoreFuture<'a, Vec<Option<Stored>>> {
         ready(Ok(slots
             .iter()
-            .map(|s| self.live(&s.key, self.epoch(s)).map(Stored::Typed))
+            .map(|s| self.stored(&s.key, self.epoch(s)))
             .collect()))
     }
 
@@ -237,8 +376,7 @@ impl Store for LocalStore {
         value: &'a dyn Value,
         ttl: Option<Duration>,
     ) -> StoreFuture<'a, ()> {
-        self.set_now(slot, value, ttl);
-        ready(Ok(()))
+        ready(self.set_now(slot, value, ttl))
     }
 
     fn set_many<'a>(
@@ -246,8 +384,16 @@ impl Store for LocalStore {
         items: &'a [(Slot, &'a dyn Value)],
         ttl: Option<Duration>,
     ) -> StoreFuture<'a, ()> {
+        // All or nothing, as on Redis, whose pipeline encodes every value first.
         for (slot, value) in items {
-            self.set_now(slot, *value, ttl);
+            if let Err(e) = check(slot, *value) {
+                return ready(Err(e));
+            }
+        }
+        for (slot, value) in items {
+            let mut leases = self.leases();
+            leases.remove(&slot.key);
+            self.insert(slot, *value, ttl, self.epoch(slot));
         }
         ready(Ok(()))
     }
@@ -258,12 +404,15 @@ impl Store for LocalStore {
         value: &'a dyn Value,
         ttl: Option<Duration>,
     ) -> StoreFuture<'a, bool> {
+        if let Err(e) = check(slot, value) {
+            return ready(Err(e));
+        }
         let mut leases = self.leases();
         if self.live(&slot.key, self.epoch(slot)).is_some() {
             return ready(Ok(false));
         }
         leases.remove(&slot.key);
-        self.insert(slot.key.clone(), value.to_any(), ttl, self.epoch(slot));
+        self.insert(slot, value, ttl, self.epoch(slot));
         ready(Ok(true))
     }
 
@@ -275,8 +424,8 @@ impl Store for LocalStore {
     ) -> StoreFuture<'a, LeaseOutcome> {
         let mut leases = self.leases();
         let epoch = self.epoch(slot);
-        if !replace && let Some(v) = self.live(&slot.key, epoch) {
-            return ready(Ok(LeaseOutcome::Found(Stored::Typed(v))));
+        if !replace && let Some(v) = self.stored(&slot.key, epoch) {
+            return ready(Ok(LeaseOutcome::Found(v)));
         }
         if leases.contains_key(&slot.key) {
             return ready(Ok(LeaseOutcome::Busy));
@@ -300,6 +449,10 @@ impl Store for LocalStore {
         lease: &'a Lease,
         replace: bool,
     ) -> StoreFuture<'a, Filled> {
+        // Not stored (the caller releases the lease and reports the error).
+        if let Err(e) = check(slot, value) {
+            return ready(Err(e));
+        }
         let mut leases = self.leases();
         if leases.get(&slot.key) != Some(&lease.token) {
             return ready(Ok(Filled::Lost));
@@ -312,7 +465,7 @@ impl Store for LocalStore {
         if !replace && self.live(&slot.key, epoch).is_some() {
             return ready(Ok(Filled::Kept));
         }
-        self.insert(slot.key.clone(), value.to_any(), ttl, epoch);
+        self.insert(slot, value, ttl, epoch);
         ready(Ok(Filled::Stored))
     }
 
@@ -354,10 +507,12 @@ impl Store for LocalStore {
         let prefix = format!("{}:", family.name);
         leases.retain(|k, _| k != &family.name && !k.starts_with(&prefix));
         self.epochs.bump(&family.name);
+        drop(leases);
+        self.sweep(false);
         ready(Ok(()))
     }
 
-    fn incr<'a>(&'a self, slot: &'a Slot, delta: i64) -> StoreFuture<'a, Incr> {
+    fn incr<'a>(&'a self, slot: &'a Slot, delta: i128) -> StoreFuture<'a, Incr> {
         ready(Ok(self.incr_now(slot, delta)))
     }
 

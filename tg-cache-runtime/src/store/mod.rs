@@ -52,12 +52,23 @@ pub(crate) struct Family {
     pub(crate) epoch_key: String,
 }
 
+/// The JSON text of a type-erased value of one known type (made by
+/// [`Value::encoder`]): how a local value is read as another type, or
+/// incremented, with the semantics of a byte store (see [`crate::parity`]).
+pub(crate) type Encoder = fn(&(dyn Any + Send + Sync)) -> serde_json::Result<Vec<u8>>;
+
 /// A value handed to a store for writing: each store takes the form it keeps.
 pub(crate) trait Value: Send + Sync {
     /// The value itself, for stores that keep values (no serialization).
     fn to_any(&self) -> AnyValue;
-    /// The value's JSON text, for stores that keep bytes.
+    /// The value's JSON text, for stores that keep bytes; an error for a
+    /// value JSON would not carry faithfully ([`crate::parity`]).
     fn to_json(&self) -> serde_json::Result<Vec<u8>>;
+    /// Whether [`Value::to_json`] would succeed, without keeping the bytes:
+    /// stores that keep values refuse what byte stores refuse.
+    fn check(&self) -> serde_json::Result<()>;
+    /// The JSON encoder of values of this type.
+    fn encoder(&self) -> Encoder;
 }
 
 impl<T: crate::CacheValue> Value for T {
@@ -65,14 +76,33 @@ impl<T: crate::CacheValue> Value for T {
         Arc::new(self.clone())
     }
     fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        crate::parity::check_lossless(self)?;
         serde_json::to_vec(self)
+    }
+    fn check(&self) -> serde_json::Result<()> {
+        crate::parity::check(self)
+    }
+    fn encoder(&self) -> Encoder {
+        encode_any::<T>
+    }
+}
+
+/// The [`Encoder`] of `T`.
+pub(crate) fn encode_any<T: crate::CacheValue>(
+    v: &(dyn Any + Send + Sync),
+) -> serde_json::Result<Vec<u8>> {
+    match v.downcast_ref::<T>() {
+        Some(t) => serde_json::to_vec(t),
+        None => Err(<serde_json::Error as serde::ser::Error>::custom(
+            "tg-cache: value of an unexpected type",
+        )),
     }
 }
 
 /// A value as read from a store.
 pub(crate) enum Stored {
-    /// Kept as a value (local store).
-    Typed(AnyValue),
+    /// Kept as a value (local store), with its JSON encoder.
+    Typed(AnyValue, Encoder),
     /// Kept as bytes (Redis): the payload, epoch header removed.
     Bytes(Vec<u8>),
     /// A value over the cap (`CacheConfig::max_value_bytes`), never read:
@@ -227,8 +257,10 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// every fill of it in progress is refused.
     fn bump<'a>(&'a self, family: &'a Family) -> StoreFuture<'a, ()>;
 
-    /// Atomically adds `delta` to an integer value.
-    fn incr<'a>(&'a self, slot: &'a Slot, delta: i64) -> StoreFuture<'a, Incr>;
+    /// Atomically adds `delta` to an integer value (`delta` is wider than
+    /// an `i64` so that `decr(k, i64::MIN)` is exact); the result must fit
+    /// an `i64`.
+    fn incr<'a>(&'a self, slot: &'a Slot, delta: i128) -> StoreFuture<'a, Incr>;
 
     /// Gives a live value a new timeout; returns whether it existed.
     fn touch<'a>(&'a self, slot: &'a Slot, ttl: Option<Duration>) -> StoreFuture<'a, bool>;

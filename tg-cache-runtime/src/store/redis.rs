@@ -170,21 +170,79 @@ if e ~= ARGV[2] then return 0 end
 return 1
 ";
 
-/// KEYS: key, [epoch key]. ARGV: delta. Nil when missing.
+/// KEYS: key, [epoch key]. ARGV: delta (decimal; any value in i64 ± 2^63).
+/// Nil when missing, else the new value as decimal text. The arithmetic is
+/// exact over the whole i64 range: it works on decimal digit strings, never
+/// on Lua numbers (doubles, exact only up to 2^53). The result must fit an
+/// i64, else nothing is written and an overflow error is returned.
 const INCR_SCRIPT: &str = r"
 local e = epoch_of(KEYS[2], '', false)
 local cur = get(KEYS[1])
 if not live(cur, e) then return false end
-if e == '' then return redis.call('INCRBY', KEYS[1], ARGV[1]) end
-local n = tonumber(string.sub(cur, #e + 3))
-local limit = 9007199254740991
-if not n or n ~= math.floor(n) or math.abs(n) > limit then
+if e ~= '' then cur = string.sub(cur, #e + 3) end
+local function parse(s)
+  local sign, digits = string.match(s, '^(%-?)(%d+)$')
+  if not digits then return nil end
+  digits = (string.gsub(digits, '^0+', ''))
+  if digits == '' then return false, '0' end
+  return sign == '-', digits
+end
+local function cmp(a, b)
+  if #a ~= #b then return #a < #b and -1 or 1 end
+  for k = 1, #a do
+    local x, y = string.byte(a, k), string.byte(b, k)
+    if x ~= y then return x < y and -1 or 1 end
+  end
+  return 0
+end
+local function add(a, b)
+  local out, carry, i, j = {}, 0, #a, #b
+  while i > 0 or j > 0 or carry > 0 do
+    local d = carry
+    if i > 0 then d = d + string.byte(a, i) - 48 end
+    if j > 0 then d = d + string.byte(b, j) - 48 end
+    out[#out + 1] = d % 10
+    carry = (d - d % 10) / 10
+    i = i - 1
+    j = j - 1
+  end
+  return string.reverse(table.concat(out))
+end
+local function sub(a, b)
+  local out, borrow, i, j = {}, 0, #a, #b
+  while i > 0 do
+    local d = string.byte(a, i) - 48 - borrow
+    if j > 0 then d = d - (string.byte(b, j) - 48) end
+    if d < 0 then d = d + 10; borrow = 1 else borrow = 0 end
+    out[#out + 1] = d
+    i = i - 1
+    j = j - 1
+  end
+  local s = (string.gsub(string.reverse(table.concat(out)), '^0+', ''))
+  if s == '' then return '0' end
+  return s
+end
+local function fits(neg, mag)
+  return cmp(mag, neg and '9223372036854775808' or '9223372036854775807') <= 0
+end
+local na, ma = parse(cur)
+if na == nil or not fits(na, ma) then
   return redis.error_reply('ERR value is not an integer or out of range')
 end
-n = n + tonumber(ARGV[1])
-if math.abs(n) > limit then return redis.error_reply('ERR increment would overflow') end
-redis.call('SET', KEYS[1], with_epoch(string.format('%d', n), e), 'KEEPTTL')
-return n
+local nb, mb = parse(ARGV[1])
+local neg, mag
+if na == nb then
+  neg, mag = na, add(ma, mb)
+elseif cmp(ma, mb) >= 0 then
+  neg, mag = na, sub(ma, mb)
+else
+  neg, mag = nb, sub(mb, ma)
+end
+if mag == '0' then neg = false end
+if not fits(neg, mag) then return redis.error_reply('ERR increment would overflow') end
+local out = (neg and '-' or '') .. mag
+redis.call('SET', KEYS[1], with_epoch(out, e), 'KEEPTTL')
+return out
 ";
 
 /// KEYS: key, [epoch key]. ARGV: px ('0': persist), or '' to only read the TTL.
@@ -651,11 +709,11 @@ impl RedisStore {
         self.invoke(inv).await
     }
 
-    async fn incr_now(&self, slot: &Slot, delta: i64) -> Result<Incr> {
+    async fn incr_now(&self, slot: &Slot, delta: i128) -> Result<Incr> {
         let mut inv = Self::on_slot(&self.scripts.incr, slot, false);
-        inv.arg(delta);
-        match self.invoke::<Option<i64>>(inv).await {
-            Ok(Some(n)) => Ok(Incr::Done(n)),
+        inv.arg(delta.to_string());
+        match self.invoke::<Option<String>>(inv).await {
+            Ok(Some(n)) => Ok(n.parse().map_or(Incr::NotAnInteger, Incr::Done)),
             Ok(None) => Ok(Incr::Missing),
             Err(Error::Redis(e))
                 if e.to_string().contains("not an integer")
@@ -762,7 +820,7 @@ impl Store for RedisStore {
         Box::pin(self.cmd(cmd))
     }
 
-    fn incr<'a>(&'a self, slot: &'a Slot, delta: i64) -> StoreFuture<'a, Incr> {
+    fn incr<'a>(&'a self, slot: &'a Slot, delta: i128) -> StoreFuture<'a, Incr> {
         Box::pin(self.incr_now(slot, delta))
     }
 
