@@ -102,9 +102,13 @@ where
     };
     if mode == Mode::Refresh {
         // A refresh never takes another flight's result: it computes anew.
-        return lead::<P, R, F, Fut>(core, key, &slot, ttl, true, None, share, f)
-            .await
-            .0;
+        let miss = Miss {
+            core,
+            key,
+            slot: &slot,
+            ttl,
+        };
+        return lead::<P, R, F, Fut>(&miss, true, None, share, f).await.0;
     }
     // Each caller looks up for itself: a value read by another caller
     // before an invalidation must not reach a caller that began after it.
@@ -117,6 +121,12 @@ where
         Found::Corrupt => true,
     };
     core.count_lookup(key, false);
+    let miss = Miss {
+        core,
+        key,
+        slot: &slot,
+        ttl,
+    };
     let mut f = Some(f);
     loop {
         let leader = match core.flights.join(&slot.key) {
@@ -159,8 +169,7 @@ where
             }
         };
         let f = f.take().expect("the leader computes once");
-        let (result, outcome) =
-            lead::<P, R, F, Fut>(core, key, &slot, ttl, replace, Some(&leader), share, f).await;
+        let (result, outcome) = lead::<P, R, F, Fut>(&miss, replace, Some(&leader), share, f).await;
         leader.finish(outcome);
         return result;
     }
@@ -191,13 +200,20 @@ fn warn_once_sole_thread(key: &str) {
     });
 }
 
+/// One miss being filled: the cache, the key as given and as stored, and
+/// the timeout to store with.
+#[derive(Clone, Copy)]
+struct Miss<'a> {
+    core: &'a Core,
+    key: &'a str,
+    slot: &'a Slot,
+    ttl: Option<Duration>,
+}
+
 /// The leader's part: take the lease (waiting while another process holds
 /// it), compute, store under the lease, and say what the followers get.
 async fn lead<P, R, F, Fut>(
-    core: &Core,
-    key: &str,
-    slot: &Slot,
-    ttl: Option<Duration>,
+    miss: &Miss<'_>,
     replace: bool,
     flight: Option<&Leader<'_>>,
     share: fn(&R) -> Option<R>,
@@ -209,6 +225,12 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
 {
+    let Miss {
+        core,
+        key,
+        slot,
+        ttl,
+    } = *miss;
     let mut replace = replace;
     let token = generation::new_token();
     let mut backoff = Backoff::default();
