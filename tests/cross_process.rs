@@ -1451,3 +1451,71 @@ async fn old_generation_key_no_longer_affects_the_family() {
         "set(tg:gen:fn:x, 7) then get = {after_set:?} (want Some(1)); invalidate + set(tg:gen:fn:x, 0) then get = {after_reset:?} (want None)"
     );
 }
+
+// ---------------------------------------------------------------------------
+// 9. Lease renewal, and foreign writes to family keys
+// ---------------------------------------------------------------------------
+
+/// A holder whose body runs five lease timeouts long keeps its lease by
+/// renewing it: a waiter on another cache never takes over, the body runs
+/// once, and both get its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_holder_keeps_its_lease_past_the_lease_timeout() {
+    let _w = watchdog("a_live_holder_keeps_its_lease_past_the_lease_timeout");
+    let server = RedisServer::start();
+    let short = |_| {
+        CacheConfig::redis(&server.url())
+            .lease_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (short(0), short(1));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let body = |runs: Arc<AtomicUsize>| async move {
+        let n = runs.fetch_add(1, SeqCst) as u64;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        100 + n
+    };
+    let holder = {
+        let (a, runs) = (a.clone(), runs.clone());
+        tokio::spawn(async move { a.get_or_set("xp:renew", TTL, || body(runs)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiter = b.get_or_set("xp:renew", TTL, || body(runs.clone())).await;
+    assert_eq!((holder.await.unwrap(), waiter), (100, 100));
+    assert_eq!(
+        runs.load(SeqCst),
+        1,
+        "the waiter took over a live holder's lease"
+    );
+}
+
+/// A foreign writer (Django, `redis-cli`) sets a *family* key while a fill
+/// of it runs: the fill does not overwrite it, even though tg-cache itself
+/// never reads a value without its family's epoch header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guarded_store_keeps_a_foreign_write_to_a_family_key() {
+    let _w = watchdog("guarded_store_keeps_a_foreign_write_to_a_family_key");
+    let server = RedisServer::start();
+    let raw = Raw::of(&server);
+    let (a, _b) = two_caches(&server);
+    let key = "tg:fn:xp_guard:id=1";
+    let (started_tx, started_rx) = oneshot::channel();
+    let resume = Arc::new(Notify::new());
+    let fill = {
+        let (a, resume) = (a.clone(), resume.clone());
+        tokio::spawn(async move {
+            a.get_or_set(key, TTL, || async move {
+                started_tx.send(()).unwrap();
+                resume.notified().await;
+                "old".to_string()
+            })
+            .await
+        })
+    };
+    started_rx.await.unwrap();
+    raw.set_bytes(key, br#""django""#);
+    resume.notify_one();
+    assert_eq!(fill.await.unwrap(), "old");
+    assert_eq!(raw.get_bytes(key).as_deref(), Some(&br#""django""#[..]));
+}
