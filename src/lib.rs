@@ -119,6 +119,10 @@ pub use tg_cache_runtime::*;
 ///   function: the body's result is returned, the failure logged and counted.
 /// * A local hit takes no lock, has no await point and, with an `Arc<T>`
 ///   return, allocates nothing.
+/// * The key holds the arguments (and `self`'s named fields), never the
+///   type parameters of a surrounding generic `impl<T>`, which the attribute
+///   cannot see: in such an impl, give each instantiation its own function
+///   (and `key_prefix`), or name the type in the key.
 /// * Two functions with the same `key_prefix` are found before the first
 ///   call (both then run uncached, with an error log naming both) and by
 ///   [`check_cache_functions`], which a test of the application should call.

@@ -158,3 +158,39 @@ fn an_undefined_vary_argument_is_an_error_not_a_shared_key() {
     t.render(()).unwrap();
     assert_eq!(renders.load(SeqCst), 1);
 }
+
+#[test]
+fn maps_and_wide_integers_never_share_a_fragment_with_other_values() {
+    let renders = Arc::new(AtomicUsize::new(0));
+    let env = env(renders.clone());
+    let t = env.get_template("vary").unwrap();
+    let map = minijinja::Value::from_serialize(std::collections::BTreeMap::from([("a", 1)]));
+    let values = [
+        map.clone(),
+        // what the map renders as, and with the old `~` marker
+        minijinja::Value::from(map.to_string()),
+        minijinja::Value::from(format!("~{map}")),
+        minijinja::Value::from(format!("!{map}")),
+        // integers beyond i64 stay exact and distinct
+        minijinja::Value::from(u64::MAX),
+        minijinja::Value::from(u64::MAX - 1),
+        minijinja::Value::from(i128::MAX),
+        minijinja::Value::from(i128::MAX - 1),
+    ];
+    for v in &values {
+        t.render(minijinja::context! { value => v }).unwrap();
+    }
+    assert_eq!(
+        renders.load(SeqCst),
+        values.len(),
+        "every value renders its own fragment"
+    );
+    for v in &values {
+        t.render(minijinja::context! { value => v }).unwrap();
+    }
+    assert_eq!(
+        renders.load(SeqCst),
+        values.len(),
+        "and hits it the second time"
+    );
+}

@@ -54,21 +54,32 @@ impl KeyPart for ValuePart<'_> {
         match v.kind() {
             ValueKind::Undefined | ValueKind::None => None::<i64>.write_key_part(out),
             ValueKind::Bool => v.is_true().write_key_part(out),
-            ValueKind::Number => match i64::try_from(v.clone()) {
-                Ok(i) => i.write_key_part(out),
-                Err(_) => f64::try_from(v.clone())
-                    .unwrap_or(f64::NAN)
-                    .write_key_part(out),
-            },
+            // Integers exactly, whatever their width; other numbers as floats
+            // (which always render with a `.`, `e`, `inf` or `NaN`).
+            ValueKind::Number => {
+                if let Ok(i) = i128::try_from(v.clone()) {
+                    i.write_key_part(out)
+                } else if let Ok(u) = u128::try_from(v.clone()) {
+                    u.write_key_part(out)
+                } else {
+                    f64::try_from(v.clone())
+                        .unwrap_or(f64::NAN)
+                        .write_key_part(out)
+                }
+            }
             ValueKind::String => v.as_str().unwrap_or_default().write_key_part(out),
             ValueKind::Seq => {
                 let items: Vec<Value> = v.try_iter().map(|i| i.collect()).unwrap_or_default();
                 let parts: Vec<ValuePart<'_>> = items.iter().map(ValuePart).collect();
                 parts.write_key_part(out)
             }
-            // Maps and objects: their rendered text, marked so it cannot
-            // pass for a plain string.
-            _ => format!("~{v}").as_str().write_key_part(out),
+            // Maps, objects and bytes: their rendered text, escaped, after a
+            // raw `!` that no string, number or sequence part starts with
+            // (strings escape `!`), so it cannot pass for any of them.
+            _ => {
+                out.push('!');
+                crate::key::escape_into(&v.to_string(), out);
+            }
         }
     }
 }
