@@ -33,15 +33,15 @@ use tg_cache::{CacheConfig, Caches, cache_function};
 // Bounds and settings
 // ---------------------------------------------------------------------------
 
-const RESPONSE_TIMEOUT: Duration = Duration::from_millis(200);
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
 const BREAKER_COOLDOWN: Duration = Duration::from_millis(50);
-/// Scheduling slack on top of `response_timeout × 1.1` (2-core machines).
-const SLACK: Duration = Duration::from_millis(50);
+/// Slack on top of `response_timeout × 1.1`: none, the issue's bound.
+const SLACK: Duration = Duration::ZERO;
 /// Redis answers again → the first cache write or hit.
 const RECOVERY: Duration = Duration::from_millis(100);
 /// A server started late on the configured port → caching begins.
-const LATE_START: Duration = Duration::from_millis(500);
+const LATE_START: Duration = Duration::from_millis(100);
 /// Concurrent callers of the load scenarios.
 const TASKS: usize = 64;
 /// Keys the load scenarios spread over (small, so hits dominate).
@@ -572,25 +572,49 @@ async fn child_absent_at_start() {
 /// byte-aligned and refers to nothing before it, so copies concatenate;
 /// the Adler-32 of `n` zeros is `(n mod 65521) << 16 | 1`.
 fn zlib_bomb() -> Vec<u8> {
-    use flate2::{Compress, Compression, FlushCompress};
-    const MIB: usize = 1 << 20;
-    let mut raw = Compress::new(Compression::best(), false);
-    let mut chunk = Vec::with_capacity(64 << 10);
-    raw.compress_vec(&vec![0u8; MIB], &mut chunk, FlushCompress::Sync)
-        .unwrap();
-    assert_eq!(
-        raw.total_in(),
-        MIB as u64,
-        "one call compresses the whole MiB"
-    );
-    let mut bomb = vec![0x78, 0x9c];
-    for _ in 0..1024 {
-        bomb.extend_from_slice(&chunk);
-    }
+    let mut bomb = bomb_chunks(&[0u8; 0], 0);
     // A final, empty stored block, then the checksum.
     bomb.extend_from_slice(&[0x01, 0x00, 0x00, 0xff, 0xff]);
     let adler = ((1u32 << 30) % 65521) << 16 | 1;
     bomb.extend_from_slice(&adler.to_be_bytes());
+    bomb
+}
+
+/// A zlib stream of 1 GiB that is valid JSON as far as it goes: a string
+/// `"xxxx…` that never ends, so a decoder that does not stop at the cap
+/// keeps it all in memory. (Its checksum is not computed: no decoder that
+/// stops at the cap gets that far.)
+fn json_zlib_bomb() -> Vec<u8> {
+    let mut bomb = bomb_chunks(b"\"", b'x');
+    bomb.extend_from_slice(&[0x01, 0x00, 0x00, 0xff, 0xff, 0, 0, 0, 0]);
+    bomb
+}
+
+/// The zlib header and 1024 independently compressed MiB: `first` then
+/// `fill` bytes in the first MiB, `fill` bytes in the others.
+fn bomb_chunks(first: &[u8], fill: u8) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    const MIB: usize = 1 << 20;
+    let chunk_of = |data: &[u8]| {
+        let mut raw = Compress::new(Compression::best(), false);
+        let mut chunk = Vec::with_capacity(64 << 10);
+        raw.compress_vec(data, &mut chunk, FlushCompress::Sync)
+            .unwrap();
+        assert_eq!(
+            raw.total_in(),
+            MIB as u64,
+            "one call compresses the whole MiB"
+        );
+        chunk
+    };
+    let mut head = first.to_vec();
+    head.resize(MIB, fill);
+    let rest = chunk_of(&vec![fill; MIB]);
+    let mut bomb = vec![0x78, 0x9c];
+    bomb.extend_from_slice(&chunk_of(&head));
+    for _ in 1..1024 {
+        bomb.extend_from_slice(&rest);
+    }
     bomb
 }
 
@@ -852,13 +876,43 @@ async fn child_zlib_bomb_memory() {
     if !is_child() {
         return;
     }
+    bomb_memory(zlib_bomb(), None).await;
+}
+
+#[test]
+fn json_zlib_bomb_memory_bound() {
+    scenario("child_json_zlib_bomb_memory");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "helper: runs only as a child process of json_zlib_bomb_memory_bound"]
+async fn child_json_zlib_bomb_memory() {
+    if !is_child() {
+        return;
+    }
+    // A bomb that is valid JSON costs up to about twice the cap to reject
+    // (the decoder keeps what it parsed until the cap, once per process:
+    // about 120 MiB with the default 64 MiB cap), on top of the 64 callers'
+    // copies of the 1 MiB payload itself. Run here with a 16 MiB cap, and
+    // held to 2 x cap + 64 x payload.
+    bomb_memory(json_zlib_bomb(), Some(16 << 20)).await;
+}
+
+/// 64 callers of one key holding `bomb`: peak RSS above the baseline.
+async fn bomb_memory(bomb: Vec<u8>, max_value_bytes: Option<usize>) {
     let server = RedisServer::start();
-    configure(&server.url());
+    let mut cfg = config(&server.url());
+    if let Some(cap) = max_value_bytes {
+        cfg = cfg.max_value_bytes(cap);
+    }
+    tg_cache::configure(Caches::new(cfg)).unwrap();
     let mut f = Failures::default();
     assert_eq!(corrupt_fn(2).await, "body-2");
     let epoch: Vec<u8> = raw_cmd(&server, &[b"GET", b"#epoch:tg:fn:faults_corrupt"]);
     let mut value = format!("#{}:", String::from_utf8_lossy(&epoch)).into_bytes();
-    value.extend_from_slice(&zlib_bomb());
+    value.extend_from_slice(&bomb);
+    let payload_len = bomb.len();
+    drop(bomb);
     let () = raw_cmd(&server, &[b"SET", b"tg:fn:faults_corrupt:case=2", &value]);
     let () = raw_cmd(
         &server,
@@ -885,11 +939,16 @@ async fn child_zlib_bomb_memory() {
     report("fn_body_runs", CORRUPT_RUNS.load(SeqCst) - runs0);
     report("stats", format!("{:?}", tg_cache::cache().stats()));
     f.check(wrong == 0, || format!("{wrong} callers got a wrong value"));
-    f.check(above < BOMB_RSS, || {
+    let bound = match max_value_bytes {
+        None => BOMB_RSS,
+        Some(cap) => 2 * cap as u64 + (TASKS as u64) * (payload_len as u64),
+    };
+    report("bound_mib", bound >> 20);
+    f.check(above < bound, || {
         format!(
             "peak RSS {} MiB above baseline (bound {} MiB)",
             above >> 20,
-            BOMB_RSS >> 20
+            bound >> 20
         )
     });
     f.finish();

@@ -47,6 +47,8 @@ pub(crate) fn compress(json: Vec<u8>, compress_min: Option<usize>) -> Vec<u8> {
 pub(crate) enum DecodeError {
     #[error("{0} bytes, over the configured cap")]
     TooLarge(usize),
+    #[error("this compressed value failed to decode a moment ago (not inflated again)")]
+    KnownBad,
     #[error("not the expected JSON shape: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -58,18 +60,42 @@ fn is_zlib(bytes: &[u8]) -> bool {
         && (u16::from(bytes[0]) << 8 | u16::from(bytes[1])) % 31 == 0
 }
 
+/// Compressed payloads (with the type asked) that failed to decode lately:
+/// a bomb read by many callers at once is inflated once, not once each.
+/// The lock is also held while inflating, so that at most one compressed
+/// value is inflated at a time in the process.
+static INFLATE: std::sync::Mutex<std::collections::VecDeque<u64>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+const KNOWN_BAD: usize = 16;
+
 /// Decodes bytes written by [`compress`], compressed or not, reading at
 /// most `max_bytes` of JSON: a compressed value is inflated as it is
-/// parsed (never into one buffer), and parsing stops with an error at the
-/// cap, so a decompression bomb costs at most the cap in time and the
-/// decoded value's size in memory.
+/// parsed (never into one buffer first), and parsing stops with an error at
+/// the cap, so a decompression bomb costs at most the cap in time and in
+/// memory, once per process (compressed values are inflated one at a time,
+/// and a payload that failed is remembered).
 pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     max_bytes: usize,
 ) -> Result<T, DecodeError> {
     if is_zlib(bytes) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (bytes, std::any::type_name::<T>()).hash(&mut h);
+        let digest = h.finish();
+        let mut bad = INFLATE.lock().unwrap_or_else(|p| p.into_inner());
+        if bad.contains(&digest) {
+            return Err(DecodeError::KnownBad);
+        }
         let limited = ZlibDecoder::new(bytes).take(max_bytes as u64);
-        Ok(serde_json::from_reader(std::io::BufReader::new(limited))?)
+        let r = serde_json::from_reader(std::io::BufReader::new(limited));
+        if r.is_err() {
+            if bad.len() == KNOWN_BAD {
+                bad.pop_front();
+            }
+            bad.push_back(digest);
+        }
+        Ok(r?)
     } else if bytes.len() > max_bytes {
         Err(DecodeError::TooLarge(bytes.len()))
     } else {

@@ -103,10 +103,19 @@ end
 -- The family's current epoch; '' for a key outside any family. A missing
 -- or malformed epoch is replaced by the fresh token ARGV[fresh] when `fix`,
 -- else nil is returned (nothing of the family is live).
+-- The well-formed epoch at `ek`, or false; junk of any size or type is
+-- never copied (its length is checked first).
+local function read_epoch(ek)
+  local ok, len = pcall(redis.call, 'STRLEN', ek)
+  if not ok or len == 0 or len > 64 then return false end
+  local e = redis.call('GET', ek)
+  if valid_epoch(e) then return e end
+  return false
+end
 local function epoch_of(ek, fresh, fix)
   if not ek then return '', false end
-  local ok, e = pcall(redis.call, 'GET', ek)
-  if ok and valid_epoch(e) then return e, false end
+  local e = read_epoch(ek)
+  if e then return e, false end
   if not fix then return nil, false end
   redis.call('DEL', ek)
   redis.call('SET', ek, fresh)

@@ -73,6 +73,31 @@ enum Found<T> {
     Miss,
     /// Undecodable or oversized bytes (counted and logged): fill over them.
     Corrupt,
+    /// The read timed out: Redis is down, or this value cannot be read in
+    /// time. Compute without storing; a check in the background removes
+    /// the value if Redis answers otherwise.
+    Slow,
+}
+
+/// How the leader may store what it computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// Only where nothing live is stored.
+    Fresh,
+    /// Over what is stored (a refresh, or bytes that cannot be decoded).
+    Replace,
+    /// Not at all: compute and hand the result on.
+    Skip,
+}
+
+impl<T> Found<T> {
+    fn fill(&self) -> Fill {
+        match self {
+            Found::Hit(_) | Found::Miss => Fill::Fresh,
+            Found::Corrupt => Fill::Replace,
+            Found::Slow => Fill::Skip,
+        }
+    }
 }
 
 /// `f()`'s result, through the cache: see the module docs.
@@ -108,17 +133,18 @@ where
             slot: &slot,
             ttl,
         };
-        return lead::<P, R, F, Fut>(&miss, true, None, share, f).await.0;
+        return lead::<P, R, F, Fut>(&miss, Fill::Replace, None, share, f)
+            .await
+            .0;
     }
     // Each caller looks up for itself: a value read by another caller
     // before an invalidation must not reach a caller that began after it.
-    let mut replace = match lookup::<P::Stored>(core, key, &slot).await {
+    let mut fill = match lookup::<P::Stored>(core, key, &slot).await {
         Found::Hit(v) => {
             core.count_lookup(key, true);
             return P::load(v);
         }
-        Found::Miss => false,
-        Found::Corrupt => true,
+        found => found.fill(),
     };
     core.count_lookup(key, false);
     let miss = Miss {
@@ -160,8 +186,7 @@ where
                         // or another writer's value): look again.
                         match lookup::<P::Stored>(core, key, &slot).await {
                             Found::Hit(v) => return P::load(v),
-                            Found::Miss => replace = false,
-                            Found::Corrupt => replace = true,
+                            found => fill = found.fill(),
                         }
                         continue;
                     }
@@ -169,7 +194,7 @@ where
             }
         };
         let f = f.take().expect("the leader computes once");
-        let (result, outcome) = lead::<P, R, F, Fut>(&miss, replace, Some(&leader), share, f).await;
+        let (result, outcome) = lead::<P, R, F, Fut>(&miss, fill, Some(&leader), share, f).await;
         leader.finish(outcome);
         return result;
     }
@@ -183,11 +208,30 @@ async fn lookup<T: CacheValue>(core: &Core, key: &str, slot: &Slot) -> Found<T> 
             Some(v) => Found::Hit(v),
             None => Found::Corrupt,
         },
+        Err(e @ crate::Error::Timeout(_)) => {
+            core.report("get", key, &e);
+            drop_if_unreadable(core, slot);
+            Found::Slow
+        }
         Err(e) => {
             core.report("get", key, &e);
             Found::Miss
         }
     }
+}
+
+/// A read of `slot` timed out. If Redis answers a `PING` within the same
+/// timeout, the value itself is what cannot be read in time: it is
+/// removed (logged and counted), like a corrupt value, so the next call
+/// fills it. Runs in the background; the caller computes meanwhile.
+fn drop_if_unreadable(core: &Core, slot: &Slot) {
+    let (store, slot) = (core.store.clone(), slot.clone());
+    io_runtime().spawn(async move {
+        if store.ping().await.is_ok() && store.delete(std::slice::from_ref(&slot.key)).await.is_ok()
+        {
+            tracing::warn!(key = %slot.key, "a cached value could not be read within the response timeout while Redis answered; it was removed");
+        }
+    });
 }
 
 fn warn_once_sole_thread(key: &str) {
@@ -214,7 +258,7 @@ struct Miss<'a> {
 /// it), compute, store under the lease, and say what the followers get.
 async fn lead<P, R, F, Fut>(
     miss: &Miss<'_>,
-    replace: bool,
+    fill: Fill,
     flight: Option<&Leader<'_>>,
     share: fn(&R) -> Option<R>,
     f: F,
@@ -231,10 +275,13 @@ where
         slot,
         ttl,
     } = *miss;
-    let mut replace = replace;
+    let mut replace = fill == Fill::Replace;
     let token = generation::new_token();
     let mut backoff = Backoff::default();
     let lease = loop {
+        if fill == Fill::Skip {
+            break None;
+        }
         match core.store.lease(slot, &token, replace).await {
             Ok(LeaseOutcome::Granted(lease)) => break Some(lease),
             Ok(LeaseOutcome::Found(stored)) => match core.decode::<P::Stored>(&slot.key, stored) {

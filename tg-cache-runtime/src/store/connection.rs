@@ -7,12 +7,16 @@
 //!   (a fair `tokio` semaphore). A call that is still queued at its deadline
 //!   fails with [`Error::Saturated`], which never counts against Redis:
 //!   it does not open the breaker.
-//! * **One deadline per call.** Queueing, (re)connecting and the command
-//!   itself all fit in the response timeout, so no call takes longer than
-//!   it, healthy Redis or not.
+//! * **One deadline per command.** Queueing, (re)connecting and the command
+//!   itself all fit in the response timeout, so no Redis command takes
+//!   longer than it, healthy Redis or not. A command that times out after
+//!   spending most of its deadline in the queue is [`Error::Saturated`]
+//!   too: the queue, not Redis, used its time.
 //! * **Breaker with one probe.** After a failure that says Redis is
 //!   unreachable (I/O error, refused connection, timeout), calls fail fast
-//!   with [`Error::Unavailable`] for the cooldown (default 50 ms). Then
+//!   with [`Error::Unavailable`] for the cooldown (default 50 ms). A single
+//!   timed-out command (a big value, a slow script) is checked first: the
+//!   breaker opens only if a `PING` times out too. Then
 //!   exactly one call goes through as a probe while the others keep failing
 //!   fast; its success closes the breaker, its failure opens it again. A
 //!   probe that is cancelled hands the probe to the next caller.
@@ -44,7 +48,9 @@ pub(crate) struct Connections {
     /// In-flight commands; FIFO for the waiters.
     permits: Arc<Semaphore>,
     timeout: Duration,
-    breaker: Breaker,
+    breaker: Arc<Breaker>,
+    /// Whether a background check of a timeout is running.
+    checking: Arc<AtomicBool>,
 }
 
 impl Connections {
@@ -73,11 +79,12 @@ impl Connections {
             next: AtomicUsize::new(0),
             permits: Arc::new(Semaphore::new(s.max_connections.max(1))),
             timeout: s.response_timeout,
-            breaker: Breaker {
+            breaker: Arc::new(Breaker {
                 open_until: AtomicU64::new(0),
                 probing: AtomicBool::new(false),
                 cooldown: s.breaker_cooldown,
-            },
+            }),
+            checking: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -111,6 +118,7 @@ impl Connections {
             }
         };
         let op = op(self.connection());
+        let slice = deadline.saturating_duration_since(tokio::time::Instant::now());
         let res = in_io(async move { tokio::time::timeout_at(deadline, op).await }).await;
         let err = match res {
             Ok(Ok(v)) => {
@@ -118,6 +126,20 @@ impl Connections {
                 return Ok(v);
             }
             Ok(Err(e)) => Error::Redis(e),
+            // Most of the deadline went to the queue: load, not a failure.
+            Err(_) if slice < self.timeout / 2 => {
+                drop(probe);
+                return Err(Error::Saturated {
+                    waited: self.timeout,
+                });
+            }
+            // One slow command (a big value, a slow script) is not an outage:
+            // a PING in the background decides, and opens the breaker only
+            // if Redis does not answer it either. The probe decides at once.
+            Err(_) if probe.0.is_none() => {
+                self.check_in_background();
+                return Err(Error::Timeout(self.timeout));
+            }
             Err(_) => Error::Timeout(self.timeout),
         };
         if err.is_unreachable() {
@@ -127,6 +149,30 @@ impl Connections {
             self.breaker.success(probe);
         }
         Err(err)
+    }
+}
+
+impl Connections {
+    /// After a command timed out: checks with a `PING` (within the response
+    /// timeout) whether Redis answers at all, and opens the breaker if not.
+    fn check_in_background(&self) {
+        if self.checking.swap(true, Relaxed) {
+            return;
+        }
+        let (mut conn, breaker, checking) = (
+            self.connection(),
+            self.breaker.clone(),
+            self.checking.clone(),
+        );
+        let timeout = self.timeout;
+        io_runtime().spawn(async move {
+            let cmd = redis::cmd("PING");
+            let ping = cmd.query_async::<String>(&mut conn);
+            if !matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(_))) {
+                breaker.failure(Probe(None));
+            }
+            checking.store(false, Relaxed);
+        });
     }
 }
 

@@ -68,10 +68,7 @@ local big = ok and n > MAX_VALUE_BYTES
 local v = false
 if ok and not big then v = redis.call('GET', KEYS[1]) end
 local e = false
-if KEYS[2] then
-  local okE, x = pcall(redis.call, 'GET', KEYS[2])
-  if okE then e = x end
-end
+if KEYS[2] then e = read_epoch(KEYS[2]) end
 return {v, e, big and 1 or 0}
 ";
 
@@ -80,11 +77,12 @@ const READ_MANY_SCRIPT: &str = r"
 local n = tonumber(ARGV[1])
 local out = {}
 for i = 1, #KEYS do
-  local ok, len = pcall(redis.call, 'STRLEN', KEYS[i])
   local v = false
-  if ok and (i > n or len <= MAX_VALUE_BYTES) then
-    local okV, x = pcall(redis.call, 'GET', KEYS[i])
-    if okV then v = x end
+  if i > n then
+    v = read_epoch(KEYS[i])
+  else
+    local ok, len = pcall(redis.call, 'STRLEN', KEYS[i])
+    if ok and len <= MAX_VALUE_BYTES then v = redis.call('GET', KEYS[i]) end
   end
   out[i] = v
 end
