@@ -409,7 +409,7 @@ impl Unkeyed {
     /// `Vary: Authorization` (`authorization`) may be stored from, or served
     /// to, this request: not if the request has such a value outside the key.
     fn allows(self, cookie: bool, authorization: bool) -> bool {
-        !(self.cookie && cookie) && !(self.authorization && authorization)
+        !((self.cookie && cookie) || (self.authorization && authorization))
     }
 }
 
