@@ -180,6 +180,14 @@ async fn start(
             })),
         )
         .route(
+            "/token",
+            // a per-request token (a CSRF form) on a page that says so
+            get(counted(|_| {
+                let n = TOKENS.fetch_add(1, SeqCst);
+                ([(header::VARY, "Cookie")], format!("token {n}")).into_response()
+            })),
+        )
+        .route(
             "/bytes",
             get(counted(|h| {
                 let values: Vec<Vec<u8>> = h
@@ -201,6 +209,9 @@ async fn start(
         client: reqwest::Client::new(),
     }
 }
+
+/// The next token `/token` hands out.
+static TOKENS: AtomicUsize = AtomicUsize::new(0);
 
 /// A two-chunk body of unknown length (a streaming response).
 struct TwoChunks(u8);
@@ -243,6 +254,34 @@ impl App {
     }
     fn runs(&self) -> usize {
         self.runs.load(SeqCst)
+    }
+    /// A raw HTTP/1.1 GET with `target` as written (absolute-form allowed)
+    /// and exactly these headers; returns the status and `X-Cache`.
+    async fn raw_get(&self, target: &str, headers: &[(&str, &str)]) -> (u16, Option<String>) {
+        use std::io::{Read as _, Write as _};
+        let addr = self.base.trim_start_matches("http://").to_owned();
+        let mut req = format!("GET {target} HTTP/1.1\r\nconnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        tokio::task::spawn_blocking(move || {
+            let mut conn = std::net::TcpStream::connect(addr).unwrap();
+            conn.write_all(req.as_bytes()).unwrap();
+            let mut resp = Vec::new();
+            conn.read_to_end(&mut resp).unwrap();
+            let resp = String::from_utf8_lossy(&resp).into_owned();
+            let head = resp.split("\r\n\r\n").next().unwrap();
+            let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+            let x_cache = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("x-cache")
+                    .then(|| v.trim().to_owned())
+            });
+            (status, x_cache)
+        })
+        .await
+        .unwrap()
     }
 }
 
@@ -410,6 +449,10 @@ macro_rules! on_both_stores {
 
 on_both_stores!(
     two_hosts_never_share_a_page,
+    absolute_form_with_another_host_passes_through,
+    forwarded_host_is_keyed_only_when_trusted,
+    query_strings_are_keyed_by_hash_only,
+    vary_cookie_pages_never_reach_unkeyed_cookies,
     session_cookies_bypass_by_default,
     vary_on_cookie_gives_each_session_its_entry,
     allow_listed_cookies_are_cacheable_and_not_keyed,
@@ -525,13 +568,11 @@ async fn session_cookies_bypass_by_default(alias: Option<&'static str>) {
 async fn vary_on_cookie_gives_each_session_its_entry(alias: Option<&'static str>) {
     let view = format!("t_vary_cookie_{}", alias.unwrap_or("local"));
     let app = start(&view, |l| {
-        on(alias)(l)
-            .vary_on_cookie("id")
-            .allow_cookies(["csrftoken"])
+        on(alias)(l).vary_on_cookie("id").allow_cookies(["theme"])
     })
     .await;
     let alice = [("cookie", "id=zzAliceSession")];
-    let bob = [("cookie", "id=zzBobSession; csrftoken=zzCsrfToken")];
+    let bob = [("cookie", "id=zzBobSession; theme=zzTheme")];
     let (_, h, b) = app.get("/whoami", &alice).await;
     assert_eq!(x_cache(&h), Some("MISS"));
     assert!(b.contains("zzAliceSession"));
@@ -553,7 +594,7 @@ async fn vary_on_cookie_gives_each_session_its_entry(alias: Option<&'static str>
             "{b}"
         );
     }
-    // absent and empty are two more entries; the csrftoken does not matter
+    // absent and empty are two more entries; the theme does not matter
     let (_, h, b) = app.get("/whoami", &[]).await;
     assert_eq!(
         (x_cache(&h), b.contains("zzAlice") || b.contains("zzBob")),
@@ -564,7 +605,7 @@ async fn vary_on_cookie_gives_each_session_its_entry(alias: Option<&'static str>
         Some("MISS")
     );
     assert_eq!(
-        x_cache(&app.get("/whoami", &[("cookie", "csrftoken=x")]).await.1),
+        x_cache(&app.get("/whoami", &[("cookie", "theme=x")]).await.1),
         Some("HIT")
     );
     // an unknown cookie beside it still bypasses
@@ -577,9 +618,12 @@ async fn vary_on_cookie_gives_each_session_its_entry(alias: Option<&'static str>
         None
     );
     assert_eq!(app.runs(), 5);
-    // Django's CSRF `Vary: Cookie` does not stop the first response being stored
+    // A handler's `Vary: Cookie` is keyed when every cookie is varied on...
     assert_eq!(x_cache(&app.get("/csrf", &alice).await.1), Some("MISS"));
     assert_eq!(x_cache(&app.get("/csrf", &alice).await.1), Some("HIT"));
+    // ...but not with an allowed cookie beside it: it may depend on that one.
+    assert_eq!(x_cache(&app.get("/csrf", &bob).await.1), None);
+    assert_eq!(x_cache(&app.get("/csrf", &bob).await.1), None);
     assert_eq!(
         invalidate_path(store_of(alias), &view, "/whoami")
             .await
@@ -592,10 +636,7 @@ async fn vary_on_cookie_gives_each_session_its_entry(alias: Option<&'static str>
 
 async fn allow_listed_cookies_are_cacheable_and_not_keyed(alias: Option<&'static str>) {
     let view = format!("t_allow_{}", alias.unwrap_or("local"));
-    let app = start(&view, |l| {
-        on(alias)(l).allow_cookies(["theme", "csrftoken"])
-    })
-    .await;
+    let app = start(&view, |l| on(alias)(l).allow_cookies(["theme", "lang"])).await;
     assert_eq!(
         x_cache(&app.get("/page", &[("cookie", "theme=zzDark")]).await.1),
         Some("MISS")
@@ -606,7 +647,7 @@ async fn allow_listed_cookies_are_cacheable_and_not_keyed(alias: Option<&'static
     );
     assert_eq!(
         x_cache(
-            &app.get("/page", &[("cookie", "csrftoken=zzCsrf; theme=x")])
+            &app.get("/page", &[("cookie", "lang=zzLang; theme=x")])
                 .await
                 .1
         ),
@@ -621,16 +662,16 @@ async fn allow_listed_cookies_are_cacheable_and_not_keyed(alias: Option<&'static
         ),
         None
     );
-    // a response that says `Vary: Cookie` is still shared by allow-listed cookies
+    // a response that says `Vary: Cookie` is never shared by allowed cookies
     assert_eq!(
-        x_cache(&app.get("/csrf", &[("cookie", "csrftoken=zzCsrf")]).await.1),
-        Some("MISS")
+        x_cache(&app.get("/csrf", &[("cookie", "theme=zzDark")]).await.1),
+        None
     );
     assert_eq!(
-        x_cache(&app.get("/csrf", &[("cookie", "csrftoken=zzOther")]).await.1),
-        Some("HIT")
+        x_cache(&app.get("/csrf", &[("cookie", "theme=zzDark")]).await.1),
+        None
     );
-    assert_eq!(app.runs(), 3);
+    assert_eq!(app.runs(), 4);
     assert_no_secret_in_keys(alias).await;
 }
 
@@ -715,6 +756,166 @@ async fn non_utf8_varied_values_give_separate_pages(alias: Option<&'static str>)
     assert_eq!(app.runs(), 1 + variants.len());
 }
 
+async fn vary_cookie_pages_never_reach_unkeyed_cookies(alias: Option<&'static str>) {
+    let view = format!("t_token_{}", alias.unwrap_or("local"));
+    let app = start(&view, |l| on(alias)(l).allow_cookies(["theme"])).await;
+    // Two users with different allowed cookies each get their own token.
+    let (_, h1, t1) = app.get("/token", &[("cookie", "theme=zzDark")]).await;
+    let (_, h2, t2) = app.get("/token", &[("cookie", "theme=zzLight")]).await;
+    let (_, h3, t3) = app.get("/token", &[("cookie", "theme=zzDark")]).await;
+    assert_eq!(
+        (x_cache(&h1), x_cache(&h2), x_cache(&h3)),
+        (None, None, None)
+    );
+    assert!(t1 != t2 && t2 != t3 && t1 != t3, "{t1} {t2} {t3}");
+    // A cookieless request may store it, but it is never served to a cookie.
+    let (_, h, anon) = app.get("/token", &[]).await;
+    assert_eq!(x_cache(&h), Some("MISS"));
+    let (_, h, b) = app.get("/token", &[]).await;
+    assert_eq!((x_cache(&h), b.as_str()), (Some("HIT"), anon.as_str()));
+    let (_, h, b) = app.get("/token", &[("cookie", "theme=zzDark")]).await;
+    assert_eq!(x_cache(&h), None);
+    assert_ne!(b, anon);
+    let resp = app
+        .client
+        .head(format!("{}/token", app.base))
+        .header("cookie", "theme=zzDark")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        resp.headers().get("x-cache").map(|v| v.to_str().unwrap()),
+        Some("HIT")
+    );
+    assert_eq!(app.runs(), 6);
+    assert_no_secret_in_keys(alias).await;
+}
+
+async fn absolute_form_with_another_host_passes_through(alias: Option<&'static str>) {
+    let view = format!("t_absolute_{}", alias.unwrap_or("local"));
+    let app = start(&view, on(alias)).await;
+    let b = [("host", "b.example")];
+    // Host b.example fills its page.
+    assert_eq!(app.raw_get("/page", &b).await, (200, Some("MISS".into())));
+    assert_eq!(app.raw_get("/page", &b).await, (200, Some("HIT".into())));
+    // An absolute-form request naming another host is neither read nor written.
+    for _ in 0..2 {
+        assert_eq!(app.raw_get("http://a.example/page", &b).await, (200, None));
+    }
+    // Agreeing (case-insensitively) is fine, and keys on that host.
+    assert_eq!(
+        app.raw_get("http://B.example/page", &b).await,
+        (200, Some("HIT".into()))
+    );
+    let a = [("host", "a.example")];
+    assert_eq!(
+        app.raw_get("http://a.example/page", &a).await,
+        (200, Some("MISS".into()))
+    );
+    assert_eq!(app.raw_get("/page", &a).await, (200, Some("HIT".into())));
+    assert_eq!(app.runs(), 4);
+}
+
+async fn forwarded_host_is_keyed_only_when_trusted(alias: Option<&'static str>) {
+    let view = format!("t_xfh_{}", alias.unwrap_or("local"));
+    // Not trusted: keyed on Host, whatever X-Forwarded-Host or Forwarded say.
+    let app = start(&view, on(alias)).await;
+    let via = |h: &'static str| [("host", "proxy.internal"), ("x-forwarded-host", h)];
+    assert_eq!(
+        x_cache(&app.get("/page", &via("a.example")).await.1),
+        Some("MISS")
+    );
+    assert_eq!(
+        x_cache(&app.get("/page", &via("b.example")).await.1),
+        Some("HIT")
+    );
+    assert_eq!(
+        x_cache(
+            &app.get(
+                "/page",
+                &[("host", "proxy.internal"), ("forwarded", "host=c.example")]
+            )
+            .await
+            .1
+        ),
+        Some("HIT")
+    );
+    // Trusted: keyed on its first value.
+    let tview = format!("{view}_trusted");
+    let proxied = start(&tview, |l| on(alias)(l).trust_forwarded_host()).await;
+    assert_eq!(
+        x_cache(&proxied.get("/page", &via("a.example")).await.1),
+        Some("MISS")
+    );
+    assert_eq!(
+        x_cache(&proxied.get("/page", &via("b.example")).await.1),
+        Some("MISS")
+    );
+    assert_eq!(
+        x_cache(&proxied.get("/page", &via("B.example, a.example")).await.1),
+        Some("HIT")
+    );
+    assert_eq!(
+        x_cache(&proxied.get("/page", &via("a.example")).await.1),
+        Some("HIT")
+    );
+    // without it, keyed on Host; an empty one passes through
+    assert_eq!(
+        x_cache(&proxied.get("/page", &[("host", "proxy.internal")]).await.1),
+        Some("MISS")
+    );
+    assert_eq!(x_cache(&proxied.get("/page", &via("")).await.1), None);
+    assert_eq!(
+        x_cache(&proxied.get("/page", &[("host", "a.example")]).await.1),
+        Some("HIT"),
+        "the same host whether forwarded or not"
+    );
+    assert_eq!(app.runs(), 1);
+    assert_eq!(proxied.runs(), 4);
+}
+
+async fn query_strings_are_keyed_by_hash_only(alias: Option<&'static str>) {
+    let view = format!("t_query_{}", alias.unwrap_or("local"));
+    let app = start(&view, on(alias)).await;
+    for target in [
+        "/page?token=zzAlice",
+        "/page?token=zzBob",
+        "/page?",
+        "/page",
+    ] {
+        assert_eq!(
+            x_cache(&app.get(target, &[]).await.1),
+            Some("MISS"),
+            "{target}"
+        );
+    }
+    for target in [
+        "/page?token=zzAlice",
+        "/page?token=zzBob",
+        "/page?",
+        "/page",
+    ] {
+        assert_eq!(
+            x_cache(&app.get(target, &[]).await.1),
+            Some("HIT"),
+            "{target}"
+        );
+    }
+    assert_eq!(app.runs(), 4);
+    assert_no_secret_in_keys(alias).await;
+    assert_eq!(
+        invalidate_path(store_of(alias), &view, "/page")
+            .await
+            .unwrap(),
+        8,
+        "4 pages + 4 header lists"
+    );
+    assert_eq!(
+        x_cache(&app.get("/page?token=zzAlice", &[]).await.1),
+        Some("MISS")
+    );
+}
+
 /// Values used as cookies and credentials in these tests all start with `zz`.
 async fn assert_no_secret_in_keys(alias: Option<&str>) {
     if alias.is_none() {
@@ -754,7 +955,7 @@ async fn redis_keys() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_cookie_or_credential_value_in_any_log_line_or_key() {
     LazyLock::force(&CACHES);
-    let secrets = ["zzLogSession", "zzLogToken", "zzLogTheme"];
+    let secrets = ["zzLogSession", "zzLogToken", "zzLogTheme", "zzLogQuery"];
     for (view, alias) in [("t_log_local", None), ("t_log_redis", Some("redis"))] {
         for layer in [
             |l: tg_cache::http::CachePageLayer| l,
@@ -762,7 +963,16 @@ async fn no_cookie_or_credential_value_in_any_log_line_or_key() {
             |l: tg_cache::http::CachePageLayer| l.vary_on_authorization(),
         ] {
             let app = start(view, |l| layer(on(alias)(l))).await;
-            for path in ["/page", "/whoami", "/vary", "/cookie", "/bytes"] {
+            for path in [
+                "/page",
+                "/whoami",
+                "/vary",
+                "/cookie",
+                "/bytes",
+                "/page?token=zzLogQuery",
+                "/vary?token=zzLogQuery&x=1",
+                "/cookie?token=zzLogQuery",
+            ] {
                 for headers in [
                     vec![("cookie", "id=zzLogSession; theme=zzLogTheme")],
                     vec![("cookie", "theme=zzLogTheme")],
@@ -962,6 +1172,22 @@ mod keys {
             HeaderValue::from_static("bob:zzPassword@a.example:8080"),
         );
         assert_eq!(layer.__page_key(&origin, &h, &[]).unwrap(), k);
+    }
+
+    #[test]
+    fn the_query_enters_the_key_as_a_hash_only() {
+        let layer = cache_page(60).view("k");
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("a.example"));
+        let key = |t: &str| layer.__page_key(&t.parse().unwrap(), &h, &[]).unwrap();
+        let k = key("/p?token=zzSecret");
+        assert!(!k.contains("zz") && !k.contains("token"), "{k}");
+        assert!(k.starts_with("tg:view:k:path=/p:"), "{k}");
+        let hash = k.split("query=").nth(1).unwrap().split(':').next().unwrap();
+        assert_eq!(hash.len(), 32, "{k}");
+        assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{k}");
+        assert_ne!(k, key("/p?token=zzOther"));
+        assert_ne!(key("/p?"), key("/p"));
     }
 
     proptest! {

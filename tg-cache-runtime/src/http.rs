@@ -9,7 +9,7 @@
 //!
 //! let app: Router = Router::new()
 //!     .route("/meritflaws", get(|| async { "<ul>...</ul>" }))
-//!     .route_layer(cache_page(LONG).view("meritflaw_list").allow_cookies(["csrftoken", "theme"]));
+//!     .route_layer(cache_page(LONG).view("meritflaw_list").allow_cookies(["theme"]));
 //! ```
 //!
 //! # What is cached
@@ -25,18 +25,22 @@
 //! axum-login's `id`...) or an `Authorization` header. A route opts in with:
 //!
 //! * [`CachePageLayer::allow_cookies`]: cookies that do not personalise the
-//!   page (`csrftoken`, `theme`). A request whose cookies are all allowed
-//!   (or varied on, below) is cacheable; allowed cookies never enter the key.
+//!   page (`theme`). A request whose cookies are all allowed (or varied on,
+//!   below) is cacheable; allowed cookies never enter the key. Never allow a
+//!   cookie a page is computed from (a CSRF token, a session): vary on it.
 //! * [`CachePageLayer::vary_on_cookie`]: the page depends on this cookie
 //!   (`id`): the key includes a SHA-256 hash of its value (absent and empty
 //!   are different), so each session gets its own entry.
 //! * [`CachePageLayer::vary_on_authorization`]: the same for the
 //!   `Authorization` header.
 //!
-//! Cookie handling is decided by these options alone: a response's
-//! `Vary: Cookie` / `Vary: Authorization` (Django's CSRF middleware adds the
-//! former) adds nothing to the key, since every cacheable request's
-//! personalising values are already in it; the layer adds those `Vary`
+//! A response's `Vary: Cookie` / `Vary: Authorization` (Django's CSRF
+//! middleware adds the former) adds nothing to the key: the cookies and
+//! credential a route varies on are already in it. But such a page may
+//! depend on cookies that are not in the key: a request carrying an allowed
+//! (not varied-on) cookie neither stores nor is served a page that says
+//! `Vary: Cookie`; likewise `Authorization` without
+//! [`CachePageLayer::vary_on_authorization`]. The layer adds those `Vary`
 //! headers to responses of routes that vary on them, for downstream caches.
 //!
 //! Other `Vary` headers are honoured: the entry is keyed on a SHA-256 hash
@@ -52,15 +56,24 @@
 //!
 //! # Keys and invalidation
 //!
-//! `tg:view:<view>:path=<path>:scheme=<scheme>:host=<host>:query=<query>`,
+//! `tg:view:<view>:path=<path>:scheme=<scheme>:host=<host>:query=<hash>`,
 //! then `:headers` (the learned `Vary` list) or `:page[:v=<hash>]`, every
 //! part escaped ([`crate::key`]), so a host or path can neither collide with
-//! another nor act as a glob. The host (with its port, lowercased, without
-//! any `user:password@`) comes from the request URI when it is absolute,
-//! else from the `Host` header; a request without exactly one readable
-//! `Host` passes through uncached. The scheme comes
-//! from the URI when absolute, else is `http`, unless the route trusts a
-//! proxy's `X-Forwarded-Proto` ([`CachePageLayer::trust_forwarded_proto`]).
+//! another nor act as a glob. The query string (which may hold a credential,
+//! `?token=...`) enters the key only as a SHA-256 hash (first 128 bits, hex;
+//! `~` when there is none), never raw, and is never logged.
+//!
+//! The host (with its port, lowercased, without any `user:password@`) comes
+//! from the `Host` header, or from the request URI when it is absolute (then
+//! a `Host` header, if any, must name the same host, else the request passes
+//! through uncached: the app might render for either). A request without
+//! exactly one readable `Host` passes through uncached. `X-Forwarded-Host`
+//! and `Forwarded` are ignored unless the route trusts its proxy's
+//! `X-Forwarded-Host` ([`CachePageLayer::trust_forwarded_host`]): **behind a
+//! proxy that rewrites `Host`, enable it**, or every host's pages share the
+//! proxy's `Host`. The scheme comes from the URI when absolute, else is
+//! `http`, unless the route trusts a proxy's `X-Forwarded-Proto`
+//! ([`CachePageLayer::trust_forwarded_proto`]).
 //!
 //! Drop one page (every host, scheme, query string and variant) with
 //! [`invalidate_path`], a whole view in O(1) with [`invalidate_view`], or
@@ -104,6 +117,7 @@ pub fn cache_page(timeout: impl Into<Timeout>) -> CachePageLayer {
             vary_cookies: Vec::new(),
             vary_authorization: false,
             trust_forwarded_proto: false,
+            trust_forwarded_host: false,
         }),
     }
 }
@@ -121,6 +135,7 @@ struct PageConfig {
     vary_cookies: Vec<String>,
     vary_authorization: bool,
     trust_forwarded_proto: bool,
+    trust_forwarded_host: bool,
 }
 
 /// The layer made by [`cache_page`]; its methods tune it.
@@ -161,12 +176,15 @@ impl CachePageLayer {
         self.with(|c| c.max_body = n)
     }
 
-    /// Cookies that do not change the page (`csrftoken`, `theme`): a request
-    /// whose cookies are all in this list (or varied on with
+    /// Cookies that do not change the page (`theme`): a request whose
+    /// cookies are all in this list (or varied on with
     /// [`CachePageLayer::vary_on_cookie`]) is cacheable, and these cookies
-    /// do not enter the key, even if the response says `Vary: Cookie`. By
-    /// default any `Cookie` header makes a request pass through uncached.
-    /// Names are compared exactly (case-sensitive, as browsers do).
+    /// do not enter the key. Never list a cookie the page is computed from
+    /// (a CSRF token, a session id): vary on it instead. A response that
+    /// says `Vary: Cookie` is neither stored from nor served to a request
+    /// carrying an allowed cookie. By default any `Cookie` header makes a
+    /// request pass through uncached. Names are compared exactly
+    /// (case-sensitive, as browsers do).
     pub fn allow_cookies<I, N>(self, names: I) -> Self
     where
         I: IntoIterator<Item = N>,
@@ -209,6 +227,18 @@ impl CachePageLayer {
     /// `http`.
     pub fn trust_forwarded_proto(self) -> Self {
         self.with(|c| c.trust_forwarded_proto = true)
+    }
+
+    /// Key on the host in `X-Forwarded-Host` (its first value, lowercased,
+    /// without any `user:password@`; empty or unreadable: the request passes
+    /// through uncached) when the request has it, else on `Host` as usual.
+    /// Only for a route behind a proxy that sets (or strips) that header:
+    /// otherwise clients choose it. **Behind a proxy that rewrites `Host`
+    /// this is required**: without it `X-Forwarded-Host` and `Forwarded` are
+    /// ignored and every site the proxy serves is keyed on the proxy's
+    /// `Host`, sharing pages.
+    pub fn trust_forwarded_host(self) -> Self {
+        self.with(|c| c.trust_forwarded_host = true)
     }
 
     /// The page key this layer would use for a request with `uri` and
@@ -274,9 +304,21 @@ struct CachedPage {
     text: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     base64: Option<String>,
+    /// The handler (not the layer) said `Vary: Cookie`: never served to a
+    /// request with a cookie outside the key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    vary_cookie: bool,
+    /// The same for `Vary: Authorization`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    vary_authorization: bool,
 }
 
 impl CachedPage {
+    /// See [`Unkeyed::allows`].
+    fn servable_to(&self, unkeyed: Unkeyed) -> bool {
+        unkeyed.allows(self.vary_cookie, self.vary_authorization)
+    }
+
     fn into_response(self, head: bool, x_cache: &Option<HeaderName>) -> Option<Response> {
         let body = match (self.text, self.base64) {
             (Some(t), _) => Bytes::from(t),
@@ -344,11 +386,44 @@ type PassReason = &'static str;
 
 /// What identifies a cacheable request's page, apart from varied headers.
 struct Identity {
-    /// `tg:view:<view>:path=..:scheme=..:host=..:query=..`.
+    /// `tg:view:<view>:path=..:scheme=..:host=..:query=<hash>`.
     base: String,
     /// The values of each varied cookie (`cfg.vary_cookies` order), in
     /// request order. Hashed into the key, never written raw.
     cookies: Vec<Vec<Bytes>>,
+    /// The request carries a cookie or credential that is not in the key:
+    /// a page that says `Vary: Cookie` (or `Authorization`) is neither
+    /// stored from it nor served to it.
+    unkeyed: Unkeyed,
+}
+
+/// Personalising request values that are not in the key.
+#[derive(Debug, Clone, Copy, Default)]
+struct Unkeyed {
+    cookie: bool,
+    authorization: bool,
+}
+
+impl Unkeyed {
+    /// Whether a page whose handler said `Vary: Cookie` (`cookie`) or
+    /// `Vary: Authorization` (`authorization`) may be stored from, or served
+    /// to, this request: not if the request has such a value outside the key.
+    fn allows(self, cookie: bool, authorization: bool) -> bool {
+        !((self.cookie && cookie) || (self.authorization && authorization))
+    }
+}
+
+/// Whether the handler's `Vary` names `Cookie`, and `Authorization`.
+fn varies_on_personal(headers: &HeaderMap) -> (bool, bool) {
+    let (mut cookie, mut authorization) = (false, false);
+    for v in headers.get_all(header::VARY) {
+        for n in v.as_bytes().split(|&b| b == b',') {
+            let n = n.trim_ascii();
+            cookie |= n.eq_ignore_ascii_case(b"cookie");
+            authorization |= n.eq_ignore_ascii_case(b"authorization");
+        }
+    }
+    (cookie, authorization)
 }
 
 /// Decides whether a request may use the cache and, if so, its base key.
@@ -367,6 +442,10 @@ fn identify(
         return Err("cookie");
     }
     let mut cookies = vec![Vec::new(); cfg.vary_cookies.len()];
+    let mut unkeyed = Unkeyed {
+        cookie: false,
+        authorization: headers.contains_key(header::AUTHORIZATION) && !cfg.vary_authorization,
+    };
     for value in headers.get_all(header::COOKIE) {
         for pair in value.as_bytes().split(|&b| b == b';') {
             let pair = pair.trim_ascii();
@@ -385,27 +464,38 @@ fn identify(
             } else if cfg
                 .allow_cookies
                 .binary_search_by(|c| c.as_str().cmp(name))
-                .is_err()
+                .is_ok()
             {
+                unkeyed.cookie = true;
+            } else {
                 return Err("cookie");
             }
         }
     }
-    let authority = match uri.authority() {
-        Some(a) => a.as_str(),
-        None => {
-            let mut hosts = headers.get_all(header::HOST).iter();
-            match (hosts.next(), hosts.next()) {
-                (Some(h), None) => h.to_str().map_err(|_| "host")?,
-                _ => return Err("host"),
-            }
-        }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host_header = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => Some(host_only(h.to_str().map_err(|_| "host")?)),
+        (None, _) => None,
+        _ => return Err("host"),
     };
-    // Never key (or log) `user:password@`: host and port only.
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, h)| h)
-        .to_ascii_lowercase();
+    let mut host = match (uri.authority(), host_header) {
+        // An absolute-form request names its host twice: if they differ,
+        // the app may render for either, so neither keys it.
+        (Some(a), Some(h)) if host_only(a.as_str()) != h => return Err("host mismatch"),
+        (Some(a), _) => host_only(a.as_str()),
+        (None, Some(h)) => h,
+        (None, None) => return Err("host"),
+    };
+    if cfg.trust_forwarded_host
+        && let Some(v) = headers.get("x-forwarded-host")
+    {
+        let first = v.to_str().map_err(|_| "x-forwarded-host")?;
+        let first = host_only(first.split(',').next().unwrap_or("").trim());
+        if first.is_empty() {
+            return Err("x-forwarded-host");
+        }
+        host = first;
+    }
     let scheme = match uri.scheme_str() {
         Some(s) => s.to_ascii_lowercase(),
         None if cfg.trust_forwarded_proto => match headers.get("x-forwarded-proto") {
@@ -425,18 +515,42 @@ fn identify(
     Ok(Identity {
         base: base_key(&cfg.view, &scheme, &host, uri.path(), uri.query()),
         cookies,
+        unkeyed,
     })
 }
 
-/// `tg:view:<view>:path=<path>:scheme=<scheme>:host=<host>:query=<query>`:
-/// the path first, so one glob drops every host's and scheme's variants.
+/// Host and port, lowercased, without any `user:password@` (never keyed or
+/// logged).
+fn host_only(authority: &str) -> String {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, h)| h)
+        .to_ascii_lowercase()
+}
+
+/// `tg:view:<view>:path=<path>:scheme=<scheme>:host=<host>:query=<hash>`:
+/// the path first, so one glob drops every host's, scheme's and query's
+/// variants. The query enters only as a hash ([`query_hash`]).
 fn base_key(view: &str, scheme: &str, host: &str, path: &str, query: Option<&str>) -> String {
     KeyBuilder::new(&view_prefix(view))
         .param("path", path)
         .param("scheme", scheme)
         .param("host", host)
-        .param("query", &query)
+        .param("query", &query.map(query_hash))
         .finish()
+}
+
+/// SHA-256 of a query string (first 128 bits, hex): it may hold a
+/// credential (`?token=...`), so it never enters a key (or a log) raw.
+fn query_hash(query: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"tg-cache query v1");
+    h.update(query.as_bytes());
+    let mut out = String::with_capacity(32);
+    for b in &h.finalize()[..16] {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// Feeds `bytes` to `h` length-prefixed, so the encoding is injective.
@@ -594,6 +708,7 @@ where
     let key = page_key(cfg, &id.base, &vary, req.headers(), &id);
     if head {
         if let Ok(Some(page)) = cache.get::<CachedPage>(&key).await
+            && page.servable_to(id.unkeyed)
             && let Some(resp) = page.into_response(true, &cfg.x_cache)
         {
             tracing::debug!(view, key, "cache_page: HEAD hit");
@@ -608,15 +723,33 @@ where
     let outcome = {
         let (slot, inner) = (&mut slot, &mut inner);
         let vary = &vary;
+        let unkeyed = id.unkeyed;
         cache
             .get_or_set_with::<PagePolicy, Outcome, _, _>(&key, cfg.timeout, move || async move {
                 let req = slot.take().expect("the computation runs once");
                 let resp = pass(inner, req).await;
-                fresh(cfg, vary, max_age, resp).await
+                fresh(cfg, vary, unkeyed, max_age, resp).await
             })
             .await
     };
     match outcome {
+        Outcome::Cached(page) if !page.servable_to(id.unkeyed) => {
+            // The page says `Vary: Cookie` and this request has a cookie
+            // that is not in the key: compute its own page, unstored.
+            tracing::debug!(
+                view,
+                key,
+                "cache_page: a cached page varies on an unkeyed cookie; passes through"
+            );
+            match slot.take() {
+                Some(req) => pass(&mut inner, req).await,
+                None => {
+                    let mut r = Response::new(Body::empty());
+                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    r
+                }
+            }
+        }
         Outcome::Cached(page) => {
             if let Some(resp) = page.into_response(false, &cfg.x_cache) {
                 tracing::debug!(view, key, "cache_page: hit");
@@ -652,7 +785,9 @@ where
             if let Some(learned) = learned
                 && known.as_ref() != Some(&learned)
             {
-                // Failures are logged and counted by the cache.
+                // Failures are logged and counted by the cache. A plain set,
+                // not a guarded fill: it holds header names only, and a page
+                // is stored only when the learned list matches its key.
                 let _ = cache.set(&headers_key, &learned, cfg.timeout).await;
             }
             resp
@@ -663,7 +798,13 @@ where
 /// Turns the handler's response into an [`Outcome::Fresh`]: buffers a
 /// cacheable body, patches its headers, and builds the page to store when
 /// its `Vary` list is the one the key was computed with.
-async fn fresh(cfg: &PageConfig, vary: &[String], max_age: Duration, resp: Response) -> Outcome {
+async fn fresh(
+    cfg: &PageConfig,
+    vary: &[String],
+    unkeyed: Unkeyed,
+    max_age: Duration,
+    resp: Response,
+) -> Outcome {
     let uncacheable = |resp| Outcome::Fresh {
         resp,
         page: None,
@@ -678,6 +819,12 @@ async fn fresh(cfg: &PageConfig, vary: &[String], max_age: Duration, resp: Respo
     let Some(learned) = vary_list(resp.headers()) else {
         return uncacheable(resp);
     };
+    // A page that varies on a cookie (or credential) this request carries
+    // outside the key is this request's own: another one must not get it.
+    let (vary_cookie, vary_authorization) = varies_on_personal(resp.headers());
+    if !unkeyed.allows(vary_cookie, vary_authorization) {
+        return uncacheable(resp);
+    }
     // Only bodies of known, bounded length: never buffer a stream.
     let size = http_body::Body::size_hint(resp.body()).exact();
     if size.is_none_or(|n| n > cfg.max_body as u64) {
@@ -724,6 +871,8 @@ async fn fresh(cfg: &PageConfig, vary: &[String], max_age: Duration, resp: Respo
             headers,
             text,
             base64,
+            vary_cookie,
+            vary_authorization,
         }
     });
     let mut resp = Response::from_parts(parts, Body::from(bytes));
