@@ -52,7 +52,15 @@
 //!   `:<version>:<key>` (Django's form with an empty prefix). With neither,
 //!   keys are stored as given, and a key starting with `:` is refused (that
 //!   form is a versioned cache's). A prefix may not contain `:`. So two
-//!   caches with different prefix/version pairs can never share a key.
+//!   caches that both have a prefix or a version never share a key. A cache
+//!   with neither stores keys as given, so its key `app:1:answer` is the
+//!   key `answer` of a `key_prefix("app")` cache: give every cache that
+//!   shares a Redis database a prefix.
+//! * **What JSON drops stays dropped.** A type whose JSON does not carry
+//!   all of it (a `#[serde(skip_serializing)]` field without a default, a
+//!   custom `Serialize` that loses data) reads back on Redis as JSON allows,
+//!   or misses; the local store hands back the value as set. tg-cache does
+//!   not round-trip every write to find out: test such types on Redis.
 
 use serde::Serialize;
 use serde::ser::{self, Error as _};
