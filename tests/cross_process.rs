@@ -1268,7 +1268,7 @@ const GEN_FAMILY: &str = "tg:fn:xp_gen";
 const GEN_KEY: &str = "tg:fn:xp_gen:id=1";
 
 /// The keys holding a family's epoch/generation: the new design's
-/// `#epoch:` keys and today's `tg:gen:` keys.
+/// `#epoch:` keys and the `tg:gen:` keys of tg-cache before issue 8.
 fn epoch_keys(raw: &Raw) -> Vec<String> {
     let mut keys = raw.scan("*#epoch*");
     keys.extend(raw.scan("tg:gen:*"));
@@ -1438,7 +1438,7 @@ async fn old_generation_key_no_longer_affects_the_family() {
         a.get_or_set("tg:fn:x:id=1", TTL, || async { 1u64 }).await,
         1
     );
-    // A manual write to today's generation key must not hide the value...
+    // A manual write to the old (pre-issue-8) generation key must not hide the value...
     b.set("tg:gen:fn:x", &7u64, TTL).await.unwrap();
     let after_set = a.get::<u64>("tg:fn:x:id=1").await.unwrap();
     // ...nor, after a real invalidation, bring it back.
