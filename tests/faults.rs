@@ -890,12 +890,10 @@ async fn child_json_zlib_bomb_memory() {
     if !is_child() {
         return;
     }
-    // A bomb that is valid JSON costs up to about twice the cap to reject
-    // (the decoder keeps what it parsed until the cap, once per process:
-    // about 120 MiB with the default 64 MiB cap), on top of the 64 callers'
-    // copies of the 1 MiB payload itself. Run here with a 16 MiB cap, and
-    // held to 2 x cap + 64 x payload.
-    bomb_memory(json_zlib_bomb(), Some(16 << 20)).await;
+    // A bomb that is valid JSON as far as it goes (an endless string): the
+    // decoder checks the JSON without keeping it before decoding, so
+    // rejecting it at the cap costs no memory either.
+    bomb_memory(json_zlib_bomb(), None).await;
 }
 
 /// 64 callers of one key holding `bomb`: peak RSS above the baseline.

@@ -60,6 +60,14 @@ fn is_zlib(bytes: &[u8]) -> bool {
         && (u16::from(bytes[0]) << 8 | u16::from(bytes[1])) % 31 == 0
 }
 
+/// Reads one JSON value and checks that nothing follows, keeping nothing.
+fn check_json(r: impl Read) -> Result<(), serde_json::Error> {
+    use serde::Deserialize;
+    let mut de = serde_json::Deserializer::from_reader(r);
+    serde::de::IgnoredAny::deserialize(&mut de)?;
+    de.end()
+}
+
 /// Compressed payloads (with the type asked) that failed to decode lately:
 /// a bomb read by many callers at once is inflated once, not once each.
 /// The lock is also held while inflating, so that at most one compressed
@@ -87,8 +95,12 @@ pub(crate) fn decode<T: DeserializeOwned>(
         if bad.contains(&digest) {
             return Err(DecodeError::KnownBad);
         }
-        let limited = ZlibDecoder::new(bytes).take(max_bytes as u64);
-        let r = serde_json::from_reader(std::io::BufReader::new(limited));
+        // First a pass that only checks the JSON (it keeps no string or
+        // value, so a bomb of valid-looking JSON costs no memory to
+        // reject), then the real decode.
+        let reader =
+            |bytes| std::io::BufReader::new(ZlibDecoder::new(bytes).take(max_bytes as u64));
+        let r = check_json(reader(bytes)).and_then(|()| serde_json::from_reader(reader(bytes)));
         if r.is_err() {
             if bad.len() == KNOWN_BAD {
                 bad.pop_front();

@@ -355,7 +355,11 @@ fn live_payload(value: Vec<u8>, epoch: Option<Option<&[u8]>>) -> Option<Vec<u8>>
         Some(None) => None,
         Some(Some(token)) => {
             let token = std::str::from_utf8(token).ok()?;
-            generation::strip_header(&value, token).map(<[u8]>::to_vec)
+            let header = value.len() - generation::strip_header(&value, token)?.len();
+            // In place: a big value is never held twice.
+            let mut value = value;
+            value.drain(..header);
+            Some(value)
         }
     }
 }
