@@ -369,6 +369,21 @@ impl Drop for Thaw {
     }
 }
 
+/// A MiniJinja environment whose fragments are cached on the frozen cache.
+fn fragments() -> &'static minijinja::Environment<'static> {
+    static ENV: std::sync::OnceLock<minijinja::Environment<'static>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = minijinja::Environment::new();
+        tg_cache::template::add_to_environment(&mut env, tg_cache::caches("frozen").unwrap());
+        env.add_template(
+            "f",
+            r#"{% call cache("frozen_fragment", 900, id) %}{{ id * 7 + 1 }}{% endcall %}"#,
+        )
+        .unwrap();
+        env
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_never_parks_a_worker() {
     let _w = watchdog("a_frozen_redis_never_parks_a_worker");
@@ -416,14 +431,23 @@ async fn a_frozen_redis_never_parks_a_worker() {
             let id = 1000 + round * 10 + i;
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
-                let v = if i % 2 == 0 {
-                    frozen_fn(id)
-                } else {
-                    tg_cache::caches("frozen").unwrap().blocking().get_or_set(
+                let v = match i % 3 {
+                    0 => frozen_fn(id),
+                    1 => tg_cache::caches("frozen").unwrap().blocking().get_or_set(
                         &format!("frozen:{id}"),
                         TTL,
                         || value(id),
-                    )
+                    ),
+                    // A template fragment renders through the same
+                    // blocking face.
+                    _ => {
+                        let out = fragments()
+                            .get_template("f")
+                            .unwrap()
+                            .render(minijinja::context! { id => id })
+                            .unwrap();
+                        out.parse().unwrap()
+                    }
                 };
                 (id, v, t.elapsed())
             }));
