@@ -75,27 +75,8 @@ fn setup() {
 }
 
 /// Aborts the test binary if its test runs longer than 20 s.
-struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
-
-fn watchdog(test: &'static str) -> Watchdog {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            rx.recv_timeout(Duration::from_secs(20))
-        {
-            eprintln!("blocking: test {test} hung for 20 s (deadlock?); aborting the test binary");
-            std::process::abort();
-        }
-    });
-    Watchdog(Some(tx))
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(());
-        }
-    }
+fn watchdog(test: &'static str) -> tg_cache::testing::Watchdog {
+    tg_cache::testing::watchdog(test, Duration::from_secs(20))
 }
 
 /// A fresh id per scenario, so scenarios never share a key.

@@ -198,25 +198,6 @@ pub fn jitter(max_ms: u64) -> Duration {
 
 /// Aborts the whole test binary (with a message) if the test holding the
 /// guard runs longer than 30 s: a hung fill protocol must not hang the run.
-pub struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
-
-pub fn watchdog(test: &'static str) -> Watchdog {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            rx.recv_timeout(Duration::from_secs(30))
-        {
-            eprintln!("cross_process: test {test} hung for 30 s; aborting the test binary");
-            std::process::abort();
-        }
-    });
-    Watchdog(Some(tx))
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(());
-        }
-    }
+pub fn watchdog(test: &'static str) -> tg_cache::testing::Watchdog {
+    tg_cache::testing::watchdog(test, Duration::from_secs(30))
 }

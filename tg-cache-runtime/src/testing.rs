@@ -335,3 +335,33 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Aborts the whole test process, with a message naming `test`, if the
+/// returned guard is still alive after `limit`: a hung (deadlocked) test
+/// then fails the run instead of hanging it. Drop the guard when the test
+/// ends.
+///
+/// ```
+/// let _w = tg_cache_runtime::testing::watchdog("my_test", std::time::Duration::from_secs(30));
+/// ```
+pub fn watchdog(test: &'static str, limit: Duration) -> Watchdog {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+            eprintln!("test {test} hung for {limit:?} (deadlock?); aborting the test binary");
+            std::process::abort();
+        }
+    });
+    Watchdog(Some(tx))
+}
+
+/// The guard of [`watchdog`]: dropping it disarms the watchdog.
+pub struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
