@@ -271,6 +271,12 @@ impl Cache {
         self.inner.store.len()
     }
 
+    /// The core the miss protocol and test support work on.
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
+    pub(crate) fn core(&self) -> &Core {
+        &self.inner
+    }
+
     /// The blocking face of this cache, for synchronous code.
     pub fn blocking(&self) -> BlockingCache<'_> {
         BlockingCache(self)

@@ -365,3 +365,55 @@ impl Drop for Watchdog {
         }
     }
 }
+
+/// The store operations of the fill protocol, one at a time, for benches
+/// that measure what a lease poll or a fill costs Redis. Not a public API.
+#[doc(hidden)]
+pub mod protocol_ops {
+    use crate::Cache;
+    use crate::store::{LeaseOutcome, Value};
+    use std::time::Duration;
+
+    /// What one lease request found.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Poll {
+        /// The lease was granted.
+        Granted,
+        /// A live value is there.
+        Found,
+        /// Another holder has it.
+        Busy,
+    }
+
+    /// A lease held by [`lease`], for [`fill`].
+    pub struct Held(crate::store::Lease);
+
+    /// Asks for `key`'s lease as `token`.
+    pub async fn lease(cache: &Cache, key: &str, token: &str) -> (Poll, Option<Held>) {
+        let core = cache.core();
+        let slot = core.slot(key).expect("a valid key");
+        match core.store.lease(&slot, token, false).await.expect("lease") {
+            LeaseOutcome::Granted(l) => (Poll::Granted, Some(Held(l))),
+            LeaseOutcome::Found(_) => (Poll::Found, None),
+            LeaseOutcome::Busy => (Poll::Busy, None),
+        }
+    }
+
+    /// Stores `value` at `key` under `held`; whether it was stored.
+    pub async fn fill<T: crate::CacheValue>(
+        cache: &Cache,
+        key: &str,
+        value: &T,
+        held: &Held,
+    ) -> bool {
+        let core = cache.core();
+        let slot = core.slot(key).expect("a valid key");
+        let v: &dyn Value = value;
+        matches!(
+            core.store
+                .fill(&slot, v, Some(Duration::from_secs(60)), &held.0, false)
+                .await,
+            Ok(crate::store::Filled::Stored)
+        )
+    }
+}

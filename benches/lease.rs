@@ -1,0 +1,112 @@
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+//! What a lease poll and a fill cost when the key holds a big value.
+//!
+//! A waiter's poll asks for a key's lease while another process holds it;
+//! a fill stores a 1 KiB value under a held lease. Both run with a 1 KiB
+//! and a 16 MiB value at the key (written, then outdated by a family
+//! invalidation, so that it is dead), against a `PING` round trip measured
+//! in the same run. `cargo bench --bench lease`; see BENCHMARKS.md.
+
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
+use std::sync::LazyLock;
+use std::time::Duration;
+use tg_cache::testing::RedisServer;
+use tg_cache::testing::protocol_ops::{self, Poll};
+use tg_cache::{Cache, CacheConfig};
+
+static SERVER: LazyLock<RedisServer> = LazyLock::new(RedisServer::start);
+
+const FAMILY: &str = "tg:fn:lease_bench";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn cache() -> Cache {
+    CacheConfig::redis(&SERVER.url())
+        .response_timeout(Duration::from_secs(5))
+        .lease_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Leaves a dead value of `size` bytes at `key`: written, then outdated.
+async fn dead_value(cache: &Cache, key: &str, size: usize) {
+    cache.delete(key).await.unwrap();
+    cache.set(key, &"x".repeat(size), 600).await.unwrap();
+    cache.invalidate_family(FAMILY).await.unwrap();
+}
+
+fn sizes() -> [(&'static str, usize); 2] {
+    [("1KiB", 1024), ("16MiB", 16 << 20)]
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = runtime();
+    let cache = cache();
+    let mut g = c.benchmark_group("lease");
+    g.sample_size(20).measurement_time(Duration::from_secs(4));
+
+    let conn = rt.block_on(async {
+        redis::Client::open(SERVER.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    });
+    g.bench_function("ping_round_trip", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut conn = conn.clone();
+            async move {
+                let _: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+            }
+        })
+    });
+
+    for (name, size) in sizes() {
+        let key = format!("{FAMILY}:poll_{name}");
+        rt.block_on(async {
+            dead_value(&cache, &key, size).await;
+            let (p, held) = protocol_ops::lease(&cache, &key, "holder").await;
+            assert_eq!(p, Poll::Granted);
+            std::mem::forget(held);
+        });
+        g.bench_function(BenchmarkId::new("poll_busy", name), |b| {
+            b.to_async(&rt).iter(|| async {
+                let (p, _) = protocol_ops::lease(&cache, &key, "poller").await;
+                assert_eq!(p, Poll::Busy);
+            })
+        });
+    }
+
+    let small = "y".repeat(1024);
+    for (name, size) in sizes() {
+        let key = format!("{FAMILY}:fill_{name}");
+        g.bench_function(BenchmarkId::new("fill_1KiB", name), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (cache, key, small) = (&cache, &key, &small);
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        dead_value(cache, key, size).await;
+                        let (p, held) = protocol_ops::lease(cache, key, "filler").await;
+                        assert_eq!(p, Poll::Granted);
+                        let held = held.unwrap();
+                        let start = std::time::Instant::now();
+                        assert!(protocol_ops::fill(cache, key, small, &held).await);
+                        total += start.elapsed();
+                    }
+                    total
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
