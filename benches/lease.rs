@@ -7,7 +7,7 @@
 //! invalidation, so that it is dead), against a `PING` round trip measured
 //! in the same run. `cargo bench --bench lease`; see BENCHMARKS.md.
 
-use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::sync::LazyLock;
 use std::time::Duration;
 use tg_cache::testing::RedisServer;

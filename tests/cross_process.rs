@@ -506,7 +506,7 @@ async fn late_joiner_after_invalidate_family_gets_no_stale_value() {
 /// reads `xp:db`, sets `xp:read`, and waits for `xp:resume`.
 async fn stale_reads_after_fill_in_other_process(kind: Kind, key: &'static str) -> Vec<String> {
     let server = RedisServer::start();
-    let raw = Raw::of(&server);
+    let raw = Raw::data(&server.url());
     let _: () = raw.cmd(&["SET", "xp:db", "1"]);
     let child = spawn_child("helper_paused_fill", &server.url(), &[("XP_KEY", key)]);
     raw.wait_for("xp:read", Duration::from_secs(20)).await;
@@ -558,7 +558,7 @@ async fn helper_paused_fill() {
     let Some(url) = child_url() else { return };
     let key = std::env::var("XP_KEY").unwrap();
     let cache = build(&url);
-    let raw = Raw::new(url);
+    let raw = Raw::data(&url);
     let v = cache
         .get_or_set(&key, TTL, || async move {
             let v = raw.get_u64("xp:db").unwrap();
@@ -594,7 +594,7 @@ async fn stale_reads_across_processes_randomised(
     key: &'static str,
 ) -> (u64, usize, u64, u64) {
     let server = RedisServer::start();
-    let raw = Raw::of(&server);
+    let raw = Raw::data(&server.url());
     let _: () = raw.cmd(&["SET", "xp:db", "0"]);
     let _: () = raw.cmd(&["SET", "xp:done", "0"]);
     let child = spawn_child("helper_stale_reader", &server.url(), &[("XP_KEY", key)]);
@@ -679,7 +679,7 @@ async fn helper_stale_reader() {
     let Some(url) = child_url() else { return };
     let key = std::env::var("XP_KEY").unwrap();
     let cache = build(&url);
-    let raw = Raw::new(url);
+    let raw = Raw::data(&url);
     let _ = cache.get::<u64>("xp:warm").await;
     let _: () = raw.cmd(&["SET", "xp:reading", "1"]);
     let (mut stale, mut reads) = (0, 0);

@@ -937,10 +937,12 @@ async fn bomb_memory(bomb: Vec<u8>, max_value_bytes: Option<usize>) {
     report("fn_body_runs", CORRUPT_RUNS.load(SeqCst) - runs0);
     report("stats", format!("{:?}", tg_cache::cache().stats()));
     f.check(wrong == 0, || format!("{wrong} callers got a wrong value"));
-    let bound = match max_value_bytes {
-        None => BOMB_RSS,
-        Some(cap) => 2 * cap as u64 + (TASKS as u64) * (payload_len as u64),
-    };
+    // The one reader that inflates the bomb to its verdict may hold what
+    // the largest legal value would cost (the cap, with the decoder's
+    // buffer growth); the other readers stop when the process's inflation
+    // budget (the cap) is spent; every reader holds its compressed copy.
+    let cap = max_value_bytes.unwrap_or(BOMB_RSS as usize) as u64;
+    let bound = 2 * cap + (TASKS as u64) * (payload_len as u64);
     report("bound_mib", bound >> 20);
     f.check(above < bound, || {
         format!(

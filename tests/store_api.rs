@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use support::RedisServer;
 use tg_cache::timeout::{MEDIUM, SHORT};
-use tg_cache::{Cache, Error, Timeout, Ttl};
+use tg_cache::{Cache, CacheConfig, Error, KeyBuilder, KeyPattern, Timeout, Ttl};
 
 for_each_store!(
     get_set_roundtrip,
@@ -21,7 +21,7 @@ for_each_store!(
     entries_expire,
     no_cache_timeout_stores_nothing,
     delete_pattern_counts_and_is_not_widened,
-    clear_removes_only_this_caches_keys,
+    clear_empties_the_cache_the_same_on_every_store,
     get_or_set_computes_once_concurrently,
     get_or_set_survives_a_panicking_leader,
     get_or_set_survives_a_cancelled_leader,
@@ -29,7 +29,7 @@ for_each_store!(
     try_get_or_set_caches_only_ok,
     wrong_type_is_a_counted_miss,
     invalid_keys_are_errors,
-    long_keys_are_shortened,
+    long_keys_are_stored_whole,
     health_answers,
     delete_during_fill_prevents_stale_store,
     set_during_fill_wins,
@@ -272,25 +272,40 @@ async fn delete_pattern_counts_and_is_not_widened(cache: &Cache, _: Option<&Redi
     );
 }
 
-async fn clear_removes_only_this_caches_keys(cache: &Cache, server: Option<&RedisServer>) {
+async fn clear_empties_the_cache_the_same_on_every_store(
+    cache: &Cache,
+    server: Option<&RedisServer>,
+) {
+    // A cache without key prefix or version owns its whole database:
+    // clear() removes every key that set() can have written, `tg:` or not.
     cache.set("tg:view:home:", &1, MEDIUM).await.unwrap();
-    if let Some(server) = server {
-        // Another application's key in the same database survives clear().
-        let () = server.cmd(&["SET", "other_app:session", "x"]);
-        cache.clear().await.unwrap();
-        let other: Option<String> = server.cmd(&["GET", "other_app:session"]);
-        assert_eq!(other.as_deref(), Some("x"));
-        assert!(!cache.has_key("tg:view:home:").await.unwrap());
-        // The explicitly named call does flush the database.
-        cache.flush_database().await.unwrap();
-        let n: i64 = server.cmd(&["DBSIZE"]);
-        assert_eq!(n, 0);
-    } else {
-        cache.set("my_key", &1, MEDIUM).await.unwrap();
-        cache.clear().await.unwrap();
-        assert!(!cache.has_key("tg:view:home:").await.unwrap());
-        assert!(!cache.has_key("my_key").await.unwrap());
-    }
+    cache.set("my_key", &1, MEDIUM).await.unwrap();
+    cache.clear().await.unwrap();
+    assert!(!cache.has_key("tg:view:home:").await.unwrap());
+    assert!(!cache.has_key("my_key").await.unwrap());
+    let Some(server) = server else { return };
+    let n: i64 = server.cmd(&["DBSIZE"]);
+    assert_eq!(n, 0, "a bare cache's clear() empties its database");
+    // A cache with a key prefix removes its namespace only: another
+    // application's key in the same database survives.
+    let app = CacheConfig::redis(&server.url())
+        .key_prefix("app")
+        .build()
+        .unwrap();
+    app.set("tg:view:home:", &1, MEDIUM).await.unwrap();
+    app.set("my_key", &1, MEDIUM).await.unwrap();
+    let () = server.cmd(&["SET", "other_app:session", "x"]);
+    app.clear().await.unwrap();
+    let other: Option<String> = server.cmd(&["GET", "other_app:session"]);
+    assert_eq!(other.as_deref(), Some("x"));
+    assert!(!app.has_key("tg:view:home:").await.unwrap());
+    assert!(!app.has_key("my_key").await.unwrap());
+    let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
+    assert_eq!(keys, vec!["other_app:session".to_owned()]);
+    // The explicitly named call does flush the database.
+    cache.flush_database().await.unwrap();
+    let n: i64 = server.cmd(&["DBSIZE"]);
+    assert_eq!(n, 0);
 }
 
 async fn get_or_set_computes_once_concurrently(cache: &Cache, _: Option<&RedisServer>) {
@@ -447,21 +462,34 @@ async fn invalid_keys_are_errors(cache: &Cache, _: Option<&RedisServer>) {
     );
 }
 
-async fn long_keys_are_shortened(cache: &Cache, server: Option<&RedisServer>) {
-    let long = format!("tg:fn:x:q={}", "a".repeat(500));
+async fn long_keys_are_stored_whole(cache: &Cache, server: Option<&RedisServer>) {
+    // Redis has no key length limit, and Django does not shorten keys: a
+    // long key is stored as given, so a pattern over its parts matches it.
+    let value = "a".repeat(500);
+    let long = KeyBuilder::new("tg:fn:x").param("q", &value).finish();
     cache.set(&long, &1, MEDIUM).await.unwrap();
     assert_eq!(cache.get::<i32>(&long).await.unwrap(), Some(1));
     let other = format!("{long}b");
     assert_eq!(cache.get::<i32>(&other).await.unwrap(), None);
     if let Some(server) = server {
         let keys: Vec<String> = server.cmd(&["KEYS", "tg:*"]);
-        assert_eq!(keys.len(), 1);
-        assert!(
-            keys[0].len() <= 250 && keys[0].starts_with("tg:fn:x:q=aaaa"),
-            "{}",
-            keys[0]
-        );
+        assert_eq!(keys, vec![long.clone()]);
     }
+    let pattern = KeyPattern::prefix("tg:fn:x").param("q", &value).any();
+    cache
+        .set(&format!("{long}:page=2"), &2, MEDIUM)
+        .await
+        .unwrap();
+    assert_eq!(cache.delete_pattern(pattern.as_str()).await.unwrap(), 1);
+    assert_eq!(
+        cache.get::<i32>(&format!("{long}:page=2")).await.unwrap(),
+        None
+    );
+    // A key over 64 KiB is refused, with the reason.
+    let huge = format!("tg:fn:x:q={}", "a".repeat(70_000));
+    let err = cache.set(&huge, &1, MEDIUM).await.unwrap_err();
+    assert!(err.to_string().contains("64 KiB"), "{err}");
+    assert_eq!(cache.get_or_set(&huge, MEDIUM, || async { 3 }).await, 3);
 }
 
 async fn health_answers(cache: &Cache, _: Option<&RedisServer>) {

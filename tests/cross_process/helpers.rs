@@ -42,6 +42,14 @@ impl Raw {
         Raw::new(server.url())
     }
 
+    /// The application's own data (the "database" a cached body reads), in
+    /// another Redis database of the server at `url` (db 9): `clear()` on
+    /// a cache empties the cache's database, never this one.
+    pub fn data(url: &str) -> Self {
+        let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
+        Raw::new(format!("{base}/9"))
+    }
+
     /// Runs `f` on an idle (or new) connection.
     pub fn with<T>(&self, f: impl FnOnce(&mut redis::Connection) -> T) -> T {
         let idle = self.1.lock().unwrap().pop();

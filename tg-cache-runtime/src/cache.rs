@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::exec::block_on;
 use crate::flight::Flights;
 use crate::generation::epoch_key;
-use crate::key::{check_key, family_of, glob_escape_into, shorten};
+use crate::key::{check_key, family_of, glob_escape_into};
 use crate::protocol::{self, Mode};
 use crate::stats::{CacheStats, Counters, Families, FamilyStats};
 use crate::store::broken::BrokenStore;
@@ -129,6 +129,15 @@ pub struct Cache {
     inner: Arc<Core>,
 }
 
+/// Why stored bytes gave no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Undecodable {
+    /// Corrupt, foreign, of another type, or oversized (counted, logged).
+    Corrupt,
+    /// Not decoded now (the inflation budget is in use): not the value's fault.
+    Busy,
+}
+
 /// What a [`Cache`] is made of; the miss protocol works on it.
 pub(crate) struct Core {
     alias: String,
@@ -139,6 +148,9 @@ pub(crate) struct Core {
     /// or empty when neither is configured: put before every key.
     namespace: String,
     pub(crate) default_timeout: Timeout,
+    /// How long a leader waits for another process's computation of a key
+    /// before it computes too ([`CacheConfig::max_wait`]).
+    pub(crate) max_wait: Duration,
     max_value_bytes: usize,
     counters: Counters,
     families: Families,
@@ -181,7 +193,7 @@ fn namespace(cfg: &CacheConfig) -> String {
 impl Cache {
     pub(crate) fn from_config(alias: &str, cfg: &CacheConfig) -> Result<Cache> {
         let store: Arc<dyn Store> = match cfg.backend {
-            Backend::Local => Arc::new(LocalStore::new(cfg.max_entries)),
+            Backend::Local => Arc::new(LocalStore::new(cfg.max_entries, cfg.max_value_bytes)),
             Backend::Dummy => Arc::new(DummyStore),
             Backend::Redis => {
                 let url = cfg.redis_url.clone().ok_or_else(|| {
@@ -217,6 +229,7 @@ impl Cache {
                     .filter(|_| cfg.backend == Backend::Redis),
                 namespace: namespace(cfg),
                 default_timeout: cfg.default_timeout,
+                max_wait: cfg.max_wait,
                 max_value_bytes: cfg.max_value_bytes,
                 counters: Counters::default(),
                 families: Families::default(),
@@ -282,7 +295,7 @@ impl Cache {
         BlockingCache(self)
     }
 
-    /// The key as stored: namespace applied, checked, shortened if long.
+    /// The key as stored: namespace applied, checked.
     /// With the default configuration this is `key` itself.
     pub fn make_key<'k>(&self, key: &'k str) -> Result<Cow<'k, str>> {
         self.inner.make_key(key)
@@ -330,7 +343,7 @@ impl Core {
             }
             Ok(key)
         } else {
-            Ok(Cow::Owned(shorten(format!("{}:{}", self.namespace, key))))
+            Ok(Cow::Owned(format!("{}:{}", self.namespace, key)))
         }
     }
 
@@ -394,14 +407,18 @@ impl Core {
 
     /// A stored value as a `T`; a value of another type or undecodable
     /// bytes are a miss (logged and counted).
-    pub(crate) fn decode<T: CacheValue>(&self, key: &str, stored: Stored) -> Option<T> {
+    pub(crate) async fn decode<T: CacheValue>(
+        &self,
+        key: &str,
+        stored: Stored,
+    ) -> std::result::Result<T, Undecodable> {
         match stored {
             Stored::Typed(v, json) => match v.downcast_ref::<T>() {
-                Some(t) => Some(t.clone()),
+                Some(t) => Ok(t.clone()),
                 // Another type: read its JSON, as a byte store would
                 // (crate::parity); never on the hit path.
                 None => match json(&*v).and_then(|b| serde_json::from_slice::<T>(&b)) {
-                    Ok(t) => Some(t),
+                    Ok(t) => Ok(t),
                     Err(e) => {
                         self.decode_failed(
                             key,
@@ -410,7 +427,7 @@ impl Core {
                                 std::any::type_name::<T>()
                             ),
                         );
-                        None
+                        Err(Undecodable::Corrupt)
                     }
                 },
             },
@@ -422,15 +439,27 @@ impl Core {
                         self.max_value_bytes
                     ),
                 );
-                None
+                Err(Undecodable::Corrupt)
             }
-            Stored::Bytes(b) => match codec::decode(&b, self.max_value_bytes) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    self.decode_failed(key, &e);
-                    None
-                }
-            },
+            Stored::Bytes(b) => self.decode_bytes(key, &b).await,
+        }
+    }
+
+    async fn decode_bytes<T: CacheValue>(
+        &self,
+        key: &str,
+        bytes: &[u8],
+    ) -> std::result::Result<T, Undecodable> {
+        match codec::decode(bytes, self.max_value_bytes).await {
+            Ok(v) => Ok(v),
+            Err(codec::DecodeError::Busy) => {
+                tracing::debug!(cache = %self.alias, key, "compressed value not inflated (the process's inflation budget stayed in use); computed without storing");
+                Err(Undecodable::Busy)
+            }
+            Err(e) => {
+                self.decode_failed(key, &e);
+                Err(Undecodable::Corrupt)
+            }
         }
     }
 
@@ -457,6 +486,19 @@ impl Core {
         Counters::bump(&self.counters.sets);
     }
 
+    /// A fill refused by the guard: an invalidation (or another writer)
+    /// came first.
+    pub(crate) fn count_refused_fill(&self) {
+        Counters::bump(&self.counters.fills_refused);
+    }
+
+    /// A value refused for being over `max_value_bytes`: counted and
+    /// logged, never written.
+    pub(crate) fn report_too_large(&self, key: &str, err: &Error) {
+        Counters::bump(&self.counters.too_large);
+        tracing::warn!(cache = %self.alias, key, error = %err, "value not cached");
+    }
+
     fn count_deletes(&self, n: usize) {
         self.counters.deletes.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -467,7 +509,11 @@ impl Core {
         if let Ok(Some(Stored::Oversized)) = r {
             self.remove_oversized(key, &slot).await;
         }
-        let r = r.map(|found| found.and_then(|s| self.decode::<T>(&slot.key, s)));
+        let r = match r {
+            Ok(Some(s)) => Ok(self.decode::<T>(&slot.key, s).await.ok()),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
         if let Ok(v) = &r {
             self.count_lookup(key, v.is_some());
         }
@@ -484,6 +530,12 @@ impl Core {
         if r.is_ok() && self.store.keeps_values() {
             self.count_set();
         }
+        if let Err(e @ Error::ValueTooLarge { .. }) = &r {
+            // The write is refused, and the value it replaces is outdated.
+            self.report_too_large(key, e);
+            let _ = self.delete_keys(&[slot.key]).await;
+            return r;
+        }
         self.track("set", key, r)
     }
 
@@ -496,6 +548,10 @@ impl Core {
         if matches!(r, Ok(true)) && self.store.keeps_values() {
             self.count_set();
         }
+        if let Err(e @ Error::ValueTooLarge { .. }) = &r {
+            self.report_too_large(key, e);
+            return r;
+        }
         self.track("add", key, r)
     }
 
@@ -507,17 +563,23 @@ impl Core {
             .iter()
             .map(|k| self.slot(k.as_ref()))
             .collect::<Result<Vec<_>>>()?;
-        let r = self.store.get_many(&slots).await.map(|values| {
-            let mut out = HashMap::with_capacity(keys.len());
-            for ((k, slot), v) in keys.iter().zip(&slots).zip(values) {
-                let v = v.and_then(|s| self.decode::<T>(&slot.key, s));
-                self.count_lookup(k.as_ref(), v.is_some());
-                if let Some(v) = v {
-                    out.insert(k.as_ref().to_owned(), v);
+        let r = match self.store.get_many(&slots).await {
+            Ok(values) => {
+                let mut out = HashMap::with_capacity(keys.len());
+                for ((k, slot), v) in keys.iter().zip(&slots).zip(values) {
+                    let v = match v {
+                        Some(s) => self.decode::<T>(&slot.key, s).await.ok(),
+                        None => None,
+                    };
+                    self.count_lookup(k.as_ref(), v.is_some());
+                    if let Some(v) = v {
+                        out.insert(k.as_ref().to_owned(), v);
+                    }
                 }
+                Ok(out)
             }
-            out
-        });
+            Err(e) => Err(e),
+        };
         self.track("get_many", "", r)
     }
 
@@ -544,6 +606,13 @@ impl Core {
             self.counters
                 .sets
                 .fetch_add(items.len() as u64, Ordering::Relaxed);
+        }
+        if let Err(e @ Error::ValueTooLarge { .. }) = &r {
+            // Nothing was written, and the values these replace are outdated.
+            self.report_too_large("", e);
+            let keys: Vec<String> = pairs.into_iter().map(|(s, _)| s.key).collect();
+            let _ = self.delete_keys(&keys).await;
+            return r;
         }
         self.track("set_many", "", r)
     }
@@ -636,8 +705,10 @@ impl Core {
     }
 
     async fn clear_in(&self) -> Result<()> {
+        // Everything the cache can have written: its namespace, or, for a
+        // cache without one, its whole database.
         let pattern = if self.namespace.is_empty() {
-            format!("{}:*", crate::key::CacheKeyGenerator::PREFIX)
+            "*".to_owned()
         } else {
             self.make_pattern("*")
         };
@@ -725,9 +796,13 @@ api! {
     /// entries: their generation is bumped, so they read as misses and are
     /// overwritten or evicted later. Fills in progress are not stored.
     fn invalidate_family(family: &str) -> Result<()> => invalidate_family_in(family);
-    /// Removes this cache's keys only: every key under its key prefix/version
-    /// when one is configured, else every key of the `tg:` namespace (all keys
-    /// tg-cache generates). Never a `FLUSHDB`: see [`Cache::flush_database`].
+    /// Empties this cache, on every store alike: every key under its key
+    /// prefix/version (`<prefix>:<version>:*`) when one is configured; for a
+    /// cache configured with neither, every key of its Redis database (it
+    /// owns the database: give caches that share one a `key_prefix`).
+    /// Family epochs go too, and every computation in progress is refused
+    /// when it stores. Runs `SCAN` + `UNLINK` in batches, never `FLUSHDB`
+    /// nor `KEYS` (see [`Cache::flush_database`]).
     fn clear() -> Result<()> => clear_in();
     /// Removes **every key of the Redis database**, this application's or not
     /// (`FLUSHDB`). On a local store, the same as [`Cache::clear`].

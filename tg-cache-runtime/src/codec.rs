@@ -12,6 +12,7 @@ use flate2::write::ZlibEncoder;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Serializes `value` as JSON and compresses it when it is at least
 /// `compress_min` bytes long.
@@ -43,14 +44,20 @@ pub(crate) fn compress(json: Vec<u8>, compress_min: Option<usize>) -> Vec<u8> {
 }
 
 /// Why stored bytes could not be turned back into a value.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum DecodeError {
     #[error("{0} bytes, over the configured cap")]
     TooLarge(usize),
     #[error("this compressed value failed to decode a moment ago (not inflated again)")]
     KnownBad,
+    /// Not the value's fault: other reads of the process kept the
+    /// inflation budget in use for as long as a read waits.
+    #[error("the process's inflation budget stayed in use by other reads")]
+    Busy,
+    #[error("not a zlib stream: {0}")]
+    Zlib(String),
     #[error("not the expected JSON shape: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(String),
 }
 
 /// Whether `bytes` start with a zlib header (CMF 0x78, FCHECK valid).
@@ -60,64 +67,258 @@ fn is_zlib(bytes: &[u8]) -> bool {
         && (u16::from(bytes[0]) << 8 | u16::from(bytes[1])) % 31 == 0
 }
 
-/// Reads one JSON value and checks that nothing follows, keeping nothing.
-fn check_json(r: impl Read) -> Result<(), serde_json::Error> {
-    use serde::Deserialize;
-    let mut de = serde_json::Deserializer::from_reader(r);
-    serde::de::IgnoredAny::deserialize(&mut de)?;
-    de.end()
-}
-
-/// Compressed payloads (with the type asked) that failed to decode lately:
-/// a bomb read by many callers at once is inflated once, not once each.
-/// The lock is also held while inflating, so that at most one compressed
-/// value is inflated at a time in the process.
-static INFLATE: std::sync::Mutex<std::collections::VecDeque<u64>> =
-    std::sync::Mutex::new(std::collections::VecDeque::new());
-const KNOWN_BAD: usize = 16;
+/// How long a read waits for the inflations ahead of it when the process's
+/// inflation budget is in use, before it gives up ([`DecodeError::Busy`]).
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Decodes bytes written by [`compress`], compressed or not, reading at
-/// most `max_bytes` of JSON: a compressed value is inflated as it is
-/// parsed (never into one buffer first), and parsing stops with an error at
-/// the cap, so a decompression bomb costs at most the cap in time and in
-/// memory, once per process (compressed values are inflated one at a time,
-/// and a payload that failed is remembered).
-pub(crate) fn decode<T: DeserializeOwned>(
+/// most `max_bytes` of JSON.
+///
+/// A compressed value is inflated **once**, however many read it at once:
+/// concurrent readers of one payload wait for the first one's inflated
+/// bytes ([`INFLIGHT`]), and a payload that failed is remembered, so a bomb
+/// read by many callers is inflated once. Inflation goes into one buffer
+/// bounded by the cap, then the JSON is parsed from it. Inflations of
+/// different payloads run in parallel within the process's budget
+/// ([`INFLATING`]), so concurrent decompression bombs cost about the cap in
+/// memory; no lock is held while inflating or parsing.
+pub(crate) async fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     max_bytes: usize,
 ) -> Result<T, DecodeError> {
-    if is_zlib(bytes) {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (bytes, std::any::type_name::<T>()).hash(&mut h);
-        let digest = h.finish();
-        let mut bad = INFLATE.lock().unwrap_or_else(|p| p.into_inner());
-        if bad.contains(&digest) {
-            return Err(DecodeError::KnownBad);
+    if !is_zlib(bytes) {
+        if bytes.len() > max_bytes {
+            return Err(DecodeError::TooLarge(bytes.len()));
         }
-        // First a pass that only checks the JSON (it keeps no string or
-        // value, so a bomb of valid-looking JSON costs no memory to
-        // reject), then the real decode.
-        let reader =
-            |bytes| std::io::BufReader::new(ZlibDecoder::new(bytes).take(max_bytes as u64));
-        let r = check_json(reader(bytes)).and_then(|()| serde_json::from_reader(reader(bytes)));
-        if r.is_err() {
-            if bad.len() == KNOWN_BAD {
-                bad.pop_front();
-            }
-            bad.push_back(digest);
-        }
-        Ok(r?)
-    } else if bytes.len() > max_bytes {
-        Err(DecodeError::TooLarge(bytes.len()))
-    } else {
-        Ok(serde_json::from_slice(bytes)?)
+        return serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string()));
     }
+    let typed = digest(bytes, std::any::type_name::<T>());
+    if known_bad(typed) {
+        return Err(DecodeError::KnownBad);
+    }
+    let json = inflate(bytes, max_bytes).await?;
+    serde_json::from_slice(&json).map_err(|e| {
+        remember_bad(typed);
+        DecodeError::Json(e.to_string())
+    })
+}
+
+/// What an inflation gave: the JSON text, or why not.
+type Inflated = Result<std::sync::Arc<Vec<u8>>, DecodeError>;
+
+/// One inflation in progress, shared by every reader of its payload.
+#[derive(Default)]
+struct Shared {
+    done: std::sync::OnceLock<Inflated>,
+    notify: tokio::sync::Notify,
+}
+
+/// Inflations in progress, by payload digest. The lock is held to join or
+/// leave one, never while inflating.
+static INFLIGHT: std::sync::Mutex<std::collections::BTreeMap<u64, std::sync::Arc<Shared>>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The JSON text of a zlib payload, inflated once for every concurrent
+/// reader of it.
+async fn inflate(bytes: &[u8], max_bytes: usize) -> Inflated {
+    let key = digest(bytes, "");
+    if known_bad(key) {
+        return Err(DecodeError::KnownBad);
+    }
+    let until = tokio::time::Instant::now() + BUSY_WAIT;
+    loop {
+        let (shared, leads) = {
+            let mut map = INFLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(&key) {
+                Some(s) => (s.clone(), false),
+                None => {
+                    let s = std::sync::Arc::new(Shared::default());
+                    map.insert(key, s.clone());
+                    (s, true)
+                }
+            }
+        };
+        let r = if leads {
+            let r = inflate_now(bytes, max_bytes);
+            if matches!(r, Err(DecodeError::TooLarge(_) | DecodeError::Zlib(_))) {
+                remember_bad(key);
+            }
+            let _ = shared.done.set(r.clone());
+            INFLIGHT
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            shared.notify.notify_waiters();
+            if let Err(DecodeError::Busy) = r {
+                // Wait for an inflation ahead to end, then try again.
+                let ended = inflation_ended();
+                if INFLATING.load(Ordering::Relaxed) >= max_bytes {
+                    wait_until(until, ended).await;
+                }
+            }
+            r
+        } else {
+            let notified = shared.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            match shared.done.get() {
+                Some(r) => r.clone(),
+                None => {
+                    wait_until(until, notified).await;
+                    shared.done.get().cloned().unwrap_or(Err(DecodeError::Busy))
+                }
+            }
+        };
+        match r {
+            Err(DecodeError::Busy) if tokio::time::Instant::now() < until => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Waits for `f`, at most until `until` (on tg-cache's runtime, whose
+/// timers work under any executor).
+async fn wait_until<F: std::future::Future>(until: tokio::time::Instant, f: F) {
+    crate::exec::in_io(async move {
+        let _ = tokio::time::timeout_at(until, f).await;
+    })
+    .await;
+}
+
+/// Inflates into one buffer, bounded by the cap and by the budget.
+fn inflate_now(bytes: &[u8], max_bytes: usize) -> Inflated {
+    // One more byte than the cap, to tell "at the cap" from "over it".
+    let limit = u64::try_from(max_bytes)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let mut inflater = Budgeted::new(ZlibDecoder::new(bytes).take(limit), max_bytes);
+    let mut json = Vec::with_capacity(bytes.len().saturating_mul(4).min(max_bytes));
+    match inflater.read_to_end(&mut json) {
+        // Only `Budgeted` reports this kind: not the value's fault.
+        Err(e) if e.kind() == std::io::ErrorKind::OutOfMemory => Err(DecodeError::Busy),
+        Err(e) => Err(DecodeError::Zlib(e.to_string())),
+        Ok(_) if json.len() > max_bytes => Err(DecodeError::TooLarge(json.len())),
+        Ok(_) => Ok(std::sync::Arc::new(json)),
+    }
+}
+
+/// Payloads (compressed bytes, and with the type asked) that failed to
+/// decode lately. The lock is held to look and to note, never while
+/// inflating.
+static KNOWN_BAD: std::sync::Mutex<std::collections::VecDeque<u64>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+const KNOWN_BAD_LEN: usize = 16;
+
+fn known_bad(digest: u64) -> bool {
+    KNOWN_BAD
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&digest)
+}
+
+fn remember_bad(digest: u64) {
+    let mut bad = KNOWN_BAD.lock().unwrap_or_else(|p| p.into_inner());
+    if bad.len() == KNOWN_BAD_LEN {
+        bad.pop_front();
+    }
+    bad.push_back(digest);
+}
+
+/// Bytes being inflated right now by every read of the process together.
+/// An inflation whose bytes would take the total over its cap stops
+/// ([`DecodeError::Busy`], then it waits and tries again), unless it is the
+/// oldest one running, which always goes on to its verdict: concurrent
+/// decompression bombs cost about the cap in memory, while ordinary
+/// compressed values inflate in parallel.
+static INFLATING: AtomicUsize = AtomicUsize::new(0);
+
+/// The inflations running, by age (the lock is taken to start and end one,
+/// and by an inflation over budget to learn whether it is the oldest).
+static RUNNING: std::sync::Mutex<std::collections::BTreeSet<u64>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<u64>> {
+    RUNNING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Told whenever an inflation ends.
+static INFLATED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// A future that completes when the next inflation of the process ends.
+fn inflation_ended() -> std::pin::Pin<Box<tokio::sync::futures::Notified<'static>>> {
+    let mut n = Box::pin(INFLATED.notified());
+    n.as_mut().enable();
+    n
+}
+
+/// Inflated bytes, counted against [`INFLATING`] until dropped.
+struct Budgeted<R> {
+    inner: R,
+    reserved: usize,
+    limit: usize,
+    ticket: u64,
+}
+
+impl<R> Budgeted<R> {
+    fn new(inner: R, limit: usize) -> Self {
+        let ticket = TICKETS.fetch_add(1, Ordering::Relaxed);
+        running().insert(ticket);
+        Self {
+            inner,
+            reserved: 0,
+            limit,
+            ticket,
+        }
+    }
+}
+
+/// The io error that says the budget ran out.
+#[derive(Debug)]
+struct BudgetSpent;
+
+impl std::fmt::Display for BudgetSpent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("inflation budget in use")
+    }
+}
+
+impl std::error::Error for BudgetSpent {}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let before = INFLATING.fetch_add(n, Ordering::Relaxed);
+        self.reserved += n;
+        if before + n > self.limit && running().first() != Some(&self.ticket) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                BudgetSpent,
+            ));
+        }
+        Ok(n)
+    }
+}
+
+impl<R> Drop for Budgeted<R> {
+    fn drop(&mut self) {
+        INFLATING.fetch_sub(self.reserved, Ordering::Relaxed);
+        running().remove(&self.ticket);
+        INFLATED.notify_waiters();
+    }
+}
+
+fn digest(bytes: &[u8], type_name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (bytes, type_name).hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::block_on;
 
     #[test]
     fn roundtrip_plain_and_compressed() {
@@ -126,8 +327,11 @@ mod tests {
         assert_eq!(plain[0], b'[');
         let packed = encode(&v, Some(16)).unwrap();
         assert!(is_zlib(&packed) && packed.len() < plain.len());
-        assert_eq!(decode::<Vec<String>>(&plain, 1 << 20).unwrap(), v);
-        assert_eq!(decode::<Vec<String>>(&packed, 1 << 20).unwrap(), v);
+        assert_eq!(block_on(decode::<Vec<String>>(&plain, 1 << 20)).unwrap(), v);
+        assert_eq!(
+            block_on(decode::<Vec<String>>(&packed, 1 << 20)).unwrap(),
+            v
+        );
         // small values stay readable even with compression on
         assert_eq!(encode(&5, Some(16)).unwrap(), b"5");
     }
@@ -135,7 +339,7 @@ mod tests {
     #[test]
     fn corrupt_is_an_error_not_a_panic() {
         for bad in [&b"\x78\x9cgarbage"[..], b"{", b"\"str\"", b""] {
-            assert!(decode::<i32>(bad, 1 << 20).is_err());
+            assert!(block_on(decode::<i32>(bad, 1 << 20)).is_err());
         }
     }
 }
@@ -143,6 +347,7 @@ mod tests {
 #[cfg(test)]
 mod bomb {
     use super::*;
+    use crate::exec::block_on;
 
     #[test]
     fn a_bomb_is_cut_at_the_cap() {
@@ -155,11 +360,11 @@ mod bomb {
         let packed = compress(json, Some(1));
         assert!(packed.len() < 1 << 20, "{}", packed.len());
         let start = std::time::Instant::now();
-        assert!(decode::<Vec<u8>>(&packed, 1 << 20).is_err());
+        assert!(block_on(decode::<Vec<u8>>(&packed, 1 << 20)).is_err());
         assert!(start.elapsed() < std::time::Duration::from_secs(2));
         // Plain bytes over the cap are refused without parsing.
         assert!(matches!(
-            decode::<Vec<u8>>(&vec![b' '; 2 << 20], 1 << 20),
+            block_on(decode::<Vec<u8>>(&vec![b' '; 2 << 20], 1 << 20)),
             Err(DecodeError::TooLarge(_))
         ));
     }

@@ -14,6 +14,7 @@
 //! | `TG_CACHE_POOL_SIZE` | multiplexed Redis connections | `1` |
 //! | `TG_CACHE_MAX_VALUE_BYTES` | largest value read (stored or inflated) | `67108864` (64 MiB) |
 //! | `TG_CACHE_LEASE_TIMEOUT_MS` | how long a dead filler's Redis lease blocks other processes | `3000` |
+//! | `TG_CACHE_MAX_WAIT_MS` | how long a caller waits for another process's computation before it computes too | `30000` |
 //! | `TG_CACHE_COMPRESS_MIN_BYTES` | zlib-compress values at least this long; `off` | `off` |
 //!
 //! With no variables set the default cache is a local store: zero configuration.
@@ -149,6 +150,7 @@ pub struct CacheConfig {
     pub(crate) compress_min_bytes: Option<usize>,
     pub(crate) breaker_cooldown: Duration,
     pub(crate) lease_timeout: Duration,
+    pub(crate) max_wait: Duration,
     pub(crate) pool_size: usize,
     pub(crate) max_value_bytes: usize,
     pub(crate) error: Option<ConfigError>,
@@ -183,6 +185,7 @@ impl CacheConfig {
             compress_min_bytes: None,
             breaker_cooldown: Duration::from_millis(50),
             lease_timeout: Duration::from_secs(3),
+            max_wait: Duration::from_secs(30),
             pool_size: DEFAULT_POOL_SIZE,
             max_value_bytes: 64 << 20,
             error: None,
@@ -308,6 +311,17 @@ impl CacheConfig {
         self
     }
 
+    /// How long a caller waits for another process's computation of the
+    /// same key (a lease holder that is alive and renewing) before it
+    /// computes too, as a co-holder: the first of them to store wins.
+    /// This is what lets callers get past a hung computation; a holder that
+    /// finishes without storing, or dies, releases its waiters sooner (at
+    /// once, or within [`CacheConfig::lease_timeout`]). Default 30 seconds.
+    pub fn max_wait(mut self, t: Duration) -> Self {
+        self.max_wait = t;
+        self
+    }
+
     /// The Redis URL, with its password redacted when displayed.
     pub fn redis_url(&self) -> Option<&RedisUrl> {
         self.redis_url.as_ref()
@@ -382,6 +396,9 @@ impl CacheConfig {
         if let Some(v) = get("TG_CACHE_LEASE_TIMEOUT_MS") {
             c.lease_timeout =
                 Duration::from_millis(parse_positive("TG_CACHE_LEASE_TIMEOUT_MS", &v)?);
+        }
+        if let Some(v) = get("TG_CACHE_MAX_WAIT_MS") {
+            c.max_wait = Duration::from_millis(parse_positive("TG_CACHE_MAX_WAIT_MS", &v)?);
         }
         if let Some(v) = get("TG_CACHE_COMPRESS_MIN_BYTES") {
             c.compress_min_bytes = if v.trim().eq_ignore_ascii_case("off") {

@@ -44,6 +44,20 @@ pub enum Error {
         /// The serializer's error.
         source: serde_json::Error,
     },
+    /// The value's JSON is longer than the cache's `max_value_bytes`: it
+    /// was not written (and the key no longer holds an older value).
+    /// Cached functions and `get_or_set` return such a value uncached.
+    #[error(
+        "the value for key `{key}` is {bytes} bytes of JSON, over max_value_bytes ({max}); it was not cached (raise TG_CACHE_MAX_VALUE_BYTES, or cache less)"
+    )]
+    ValueTooLarge {
+        /// The key being written.
+        key: String,
+        /// The value's JSON size.
+        bytes: usize,
+        /// The cap.
+        max: usize,
+    },
     /// The key cannot be used (whitespace or control characters, or empty).
     #[error("invalid cache key {key:?}: {reason}")]
     InvalidKey {

@@ -2,7 +2,7 @@
 //! duplicate-prefix check, bypass/refresh scopes, and the local hit path.
 
 use crate::cache::{Cache, CachePolicy};
-use crate::key::{MAX_KEY_LEN, shorten};
+use crate::key::MAX_KEY_BYTES;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -270,14 +270,15 @@ pub fn local_hit<P: CachePolicy<R>, R>(
     let Some(generation) = &resolved.generation else {
         let mut key = String::with_capacity(64);
         write_key(&mut key);
-        return Err(shorten(key));
+        return Err(key);
     };
     let looked_up = KEY_BUF.try_with(|buf| {
         let mut buf = buf.try_borrow_mut().ok()?;
         buf.clear();
         write_key(&mut buf);
-        if buf.len() > MAX_KEY_LEN {
-            return Some(Err(shorten(buf.clone())));
+        if buf.len() > MAX_KEY_BYTES {
+            // Refused on the slow path, which says why.
+            return Some(Err(buf.clone()));
         }
         match resolved.cache.__local_hit::<P, R>(&buf, generation) {
             Some(hit) => {
@@ -294,7 +295,7 @@ pub fn local_hit<P: CachePolicy<R>, R>(
         _ => {
             let mut key = String::new();
             write_key(&mut key);
-            Err(shorten(key))
+            Err(key)
         }
     }
 }

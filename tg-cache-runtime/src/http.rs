@@ -573,7 +573,7 @@ fn page_key(
     key.push_str(base);
     key.push_str(":page");
     if vary.is_empty() && cfg.vary_cookies.is_empty() && !cfg.vary_authorization {
-        return crate::key::shorten(key);
+        return key;
     }
     let mut h = Sha256::new();
     h.update(b"tg-cache page v1");
@@ -605,7 +605,7 @@ fn page_key(
     for b in &h.finalize()[..16] {
         let _ = write!(key, "{b:02x}");
     }
-    crate::key::shorten(key)
+    key
 }
 
 /// The response's `Vary` list, lowercased and sorted, without `cookie` and

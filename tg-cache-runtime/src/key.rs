@@ -29,19 +29,19 @@
 //!
 //! # Long keys
 //!
-//! Keys longer than [`MAX_KEY_LEN`] bytes keep a readable head of
-//! [`LONG_KEY_HEAD`] bytes followed by `:#` and 32 hex digits of the SHA-256
-//! of the whole key, so they stay under the limit, stay deterministic across
-//! processes and versions, and still match the prefix pattern of their family.
+//! Keys are stored exactly as built, whatever their length (Redis has no
+//! key length limit; Django's Redis backends do not shorten keys either),
+//! so a pattern built from the same parts always matches them. A key over
+//! [`MAX_KEY_BYTES`] is refused ([`crate::Error::InvalidKey`]); cached
+//! functions then run uncached.
 
-use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-/// The longest key tg-cache emits, in bytes (memcached's and Django's limit).
-pub const MAX_KEY_LEN: usize = 250;
-/// How many bytes of a long key are kept readable before the hash tail.
-pub const LONG_KEY_HEAD: usize = 200;
+/// The longest key tg-cache accepts, in bytes: 64 KiB. A longer key (a
+/// cached function called with a huge argument) is refused rather than
+/// sent to Redis on every call.
+pub const MAX_KEY_BYTES: usize = 64 * 1024;
 
 /// A value that can be written into a cache key.
 ///
@@ -337,37 +337,10 @@ impl KeyBuilder {
         value.write_key_part(&mut self.buf);
     }
 
-    /// Finishes the key, shortening it if it is longer than [`MAX_KEY_LEN`].
+    /// Finishes the key.
     pub fn finish(self) -> String {
-        shorten(self.buf)
+        self.buf
     }
-}
-
-/// Shortens a key longer than [`MAX_KEY_LEN`] to a readable head plus a
-/// deterministic hash tail; shorter keys are returned unchanged.
-pub fn shorten(key: String) -> String {
-    if key.len() <= MAX_KEY_LEN {
-        return key;
-    }
-    let digest = Sha256::digest(key.as_bytes());
-    let mut cut = LONG_KEY_HEAD;
-    while !key.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    // Do not end the head in the middle of a `%XX` escape.
-    let head = &key.as_bytes()[..cut];
-    if let Some(pos) = head.iter().rposition(|&b| b == b'%')
-        && cut - pos < 3
-    {
-        cut = pos;
-    }
-    let mut out = String::with_capacity(cut + 34);
-    out.push_str(&key[..cut]);
-    out.push_str(":#");
-    for b in &digest[..16] {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
 }
 
 /// The seed's key generator: `tg:queryset:<Model>:<filters>` and `tg:view:<view>:<params>`.
@@ -421,7 +394,7 @@ impl CacheKeyGenerator {
             buf.push('=');
             v.write_key_part(&mut buf);
         }
-        shorten(buf)
+        buf
     }
 }
 
@@ -507,101 +480,125 @@ pub fn glob_escape_into(s: &str, out: &mut String) {
     }
 }
 
-/// Whether `key` matches the Redis-style glob `pattern` (`*`, `?`, `[abc]`,
-/// `[^a]`, `[a-z]`, `\x`). Used by the local store's `delete_pattern`.
+/// Whether `key` matches the glob `pattern` exactly as Redis' `SCAN MATCH`
+/// and `KEYS` decide it (`*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\x`, with
+/// Redis' own reading of odd patterns: `[]` matches nothing, an unclosed
+/// `[` runs to the end, `[a-]` is a range ending at `]`): a port of
+/// `stringmatchlen` from Redis' `util.c`. The local store's pattern deletes
+/// use it, so both stores delete the same keys.
 pub fn glob_match(pattern: &str, key: &str) -> bool {
-    glob_match_bytes(pattern.as_bytes(), key.as_bytes())
+    // `SCAN` and `KEYS` do not match a lone `*` at all: every key.
+    if pattern == "*" {
+        return true;
+    }
+    let mut skip_longer = false;
+    string_match(
+        pattern.as_bytes(),
+        0,
+        key.as_bytes(),
+        0,
+        &mut skip_longer,
+        0,
+    )
 }
 
-fn glob_match_bytes(p: &[u8], s: &[u8]) -> bool {
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() {
-            match p[pi] {
-                b'*' => {
-                    star = Some((pi, si));
+/// `stringmatchlen_impl` over `p[pi..]` and `s[si..]`. Redis reads past the
+/// pattern's end as a NUL byte; so does [`at`].
+fn string_match(
+    p: &[u8],
+    mut pi: usize,
+    s: &[u8],
+    mut si: usize,
+    skip_longer: &mut bool,
+    nesting: u32,
+) -> bool {
+    // Protection against abusive patterns, as in Redis.
+    if nesting > 1000 {
+        return false;
+    }
+    let at = |i: usize| p.get(i).copied().unwrap_or(0);
+    while pi < p.len() && si < s.len() {
+        match p[pi] {
+            b'*' => {
+                while pi < p.len() && at(pi + 1) == b'*' {
                     pi += 1;
-                    continue;
                 }
-                b'?' => {
-                    pi += 1;
+                if p.len() - pi == 1 {
+                    return true;
+                }
+                while si < s.len() {
+                    if string_match(p, pi + 1, s, si, skip_longer, nesting + 1) {
+                        return true;
+                    }
+                    if *skip_longer {
+                        return false;
+                    }
                     si += 1;
-                    continue;
                 }
-                b'[' => {
-                    if let Some((true, next)) = match_class(&p[pi..], s[si]) {
-                        pi += next;
-                        si += 1;
-                        continue;
-                    }
+                *skip_longer = true;
+                return false;
+            }
+            b'?' => si += 1,
+            b'[' => {
+                pi += 1;
+                let negate = at(pi) == b'^';
+                if negate {
+                    pi += 1;
                 }
-                b'\\' if pi + 1 < p.len() => {
-                    if p[pi + 1] == s[si] {
-                        pi += 2;
-                        si += 1;
-                        continue;
-                    }
-                }
-                c => {
-                    if c == s[si] {
+                let mut matched = false;
+                loop {
+                    let left = p.len().saturating_sub(pi);
+                    if at(pi) == b'\\' && left >= 2 {
                         pi += 1;
-                        si += 1;
-                        continue;
+                        if at(pi) == s[si] {
+                            matched = true;
+                        }
+                    } else if at(pi) == b']' {
+                        break;
+                    } else if left == 0 {
+                        pi -= 1;
+                        break;
+                    } else if left >= 3 && at(pi + 1) == b'-' {
+                        let (mut lo, mut hi) = (at(pi), at(pi + 2));
+                        if lo > hi {
+                            std::mem::swap(&mut lo, &mut hi);
+                        }
+                        pi += 2;
+                        if (lo..=hi).contains(&s[si]) {
+                            matched = true;
+                        }
+                    } else if at(pi) == s[si] {
+                        matched = true;
                     }
+                    pi += 1;
                 }
+                if matched == negate {
+                    return false;
+                }
+                si += 1;
+            }
+            c => {
+                let c = if c == b'\\' && p.len() - pi >= 2 {
+                    pi += 1;
+                    p[pi]
+                } else {
+                    c
+                };
+                if c != s[si] {
+                    return false;
+                }
+                si += 1;
             }
         }
-        match star {
-            Some((sp, ss)) => {
-                pi = sp + 1;
-                si = ss + 1;
-                star = Some((sp, ss + 1));
-            }
-            None => return false,
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
         pi += 1;
-    }
-    pi == p.len()
-}
-
-/// Matches one byte against a `[...]` class at the start of `p`; returns
-/// whether it matched and the class's length, or `None` if unterminated.
-fn match_class(p: &[u8], c: u8) -> Option<(bool, usize)> {
-    let mut i = 1;
-    let negate = p.get(1) == Some(&b'^');
-    if negate {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    while i < p.len() && (p[i] != b']' || first) {
-        first = false;
-        let mut lo = p[i];
-        if lo == b'\\' && i + 1 < p.len() {
-            i += 1;
-            lo = p[i];
-        }
-        if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
-            let hi = p[i + 2];
-            let (a, b) = if lo <= hi { (lo, hi) } else { (hi, lo) };
-            if (a..=b).contains(&c) {
-                matched = true;
+        if si == s.len() {
+            while at(pi) == b'*' {
+                pi += 1;
             }
-            i += 3;
-        } else {
-            if lo == c {
-                matched = true;
-            }
-            i += 1;
+            break;
         }
     }
-    if i >= p.len() {
-        return None;
-    }
-    Some((matched != negate, i + 1))
+    pi >= p.len() && si == s.len()
 }
 
 /// The family of a tg-cache key: its first three segments
@@ -624,85 +621,24 @@ pub fn family_of(key: &str) -> Option<&str> {
     }
 }
 
-/// Whether `key` ends with the hash tail that [`shorten`] gives long keys.
-fn shortened_head(key: &str) -> Option<&str> {
-    let (head, tail) = key.rsplit_once(":#")?;
-    (tail.len() == 32 && tail.bytes().all(|b| b.is_ascii_hexdigit())).then_some(head)
-}
-
-/// Whether `pattern` covers the stored key `key`: it matches it, or `key`
-/// is a shortened long key whose readable head some match of `pattern`
-/// could start with (the rest of the original key is gone, so a pattern
-/// that might have matched it must delete it: over-deleting a cache entry
-/// is safe, leaving it stale is not).
-///
-/// ```
-/// use tg_cache_runtime::key::{pattern_covers, shorten};
-/// let long = shorten(format!("tg:queryset:Character:bio={}:id=5", "a".repeat(300)));
-/// assert!(pattern_covers("tg:queryset:Character:*:id=5", &long));
-/// assert!(!pattern_covers("tg:queryset:Scene:*", &long));
-/// ```
-pub fn pattern_covers(pattern: &str, key: &str) -> bool {
-    if glob_match(pattern, key) {
-        return true;
-    }
-    match shortened_head(key) {
-        Some(head) => glob_prefix_match(pattern.as_bytes(), head.as_bytes()),
-        None => false,
-    }
-}
-
-/// Whether some string starting with `s` matches the glob `p`.
-fn glob_prefix_match(p: &[u8], s: &[u8]) -> bool {
-    // Walks like `glob_match_bytes`; a `*` matches any rest, so no
-    // backtracking is needed, and running out of text is a match: the
-    // missing rest of the key can be anything.
-    let (mut pi, mut si) = (0, 0);
-    while si < s.len() {
-        let Some(&c) = p.get(pi) else { return false };
-        match c {
-            b'*' => return true,
-            b'?' => pi += 1,
-            b'[' => match match_class(&p[pi..], s[si]) {
-                Some((true, next)) => pi += next,
-                _ => return false,
-            },
-            b'\\' if pi + 1 < p.len() => {
-                if p[pi + 1] != s[si] {
-                    return false;
-                }
-                pi += 2;
-            }
-            c if c == s[si] => pi += 1,
-            _ => return false,
-        }
-        si += 1;
-    }
-    true
-}
-
-/// The `SCAN MATCH` pattern that finds every key `pattern` covers and their
-/// leases: the pattern's literal head followed by `*`. The caller filters
-/// the scanned keys with [`pattern_covers`].
-pub(crate) fn scan_pattern(pattern: &str) -> String {
-    let bytes = pattern.as_bytes();
-    let mut end = 0;
-    while end < bytes.len() && !matches!(bytes[end], b'*' | b'?' | b'[' | b']' | b'\\') {
-        end += 1;
-    }
-    format!("{}*", &pattern[..end])
-}
-
-/// Checks a key given to the manual API: it must be non-empty, free of
-/// whitespace and control characters, and outside the reserved namespace
-/// (a segment starting with `#`: leases `<key>:#lease`, epochs
-/// `#epoch:<family>`; a shortened key's own `:#<hash>` tail is allowed).
-/// Keys over [`MAX_KEY_LEN`] are shortened.
+/// Checks a key given to the manual API: it must be non-empty, at most
+/// [`MAX_KEY_BYTES`] long, free of whitespace and control characters, and
+/// outside the reserved namespace (a segment starting with `#`: epochs
+/// `#epoch:<family>`).
 pub(crate) fn check_key(key: &str) -> Result<Cow<'_, str>, crate::Error> {
     if key.is_empty() {
         return Err(crate::Error::InvalidKey {
             key: key.to_owned(),
             reason: "keys must not be empty",
+        });
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(crate::Error::InvalidKey {
+            key: format!(
+                "{}...",
+                &key[..(0..=64).rev().find(|&i| key.is_char_boundary(i)).unwrap_or(0)]
+            ),
+            reason: "keys may be at most 64 KiB (MAX_KEY_BYTES); leave big arguments out of the key (skip) and key on an identifier",
         });
     }
     if key
@@ -715,15 +651,11 @@ pub(crate) fn check_key(key: &str) -> Result<Cow<'_, str>, crate::Error> {
             reason: "keys must not contain whitespace or control characters; build keys with KeyBuilder or CacheKeyGenerator, which escape values",
         });
     }
-    let unreserved = shortened_head(key).unwrap_or(key);
-    if unreserved.starts_with('#') || unreserved.contains(":#") {
+    if key.starts_with('#') || key.contains(":#") {
         return Err(crate::Error::InvalidKey {
             key: key.to_owned(),
-            reason: "a key segment starting with `#` is reserved for tg-cache's own keys (fill leases, family epochs); escape user data with KeyBuilder or CacheKeyGenerator, which never emit it",
+            reason: "a key segment starting with `#` is reserved for tg-cache's own keys (family epochs, fill placeholders); escape user data with KeyBuilder or CacheKeyGenerator, which never emit it",
         });
-    }
-    if key.len() > MAX_KEY_LEN {
-        return Ok(Cow::Owned(shorten(key.to_owned())));
     }
     Ok(Cow::Borrowed(key))
 }
@@ -777,20 +709,17 @@ mod tests {
     }
 
     #[test]
-    fn long_keys_are_shortened_deterministically() {
+    fn long_keys_are_kept_whole() {
         let long = format!("tg:fn:x:q={}", "a".repeat(400));
-        let a = shorten(long.clone());
-        let b = shorten(long.clone());
-        assert_eq!(a, b);
-        assert!(a.len() <= MAX_KEY_LEN, "{}", a.len());
-        assert!(a.starts_with("tg:fn:x:q=aaa"));
-        let other = shorten(format!("{long}b"));
-        assert_ne!(a, other);
-        // no half escape at the cut
-        let esc = format!("tg:{}", "%2A".repeat(100));
-        let s = shorten(esc);
-        let head = s.split(":#").next().unwrap();
-        assert!(!head.ends_with('%') && !head.ends_with("%2"), "{head}");
+        assert_eq!(
+            KeyBuilder::new("tg:fn:x")
+                .param("q", &"a".repeat(400))
+                .finish(),
+            long
+        );
+        assert_eq!(check_key(&long).unwrap(), long);
+        assert!(check_key(&"k".repeat(MAX_KEY_BYTES + 1)).is_err());
+        assert!(check_key(&"k".repeat(MAX_KEY_BYTES)).is_ok());
     }
 
     #[test]
@@ -835,28 +764,23 @@ mod tests {
         assert!(check_key("").is_err());
         assert!(check_key("a\u{0}").is_err());
         assert_eq!(check_key("tg:x").unwrap(), "tg:x");
-        assert!(check_key(&"k".repeat(300)).unwrap().len() <= MAX_KEY_LEN);
-        for reserved in ["#epoch:tg:fn:x", "a:#lease", "tg:fn:x:1:#lease", "#"] {
-            assert!(check_key(reserved).is_err(), "{reserved}");
-        }
-        let long = shorten(format!("tg:x:{}", "a".repeat(300)));
-        assert_eq!(check_key(&long).unwrap(), long);
-        assert!(check_key(&format!("{long}:#lease")).is_err());
+        assert_eq!(check_key(&"k".repeat(300)).unwrap().len(), 300);
     }
 
     #[test]
-    fn patterns_cover_shortened_keys_and_scan_wide_enough() {
-        let long = shorten(format!("tg:queryset:Character:a={}:id=5", "x".repeat(300)));
-        assert!(pattern_covers("tg:queryset:Character:*", &long));
-        assert!(pattern_covers("tg:queryset:Character:*:id=5", &long));
-        assert!(pattern_covers("tg:queryset:Character:a=x*", &long));
-        assert!(!pattern_covers("tg:queryset:Character:b=*", &long));
-        assert!(!pattern_covers("tg:queryset:Scene:*", &long));
-        assert!(pattern_covers("tg:x:1", "tg:x:1"));
-        assert!(!pattern_covers("tg:x:1", "tg:x:10"));
-        assert_eq!(scan_pattern("tg:x:1"), "tg:x:1*");
-        assert_eq!(scan_pattern("tg:x:*:id=1"), "tg:x:*");
-        assert_eq!(scan_pattern("a\\*b"), "a*");
-        assert!(glob_match(&scan_pattern("tg:x:1"), "tg:x:1:#lease"));
+    fn odd_patterns_read_as_redis_reads_them() {
+        // An empty class matches nothing; `[^]` anything.
+        assert!(!glob_match("a[]b", "axb") && !glob_match("a[]b", "a]b"));
+        assert!(glob_match("a[^]", "ax"));
+        // An unclosed class runs to the end of the pattern.
+        assert!(glob_match("a[bc", "ab") && glob_match("a[bc", "ac"));
+        assert!(!glob_match("a[bc", "abc"));
+        // `[a-]`: a range from `a` to `]`, and the class goes on.
+        assert!(glob_match("[a-]x]", "^") && glob_match("[a-]x]", "x"));
+        assert!(!glob_match("[a-]x]", "b") && !glob_match("[a-]x]", "^x"));
+        // An escaped range start is a plain character.
+        assert!(glob_match("[\\a-c]", "a") && glob_match("[\\a-c]", "-"));
+        // A trailing backslash matches itself.
+        assert!(glob_match("a\\", "a\\"));
     }
 }

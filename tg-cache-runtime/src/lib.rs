@@ -23,6 +23,7 @@ mod generation;
 pub mod http;
 mod invalidate;
 pub mod key;
+pub(crate) mod lease;
 pub mod parity;
 mod protocol;
 mod registry;

@@ -67,9 +67,24 @@ use serde::ser::{self, Error as _};
 
 /// Checks that JSON carries `v` faithfully (the rules above), and that
 /// serde_json can serialize it at all (into a sink: no allocation).
-pub(crate) fn check<T: Serialize + ?Sized>(v: &T) -> serde_json::Result<()> {
+pub(crate) fn check<T: Serialize + ?Sized>(v: &T) -> serde_json::Result<usize> {
     check_lossless(v)?;
-    serde_json::to_writer(std::io::sink(), v)
+    let mut counted = Counted(0);
+    serde_json::to_writer(&mut counted, v)?;
+    Ok(counted.0)
+}
+
+/// A writer that only counts the bytes written to it.
+struct Counted(usize);
+
+impl std::io::Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The part of [`check`] serde_json does not do: no non-finite float, no

@@ -8,35 +8,44 @@
 //!
 //! * **Single flight across processes.** In one process, concurrent callers
 //!   of a cold key join one flight ([`crate::flight`]); its leader asks the
-//!   store for the key's **lease** (Redis: `SET <key>:#lease <token> NX PX`).
-//!   Only the holder computes. A leader that finds the lease taken by
-//!   another process polls (one round trip each, backoff 2 ms doubling to
-//!   50 ms) until the holder's value appears or the lease is free. The
-//!   holder renews its lease every third of the lease timeout while it
-//!   computes (default timeout 3 s, `CacheConfig::lease_timeout`), for at
-//!   most 60 s; if it dies (or hangs past that), its lease expires within
-//!   that timeout and one waiter takes over. A holder that is cancelled or
-//!   panics releases its lease at once.
+//!   store for the key's **lease**, a placeholder written at the key itself
+//!   (`lease.rs`). Only holders compute. A leader that finds the lease held
+//!   by another process waits for that holder (polling, one round trip
+//!   each, backoff 2 ms doubling to 8 ms) until its value appears.
+//! * **Bounded waits.** A waiter remembers the holder it waits on. When that
+//!   holder is gone (it stored nothing it could read: an `Err`, a `None`,
+//!   a value over the cap; or an invalidation ended its lease; or it died
+//!   and its lease expired), the waiter stops waiting at once and computes,
+//!   as a co-holder of whatever lease is there now or as the new holder.
+//!   So no caller waits longer than the holder's computation plus a few
+//!   round trips, whatever the other processes do meanwhile. A holder that
+//!   computes longer than `max_wait` (default 30 s, a hung body) gets
+//!   co-holders: each waiting process computes too, and the first value
+//!   stored wins.
+//! * **Any computation length.** A holder renews its lease every third of
+//!   the lease timeout (default 3 s) for as long as it computes, so a
+//!   computation of any length is stored when nothing invalidated it. If
+//!   the holder's process dies, its lease expires within the lease timeout.
+//!   A holder that is cancelled or panics releases its lease at once.
 //! * **No set-after-invalidate.** Every invalidation that covers a key
-//!   (`set`, `add`, `delete`, `delete_many`, `delete_pattern`,
-//!   `invalidate_family`, `clear`) removes the key's lease or changes its
-//!   family's epoch, atomically in the store. The holder's value is stored
-//!   only if its lease is still held, the epoch unchanged, and the key
-//!   unchanged since the lease was granted (the lease records a digest of
-//!   what the key held: a value another client wrote meanwhile, Django's
-//!   included, is never overwritten). A refused value is still returned to
+//!   (`set`, `add`, `delete`, `delete_many`, `delete_pattern`, `clear`, by
+//!   any client) removes or replaces its placeholder, and
+//!   `invalidate_family` changes the epoch the placeholder carries. The
+//!   holder's value is stored only over its own placeholder, in the epoch
+//!   it was taken in; a value another client wrote meanwhile, Django's
+//!   included, is never overwritten. A refused value is still returned to
 //!   its caller, whose call began before the invalidation; the flight's
 //!   followers look again instead of taking it, and the flight closes to
-//!   new followers before the value is sent to the store.
+//!   new followers before the value is sent to the store. The same holds
+//!   when the store's reply to the fill is lost.
 //!   An invalidation is only as durable as Redis' own write: a failover
 //!   that loses the write of a new epoch loses that invalidation.
 //! * **Unstored results are shared in a process.** A result the policy
-//!   does not store (an `Err`, a `None`) goes to the followers of the
-//!   in-process flight when it can be cloned and no invalidation happened
-//!   meanwhile; otherwise they run the body themselves, concurrently. Across
-//!   processes such a result is not shared: the holder releases the lease
-//!   and the next process's leader computes, so P processes may run a
-//!   failing body up to P times, one after another.
+//!   does not store (an `Err`, a `None`), or a value over the cap, goes to
+//!   the followers of the in-process flight when it can be cloned and no
+//!   invalidation happened meanwhile; otherwise they run the body
+//!   themselves, concurrently. Across processes such a result is not
+//!   shared: the waiting processes compute it, each at once.
 //! * **Fail-open.** If the store cannot be reached, the body runs and its
 //!   result is returned, not stored; the error is logged and counted.
 
@@ -44,7 +53,8 @@ use crate::cache::{CachePolicy, CacheValue, Core};
 use crate::exec::{in_io, io_runtime, must_not_wait};
 use crate::flight::{Leader, Outcome};
 use crate::generation;
-use crate::store::{Filled, Lease, LeaseOutcome, Slot, Store};
+use crate::lease::Holders;
+use crate::store::{Filled, Lease, LeaseMode, LeaseOutcome, Slot, Store};
 use crate::timeout::Timeout;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -77,25 +87,27 @@ enum Found<T> {
     /// time. Compute without storing; a check in the background removes
     /// the value if Redis answers otherwise.
     Slow,
+    /// The value could not be decoded now (the process's inflation budget
+    /// is spent by other reads): compute without storing.
+    Busy,
 }
 
-/// How the leader may store what it computes.
+/// How the leader starts: asking for a lease in a mode, or not at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fill {
-    /// Only where nothing live is stored.
-    Fresh,
-    /// Over what is stored (a refresh, or bytes that cannot be decoded).
-    Replace,
-    /// Not at all: compute and hand the result on.
+    Lease(LeaseMode),
+    /// Compute and hand the result on, storing nothing.
     Skip,
 }
 
 impl<T> Found<T> {
     fn fill(&self) -> Fill {
         match self {
-            Found::Hit(_) | Found::Miss => Fill::Fresh,
-            Found::Corrupt => Fill::Replace,
-            Found::Slow => Fill::Skip,
+            // Corrupt bytes are looked at again by the lease request, which
+            // repairs them only if they are still there: a value another
+            // caller stored since is taken, not overwritten.
+            Found::Hit(_) | Found::Miss | Found::Corrupt => Fill::Lease(LeaseMode::Fresh),
+            Found::Slow | Found::Busy => Fill::Skip,
         }
     }
 }
@@ -133,7 +145,7 @@ where
             slot: &slot,
             ttl,
         };
-        return lead::<P, R, F, Fut>(&miss, Fill::Replace, None, share, f)
+        return lead::<P, R, F, Fut>(&miss, Fill::Lease(LeaseMode::Refresh), None, share, f)
             .await
             .0;
     }
@@ -204,9 +216,10 @@ where
 async fn lookup<T: CacheValue>(core: &Core, key: &str, slot: &Slot) -> Found<T> {
     match core.store.get(slot).await {
         Ok(None) => Found::Miss,
-        Ok(Some(s)) => match core.decode::<T>(&slot.key, s) {
-            Some(v) => Found::Hit(v),
-            None => Found::Corrupt,
+        Ok(Some(s)) => match core.decode::<T>(&slot.key, s).await {
+            Ok(v) => Found::Hit(v),
+            Err(crate::cache::Undecodable::Busy) => Found::Busy,
+            Err(crate::cache::Undecodable::Corrupt) => Found::Corrupt,
         },
         Err(e @ crate::Error::Timeout(_)) => {
             core.report("get", key, &e);
@@ -275,27 +288,39 @@ where
         slot,
         ttl,
     } = *miss;
-    let mut replace = fill == Fill::Replace;
     let token = generation::new_token();
     let mut backoff = Backoff::default();
+    let mut wait = Wait::new(core.max_wait);
+    let mut mode = match fill {
+        Fill::Lease(mode) => mode,
+        Fill::Skip => LeaseMode::Fresh,
+    };
     let lease = loop {
         if fill == Fill::Skip {
             break None;
         }
-        match core.store.lease(slot, &token, replace).await {
+        match core.store.lease(slot, &token, mode, ttl).await {
             Ok(LeaseOutcome::Granted(lease)) => break Some(lease),
-            Ok(LeaseOutcome::Found(stored)) => match core.decode::<P::Stored>(&slot.key, stored) {
-                Some(v) => return (P::load(v.clone()), handoff::<P, R>(Handoff::Stored(v))),
-                // Corrupt or foreign bytes: fill over them.
-                None => replace = true,
-            },
-            Ok(LeaseOutcome::Busy) if must_not_wait() => {
-                // The holder may be a call on this very thread: waiting
-                // could never end. Compute without storing.
+            Ok(LeaseOutcome::Found(stored)) => {
+                match core.decode::<P::Stored>(&slot.key, stored).await {
+                    Ok(v) => return (P::load(v.clone()), handoff::<P, R>(Handoff::Stored(v))),
+                    // Corrupt or foreign bytes: fill over them.
+                    Err(crate::cache::Undecodable::Corrupt) => mode = LeaseMode::Repair,
+                    Err(crate::cache::Undecodable::Busy) => break None,
+                }
+            }
+            // The holder may be a call on this very thread: waiting could
+            // never end. Compute without storing.
+            Ok(LeaseOutcome::Busy(_)) if must_not_wait() => {
                 warn_once_sole_thread(key);
                 break None;
             }
-            Ok(LeaseOutcome::Busy) => backoff.wait().await,
+            // Joining found the lease full of co-holders: compute alone.
+            Ok(LeaseOutcome::Busy(_)) if mode == LeaseMode::Join => break None,
+            Ok(LeaseOutcome::Busy(holders)) => match wait.next(&holders) {
+                Next::Wait => backoff.wait().await,
+                Next::Join => mode = LeaseMode::Join,
+            },
             Err(e) => {
                 core.report("lease", key, &e);
                 // The script may have run and granted the lease before the
@@ -314,7 +339,7 @@ where
         }
     };
     let Some(lease) = lease else {
-        // The store is unreachable: compute, return, store nothing.
+        // Nothing to store under: compute, return, store nothing.
         let result = f().await;
         let outcome = unstored::<P, R>(&result, share);
         return (result, outcome);
@@ -335,10 +360,7 @@ where
     if let Some(flight) = flight {
         flight.detach();
     }
-    let filled = core
-        .store
-        .fill(slot, &stored, ttl, guard.lease(), replace)
-        .await;
+    let filled = core.store.fill(slot, &stored, ttl, guard.lease()).await;
     let outcome = match filled {
         Ok(Filled::Stored) => {
             guard.disarm();
@@ -351,15 +373,73 @@ where
         }
         Ok(Filled::Kept | Filled::Lost) => {
             guard.disarm();
+            core.count_refused_fill();
             Outcome::Retry
         }
+        Err(e @ crate::Error::ValueTooLarge { .. }) => {
+            // Served uncached: this caller and the flight's followers get
+            // the value (computed once), the other processes compute it.
+            core.report_too_large(key, &e);
+            match guard.release().await {
+                Ok(true) => handoff::<P, R>(Handoff::Stored(stored)),
+                Ok(false) => Outcome::Retry,
+                Err(e) => {
+                    core.report("release", key, &e);
+                    Outcome::Retry
+                }
+            }
+        }
         Err(e) => {
-            // Maybe stored, maybe not; the guard releases the lease.
+            // Maybe stored, maybe refused: the followers look again (the
+            // guard releases the lease if it is still held).
             core.report("set", key, &e);
-            handoff::<P, R>(Handoff::Stored(stored))
+            Outcome::Retry
         }
     };
     (result, outcome)
+}
+
+/// What a waiter does after finding the lease busy.
+enum Next {
+    /// Poll again.
+    Wait,
+    /// Compute now, as a co-holder of the lease (or its new holder).
+    Join,
+}
+
+/// A waiter's memory of the holder it waits on (see the module docs).
+struct Wait {
+    /// The first holder it saw.
+    holder: Option<String>,
+    /// When it stops waiting for a live holder.
+    deadline: Option<std::time::Instant>,
+    max: Duration,
+}
+
+impl Wait {
+    fn new(max: Duration) -> Self {
+        Self {
+            holder: None,
+            deadline: None,
+            max,
+        }
+    }
+
+    fn next(&mut self, holders: &Holders) -> Next {
+        let now = std::time::Instant::now();
+        let deadline = *self.deadline.get_or_insert(now + self.max);
+        match &self.holder {
+            None => self.holder = holders.first().map(str::to_owned),
+            // The holder waited on is done without a value this caller
+            // could read: waiting for the next one could go on forever.
+            Some(h) if !holders.contains(h) => return Next::Join,
+            Some(_) => {}
+        }
+        if now >= deadline {
+            return Next::Join;
+        }
+        Next::Wait
+    }
 }
 
 fn handoff<P: CachePolicy<R>, R: Send + 'static>(h: Handoff<P::Stored, R>) -> Outcome {
@@ -387,7 +467,7 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    const MAX: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_millis(8);
 
     async fn wait(&mut self) {
         // The timer lives on tg-cache's runtime, so this works for blocking
@@ -398,12 +478,6 @@ impl Backoff {
         self.0 = (self.0 * 2).min(Self::MAX);
     }
 }
-
-/// How long a holder keeps renewing its lease: a computation that takes
-/// longer (a hung body) lets the lease expire, and a waiter in another
-/// process takes over. Waiters therefore wait at most this plus the lease
-/// timeout.
-const MAX_HOLD: Duration = Duration::from_secs(60);
 
 /// A held lease: renewed in the background while its holder computes, and
 /// released at once if the holder is dropped (cancelled, or unwinding from
@@ -423,11 +497,12 @@ impl LeaseGuard {
         let renewal = store.renew_every().filter(|_| renew).map(|every| {
             let (store, slot, lease) = (store.clone(), slot.clone(), lease.clone());
             io_runtime().spawn(async move {
-                let until = tokio::time::Instant::now() + MAX_HOLD;
-                while tokio::time::Instant::now() < until {
+                // For as long as the holder computes (this task is aborted
+                // when it stores, gives up or is dropped). Stop when the
+                // lease is lost; a failed renewal (Redis slow or busy) is
+                // tried again next time.
+                loop {
                     tokio::time::sleep(every).await;
-                    // Stop when the lease is lost; a failed renewal (Redis
-                    // slow or busy) is tried again next time.
                     if let Ok(false) = store.renew(&slot, &lease).await {
                         return;
                     }

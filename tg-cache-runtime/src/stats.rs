@@ -82,6 +82,8 @@ pub(crate) struct Counters {
     pub(crate) deletes: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) decode_errors: AtomicU64,
+    pub(crate) too_large: AtomicU64,
+    pub(crate) fills_refused: AtomicU64,
 }
 
 impl Counters {
@@ -99,6 +101,8 @@ impl Counters {
             deletes: self.deletes.load(Relaxed),
             errors: self.errors.load(Relaxed),
             decode_errors: self.decode_errors.load(Relaxed),
+            too_large: self.too_large.load(Relaxed),
+            fills_refused: self.fills_refused.load(Relaxed),
         }
     }
 }
@@ -119,6 +123,12 @@ pub struct CacheStats {
     /// Cached values that could not be decoded (corrupt, foreign or of
     /// another type) and were treated as misses.
     pub decode_errors: u64,
+    /// Values not written because their JSON is over `max_value_bytes`.
+    pub too_large: u64,
+    /// Computed values the fill guard refused to store, because an
+    /// invalidation or another writer came first (they were still returned
+    /// to their callers).
+    pub fills_refused: u64,
 }
 
 impl CacheStats {

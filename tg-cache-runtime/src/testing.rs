@@ -371,7 +371,7 @@ impl Drop for Watchdog {
 #[doc(hidden)]
 pub mod protocol_ops {
     use crate::Cache;
-    use crate::store::{LeaseOutcome, Value};
+    use crate::store::{LeaseMode, LeaseOutcome, Value};
     use std::time::Duration;
 
     /// What one lease request found.
@@ -392,10 +392,20 @@ pub mod protocol_ops {
     pub async fn lease(cache: &Cache, key: &str, token: &str) -> (Poll, Option<Held>) {
         let core = cache.core();
         let slot = core.slot(key).expect("a valid key");
-        match core.store.lease(&slot, token, false).await.expect("lease") {
+        match core
+            .store
+            .lease(
+                &slot,
+                token,
+                LeaseMode::Fresh,
+                Some(Duration::from_secs(60)),
+            )
+            .await
+            .expect("lease")
+        {
             LeaseOutcome::Granted(l) => (Poll::Granted, Some(Held(l))),
             LeaseOutcome::Found(_) => (Poll::Found, None),
-            LeaseOutcome::Busy => (Poll::Busy, None),
+            LeaseOutcome::Busy(_) => (Poll::Busy, None),
         }
     }
 
@@ -411,7 +421,7 @@ pub mod protocol_ops {
         let v: &dyn Value = value;
         matches!(
             core.store
-                .fill(&slot, v, Some(Duration::from_secs(60)), &held.0, false)
+                .fill(&slot, v, Some(Duration::from_secs(60)), &held.0)
                 .await,
             Ok(crate::store::Filled::Stored)
         )

@@ -55,7 +55,7 @@ fn key_string(writer: &TokenStream) -> TokenStream {
             let __tg_buf = &mut __tg_owned;
             #writer
         }
-        ::tg_cache::key::shorten(__tg_owned)
+        __tg_owned
     })
 }
 

@@ -306,7 +306,7 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
                     one.push(quote!({
                         let mut __tg_s = ::std::string::String::new();
                         #stmts
-                        ::tg_cache::Target::key(#cache_expr, ::tg_cache::key::shorten(__tg_s))
+                        ::tg_cache::Target::key(#cache_expr, __tg_s)
                     }));
                     all.push(match (literal(&pieces), template_family(&pieces)) {
                         (Some(k), _) => quote!(::tg_cache::Target::key(#cache_expr, #k)),

@@ -1,7 +1,9 @@
 //! The store of a cache whose configuration was invalid: every call returns
 //! the configuration error (cached functions still run their bodies).
 
-use super::{Family, Filled, Incr, Lease, LeaseOutcome, Slot, Store, StoreFuture, Stored, Value};
+use super::{
+    Family, Filled, Incr, Lease, LeaseMode, LeaseOutcome, Slot, Store, StoreFuture, Stored, Value,
+};
 use crate::error::{ConfigError, Error};
 use crate::timeout::Ttl;
 use std::time::Duration;
@@ -44,7 +46,13 @@ impl Store for BrokenStore {
     ) -> StoreFuture<'a, bool> {
         self.fail()
     }
-    fn lease<'a>(&'a self, _: &'a Slot, _: &'a str, _: bool) -> StoreFuture<'a, LeaseOutcome> {
+    fn lease<'a>(
+        &'a self,
+        _: &'a Slot,
+        _: &'a str,
+        _: LeaseMode,
+        _: Option<Duration>,
+    ) -> StoreFuture<'a, LeaseOutcome> {
         self.fail()
     }
     fn renew<'a>(&'a self, _: &'a Slot, _: &'a Lease) -> StoreFuture<'a, bool> {
@@ -56,7 +64,6 @@ impl Store for BrokenStore {
         _: &'a dyn Value,
         _: Option<Duration>,
         _: &'a Lease,
-        _: bool,
     ) -> StoreFuture<'a, Filled> {
         self.fail()
     }

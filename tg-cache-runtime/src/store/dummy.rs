@@ -2,7 +2,8 @@
 
 use super::local::check;
 use super::{
-    Family, Filled, Incr, Lease, LeaseOutcome, Slot, Store, StoreFuture, Stored, Value, ready,
+    Family, Filled, Incr, Lease, LeaseMode, LeaseOutcome, Slot, Store, StoreFuture, Stored, Value,
+    ready,
 };
 use crate::generation::Epoch;
 use crate::timeout::Ttl;
@@ -29,14 +30,14 @@ impl Store for DummyStore {
         value: &'a dyn Value,
         _: Option<Duration>,
     ) -> StoreFuture<'a, ()> {
-        ready(check(slot, value))
+        ready(check(slot, value, usize::MAX))
     }
     fn set_many<'a>(
         &'a self,
         items: &'a [(Slot, &'a dyn Value)],
         _: Option<Duration>,
     ) -> StoreFuture<'a, ()> {
-        ready(items.iter().try_for_each(|(s, v)| check(s, *v)))
+        ready(items.iter().try_for_each(|(s, v)| check(s, *v, usize::MAX)))
     }
     fn add<'a>(
         &'a self,
@@ -44,9 +45,15 @@ impl Store for DummyStore {
         value: &'a dyn Value,
         _: Option<Duration>,
     ) -> StoreFuture<'a, bool> {
-        ready(check(slot, value).map(|()| true))
+        ready(check(slot, value, usize::MAX).map(|()| true))
     }
-    fn lease<'a>(&'a self, _: &'a Slot, token: &'a str, _: bool) -> StoreFuture<'a, LeaseOutcome> {
+    fn lease<'a>(
+        &'a self,
+        _: &'a Slot,
+        token: &'a str,
+        _: LeaseMode,
+        _: Option<Duration>,
+    ) -> StoreFuture<'a, LeaseOutcome> {
         ready(Ok(LeaseOutcome::Granted(Lease {
             token: token.to_owned(),
             epoch: Epoch::None,
@@ -61,9 +68,8 @@ impl Store for DummyStore {
         value: &'a dyn Value,
         _: Option<Duration>,
         _: &'a Lease,
-        _: bool,
     ) -> StoreFuture<'a, Filled> {
-        ready(check(slot, value).map(|()| Filled::Dropped))
+        ready(check(slot, value, usize::MAX).map(|()| Filled::Dropped))
     }
     fn release<'a>(&'a self, _: &'a Slot, _: &'a Lease) -> StoreFuture<'a, bool> {
         ready(Ok(true))

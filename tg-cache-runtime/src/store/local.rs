@@ -1,14 +1,18 @@
-//! The local in-memory store (moka): bounded, per-entry expiry, per-family
-//! epochs, no serialization. Its leases live in one small map whose lock
-//! orders every fill against every invalidation.
+//! The local in-memory store (moka): bounded by `max_entries` with
+//! least-recently-used eviction (as Django's `LocMemCache`), per-entry
+//! expiry, per-family epochs, no serialization. Its leases live in one
+//! small map whose lock orders every fill against every invalidation; they
+//! follow the rules of `lease.rs` (modes, co-holders), so the protocol
+//! behaves the same on every store.
 
 use super::{
-    AnyValue, Encoder, Family, Filled, Incr, Lease, LeaseOutcome, Slot, Store, StoreFuture, Stored,
-    Value, encode_any, ready,
+    AnyValue, Encoder, Family, Filled, Incr, Lease, LeaseMode, LeaseOutcome, Slot, Store,
+    StoreFuture, Stored, Value, encode_any, ready,
 };
 use crate::error::{Error, Result};
 use crate::generation::{Epoch, LocalEpochs};
-use crate::key::pattern_covers;
+use crate::key::glob_match;
+use crate::lease::{Holders, MAX_HOLDERS};
 use crate::timeout::Ttl;
 use moka::ops::compute::Op;
 use std::any::Any;
@@ -89,14 +93,26 @@ pub(crate) mod clock {
     }
 }
 
+/// A fill in progress: its holders and the family epoch it was taken in.
+struct LocalLease {
+    tokens: Vec<String>,
+    epoch: u64,
+}
+
 pub(crate) struct LocalStore {
     cache: moka::sync::Cache<String, Entry>,
     epochs: LocalEpochs,
-    /// Fills in progress: key -> lease token. Every write and invalidation
-    /// takes this lock, so a fill's check-and-store is atomic against them.
-    leases: Mutex<HashMap<String, String>>,
+    /// Fills in progress. Every write and invalidation takes this lock, so
+    /// a fill's check-and-store is atomic against them.
+    leases: Mutex<HashMap<String, LocalLease>>,
     /// The size bound.
     max_entries: u64,
+    /// The largest value, as JSON bytes.
+    max_value_bytes: usize,
+    /// Inserts since moka last ran its maintenance (which applies the
+    /// bound): while `entry_count() + pending` may exceed the bound, every
+    /// insert runs it, so no write returns with the store over its bound.
+    pending: AtomicU64,
     /// When a sweep was last scheduled by a write or a bump ([`clock`] ms + 1).
     last_sweep: AtomicU64,
 }
@@ -129,12 +145,21 @@ fn deadline(ttl: Option<Duration>) -> Option<u64> {
 }
 
 /// Refuses, as a byte store would, a value JSON cannot carry
-/// ([`crate::parity`]): one serialization into a sink, on writes only.
-pub(crate) fn check(slot: &Slot, value: &dyn Value) -> Result<()> {
-    value.check().map_err(|source| Error::Encode {
+/// ([`crate::parity`]) or whose JSON is over `max` bytes: one serialization
+/// into a counting sink, on writes only.
+pub(crate) fn check(slot: &Slot, value: &dyn Value, max: usize) -> Result<()> {
+    let bytes = value.check().map_err(|source| Error::Encode {
         key: slot.key.clone(),
         source,
-    })
+    })?;
+    if bytes > max {
+        return Err(Error::ValueTooLarge {
+            key: slot.key.clone(),
+            bytes,
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// The integer a value holds, as a byte store reads it: its JSON text.
@@ -163,7 +188,7 @@ fn family_name(slot: &Slot) -> Option<&str> {
 }
 
 impl LocalStore {
-    pub(crate) fn new(max_entries: u64) -> Self {
+    pub(crate) fn new(max_entries: u64, max_value_bytes: usize) -> Self {
         clock::start();
         Self {
             cache: moka::sync::Cache::builder()
@@ -178,11 +203,17 @@ impl LocalStore {
             epochs: LocalEpochs::default(),
             leases: Mutex::new(HashMap::new()),
             max_entries,
+            max_value_bytes,
+            pending: AtomicU64::new(0),
             last_sweep: AtomicU64::new(0),
         }
     }
 
-    fn leases(&self) -> MutexGuard<'_, HashMap<String, String>> {
+    fn check(&self, slot: &Slot, value: &dyn Value) -> Result<()> {
+        check(slot, value, self.max_value_bytes)
+    }
+
+    fn leases(&self) -> MutexGuard<'_, HashMap<String, LocalLease>> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -213,6 +244,18 @@ impl LocalStore {
                 generation: epoch,
             },
         );
+        self.enforce_bound();
+    }
+
+    /// Applies the size bound now if this insert may have exceeded it:
+    /// moka evicts the least recently used entries (after applying the
+    /// reads it recorded) in its maintenance, which otherwise runs later.
+    fn enforce_bound(&self) {
+        let pending = self.pending.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.cache.entry_count() + pending > self.max_entries {
+            self.pending.store(0, Ordering::Relaxed);
+            self.cache.run_pending_tasks();
+        }
     }
 
     /// Has moka drop, in its background maintenance, every entry that is
@@ -260,7 +303,7 @@ impl LocalStore {
     }
 
     fn set_now(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>) -> Result<()> {
-        check(slot, value)?;
+        self.check(slot, value)?;
         let mut leases = self.leases();
         leases.remove(&slot.key);
         self.insert(slot, value, ttl, self.epoch(slot));
@@ -332,14 +375,24 @@ impl LocalStore {
 
     fn delete_pattern_now(&self, pattern: &str) -> usize {
         let mut leases = self.leases();
-        leases.retain(|k, _| !pattern_covers(pattern, k));
+        leases.retain(|k, _| !glob_match(pattern, k));
         let keys: Vec<Arc<String>> = self
             .cache
             .iter()
-            .filter(|(k, _)| pattern_covers(pattern, k))
+            .filter(|(k, _)| glob_match(pattern, k))
             .map(|(k, _)| k)
             .collect();
         keys.iter().filter(|k| self.remove(k)).count()
+    }
+
+    /// Whether the lease of `key` is held by `lease`'s holder, in an epoch
+    /// that is still current.
+    fn holds(&self, leases: &HashMap<String, LocalLease>, slot: &Slot, lease: &Lease) -> bool {
+        leases.get(&slot.key).is_some_and(|l| {
+            l.tokens.contains(&lease.token)
+                && Epoch::Local(l.epoch) == lease.epoch
+                && l.epoch == self.epoch(slot)
+        })
     }
 }
 
@@ -386,7 +439,7 @@ impl Store for LocalStore {
     ) -> StoreFuture<'a, ()> {
         // All or nothing, as on Redis, whose pipeline encodes every value first.
         for (slot, value) in items {
-            if let Err(e) = check(slot, *value) {
+            if let Err(e) = self.check(slot, *value) {
                 return ready(Err(e));
             }
         }
@@ -404,7 +457,7 @@ impl Store for LocalStore {
         value: &'a dyn Value,
         ttl: Option<Duration>,
     ) -> StoreFuture<'a, bool> {
-        if let Err(e) = check(slot, value) {
+        if let Err(e) = self.check(slot, value) {
             return ready(Err(e));
         }
         let mut leases = self.leases();
@@ -420,25 +473,50 @@ impl Store for LocalStore {
         &'a self,
         slot: &'a Slot,
         token: &'a str,
-        replace: bool,
+        mode: LeaseMode,
+        _ttl: Option<Duration>,
     ) -> StoreFuture<'a, LeaseOutcome> {
         let mut leases = self.leases();
         let epoch = self.epoch(slot);
-        if !replace && let Some(v) = self.stored(&slot.key, epoch) {
+        if matches!(mode, LeaseMode::Fresh | LeaseMode::Join)
+            && let Some(v) = self.stored(&slot.key, epoch)
+        {
             return ready(Ok(LeaseOutcome::Found(v)));
         }
-        if leases.contains_key(&slot.key) {
-            return ready(Ok(LeaseOutcome::Busy));
-        }
-        leases.insert(slot.key.clone(), token.to_owned());
-        ready(Ok(LeaseOutcome::Granted(Lease {
+        let granted = Lease {
             token: token.to_owned(),
             epoch: Epoch::Local(epoch),
-        })))
+        };
+        if mode != LeaseMode::Refresh
+            && let Some(held) = leases.get_mut(&slot.key)
+            // A lease of an outdated epoch is dead: its fill is refused.
+            && held.epoch == epoch
+        {
+            if mode == LeaseMode::Join && held.tokens.len() < MAX_HOLDERS {
+                if !held.tokens.iter().any(|t| t == token) {
+                    held.tokens.push(token.to_owned());
+                }
+                return ready(Ok(LeaseOutcome::Granted(granted)));
+            }
+            return ready(Ok(LeaseOutcome::Busy(Holders::new(held.tokens.clone()))));
+        }
+        if mode == LeaseMode::Refresh {
+            // As on Redis, where the lease takes the value's place.
+            self.cache.invalidate(&slot.key);
+        }
+        leases.insert(
+            slot.key.clone(),
+            LocalLease {
+                tokens: vec![token.to_owned()],
+                epoch,
+            },
+        );
+        ready(Ok(LeaseOutcome::Granted(granted)))
     }
 
     fn renew<'a>(&'a self, slot: &'a Slot, lease: &'a Lease) -> StoreFuture<'a, bool> {
-        ready(Ok(self.leases().get(&slot.key) == Some(&lease.token)))
+        let leases = self.leases();
+        ready(Ok(self.holds(&leases, slot, lease)))
     }
 
     fn fill<'a>(
@@ -447,33 +525,38 @@ impl Store for LocalStore {
         value: &'a dyn Value,
         ttl: Option<Duration>,
         lease: &'a Lease,
-        replace: bool,
     ) -> StoreFuture<'a, Filled> {
         // Not stored (the caller releases the lease and reports the error).
-        if let Err(e) = check(slot, value) {
+        if let Err(e) = self.check(slot, value) {
             return ready(Err(e));
         }
         let mut leases = self.leases();
-        if leases.get(&slot.key) != Some(&lease.token) {
-            return ready(Ok(Filled::Lost));
+        if !self.holds(&leases, slot, lease) {
+            let epoch = self.epoch(slot);
+            if leases
+                .get(&slot.key)
+                .is_some_and(|l| l.tokens.contains(&lease.token) && l.epoch != epoch)
+            {
+                leases.remove(&slot.key);
+            }
+            let kept = Epoch::Local(epoch) == lease.epoch && self.live(&slot.key, epoch).is_some();
+            return ready(Ok(if kept { Filled::Kept } else { Filled::Lost }));
         }
         leases.remove(&slot.key);
-        let epoch = self.epoch(slot);
-        if lease.epoch != Epoch::Local(epoch) {
-            return ready(Ok(Filled::Lost));
-        }
-        if !replace && self.live(&slot.key, epoch).is_some() {
-            return ready(Ok(Filled::Kept));
-        }
-        self.insert(slot, value, ttl, epoch);
+        self.insert(slot, value, ttl, self.epoch(slot));
         ready(Ok(Filled::Stored))
     }
 
     fn release<'a>(&'a self, slot: &'a Slot, lease: &'a Lease) -> StoreFuture<'a, bool> {
         let mut leases = self.leases();
-        let held = leases.get(&slot.key) == Some(&lease.token);
-        if held {
-            leases.remove(&slot.key);
+        let held = self.holds(&leases, slot, lease);
+        if let Some(l) = leases.get_mut(&slot.key)
+            && l.tokens.contains(&lease.token)
+        {
+            l.tokens.retain(|t| t != &lease.token);
+            if l.tokens.is_empty() {
+                leases.remove(&slot.key);
+            }
         }
         ready(Ok(held))
     }
@@ -491,10 +574,12 @@ impl Store for LocalStore {
     }
 
     fn clear<'a>(&'a self, _pattern: &'a str) -> StoreFuture<'a, ()> {
-        // A local store belongs to one cache: everything in it is covered.
+        // A local store belongs to one cache: everything in it is under
+        // the cache's namespace.
         let mut leases = self.leases();
         leases.clear();
         self.cache.invalidate_all();
+        self.cache.run_pending_tasks();
         ready(Ok(()))
     }
 

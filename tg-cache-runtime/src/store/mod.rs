@@ -5,21 +5,25 @@
 //! under a lease, delete, pattern delete, epoch bump. Policies, counters and
 //! single-flight live above it ([`crate::protocol`], [`crate::cache`]).
 //!
-//! **The fill guarantee every implementation keeps** (see `protocol.rs`):
-//! a [`Store::lease`] is granted to one filler of a key at a time; every
-//! invalidation that covers the key (`set`, `add` that stores, `delete`,
-//! `delete_pattern`, `bump` of its family, `clear`) removes the lease; and
-//! [`Store::fill`] stores only if the lease is still held, the family epoch
-//! is the one the lease saw, and no live value was written meanwhile.
+//! **The fill guarantee every implementation keeps** (see `protocol.rs` and
+//! `lease.rs`): a [`Store::lease`] is granted to the fillers of a cold key
+//! (one, plus the co-holders that joined it); every invalidation that
+//! covers the key (`set`, `add` that stores, `delete`, `delete_pattern`,
+//! `bump` of its family, `clear`) ends the lease; and [`Store::fill`] stores
+//! only if the lease is still held in the family epoch it was taken in.
+//! Values are refused at write time when their JSON is over the store's
+//! value cap ([`crate::Error::ValueTooLarge`]).
 
 pub(crate) mod broken;
 pub(crate) mod connection;
 pub(crate) mod dummy;
 pub(crate) mod local;
 pub(crate) mod redis;
+pub(crate) mod scripts;
 
 use crate::error::Result;
 use crate::generation::Epoch;
+use crate::lease::Holders;
 use crate::timeout::Ttl;
 use std::any::Any;
 use std::future::Future;
@@ -64,9 +68,10 @@ pub(crate) trait Value: Send + Sync {
     /// The value's JSON text, for stores that keep bytes; an error for a
     /// value JSON would not carry faithfully ([`crate::parity`]).
     fn to_json(&self) -> serde_json::Result<Vec<u8>>;
-    /// Whether [`Value::to_json`] would succeed, without keeping the bytes:
-    /// stores that keep values refuse what byte stores refuse.
-    fn check(&self) -> serde_json::Result<()>;
+    /// Whether [`Value::to_json`] would succeed, and how many bytes it
+    /// would give, without keeping them: stores that keep values refuse
+    /// what byte stores refuse.
+    fn check(&self) -> serde_json::Result<usize>;
     /// The JSON encoder of values of this type.
     fn encoder(&self) -> Encoder;
 }
@@ -79,7 +84,7 @@ impl<T: crate::CacheValue> Value for T {
         crate::parity::check_lossless(self)?;
         serde_json::to_vec(self)
     }
-    fn check(&self) -> serde_json::Result<()> {
+    fn check(&self) -> serde_json::Result<usize> {
         crate::parity::check(self)
     }
     fn encoder(&self) -> Encoder {
@@ -119,14 +124,30 @@ pub(crate) struct Lease {
     pub(crate) epoch: Epoch,
 }
 
+/// How [`Store::lease`] treats what the key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaseMode {
+    /// A miss: a live value is returned, a held lease is waited for.
+    Fresh,
+    /// Over bytes that could not be decoded: anything but a held lease is
+    /// replaced.
+    Repair,
+    /// A refresh: anything is replaced, a held lease included (its holder's
+    /// fill is then refused, as after an invalidation).
+    Refresh,
+    /// As a co-holder: a live value is returned, a held lease is shared
+    /// (the first holder to store wins).
+    Join,
+}
+
 /// What [`Store::lease`] found.
 pub(crate) enum LeaseOutcome {
     /// The caller holds the lease: compute, then [`Store::fill`].
     Granted(Lease),
-    /// A live value is there (only when the caller did not ask to replace it).
+    /// A live value is there (modes `Fresh` and `Join`).
     Found(Stored),
-    /// Another filler holds the lease: wait and ask again.
-    Busy,
+    /// Other fillers hold the lease: wait and ask again.
+    Busy(Holders),
 }
 
 /// What [`Store::fill`] did.
@@ -210,28 +231,27 @@ pub(crate) trait Store: Send + Sync + 'static {
         ttl: Option<Duration>,
     ) -> StoreFuture<'a, bool>;
 
-    /// Asks for the right to fill `slot`. Unless `replace`, a live value is
-    /// returned instead. `token` identifies the caller's lease.
+    /// Asks for the right to fill `slot` (see [`LeaseMode`]); `token`
+    /// identifies the caller's lease, and `ttl` is the lifetime of the
+    /// value it will store.
     fn lease<'a>(
         &'a self,
         slot: &'a Slot,
         token: &'a str,
-        replace: bool,
+        mode: LeaseMode,
+        ttl: Option<Duration>,
     ) -> StoreFuture<'a, LeaseOutcome>;
 
     /// Keeps a lease alive while its holder computes; false if it was lost.
     fn renew<'a>(&'a self, slot: &'a Slot, lease: &'a Lease) -> StoreFuture<'a, bool>;
 
-    /// Stores a computed value under the fill guarantee (module docs). With
-    /// `replace`, a live value written meanwhile is overwritten (refresh, or
-    /// an undecodable value being replaced).
+    /// Stores a computed value under the fill guarantee (module docs).
     fn fill<'a>(
         &'a self,
         slot: &'a Slot,
         value: &'a dyn Value,
         ttl: Option<Duration>,
         lease: &'a Lease,
-        replace: bool,
     ) -> StoreFuture<'a, Filled>;
 
     /// Gives a lease up without storing; returns whether it was still held
@@ -241,13 +261,14 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Deletes stored keys and cancels their fills; returns how many existed.
     fn delete<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, usize>;
 
-    /// Deletes every key that the glob `pattern` covers (shortened keys
-    /// included) and cancels their fills, absent keys' fills too; returns
-    /// how many keys it deleted.
+    /// Deletes every key that the glob `pattern` matches, and so cancels
+    /// every fill of such a key that began before the call, on a database
+    /// of any size; returns how many values it deleted. Family epochs are
+    /// kept.
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> StoreFuture<'a, usize>;
 
-    /// Removes every entry under `pattern` and cancels every fill, but keeps
-    /// the family epochs (which other caches may share).
+    /// Removes every key under `pattern` (`*`: every key of the database),
+    /// family epochs included, and so cancels every fill that began before.
     fn clear<'a>(&'a self, pattern: &'a str) -> StoreFuture<'a, ()>;
 
     /// Removes everything in the database (`FLUSHDB`).
