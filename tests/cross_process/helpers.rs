@@ -209,3 +209,99 @@ pub fn jitter(max_ms: u64) -> Duration {
 pub fn watchdog(test: &'static str) -> tg_cache::testing::Watchdog {
     tg_cache::testing::watchdog(test, Duration::from_secs(30))
 }
+
+/// A TCP proxy in front of a Redis server, for network faults: it forwards
+/// bytes both ways, and the first time a client sends bytes containing
+/// `cut_after`, it forwards them to the server and then drops that
+/// connection before any reply reaches the client (a lost reply). Later
+/// connections are forwarded normally.
+pub struct Proxy {
+    pub port: u16,
+    cuts: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target_port: u16, cut_after: &'static [u8]) -> Proxy {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(true));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let cuts2 = cuts.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                else {
+                    continue;
+                };
+                let (armed, cuts) = (armed.clone(), cuts2.clone());
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let cut = Arc::new(tokio::sync::Notify::new());
+                    let cut2 = cut.clone();
+                    let up = async move {
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let hit = buf[..n].windows(cut_after.len()).any(|w| w == cut_after);
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                            if hit && armed.swap(false, SeqCst) {
+                                cuts.fetch_add(1, SeqCst);
+                                cut2.notify_one();
+                                return;
+                            }
+                        }
+                    };
+                    let down = async move {
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            let n = tokio::select! {
+                                r = sr.read(&mut buf) => match r {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                },
+                                () = cut.notified() => return,
+                            };
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    // Whichever side ends first ends the connection.
+                    tokio::select! {
+                        () = up => {}
+                        () = down => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, cuts, task }
+    }
+
+    /// How many connections were cut.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `redis://127.0.0.1:<proxy port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -185,8 +185,27 @@ async fn wait_until<F: std::future::Future>(until: tokio::time::Instant, f: F) {
     .await;
 }
 
+/// Inflations started, by payload digest, for tests.
+#[cfg(test)]
+static INFLATIONS: std::sync::Mutex<std::collections::BTreeMap<u64, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+#[cfg(test)]
+fn inflations(bytes: &[u8]) -> usize {
+    let map = INFLATIONS.lock().unwrap();
+    map.get(&digest(bytes, "")).copied().unwrap_or(0)
+}
+
 /// Inflates into one buffer, bounded by the cap and by the budget.
 fn inflate_now(bytes: &[u8], max_bytes: usize) -> Inflated {
+    #[cfg(test)]
+    {
+        *INFLATIONS
+            .lock()
+            .unwrap()
+            .entry(digest(bytes, ""))
+            .or_default() += 1;
+    }
     // One more byte than the cap, to tell "at the cap" from "over it".
     let limit = u64::try_from(max_bytes)
         .unwrap_or(u64::MAX)
@@ -334,6 +353,28 @@ mod tests {
         );
         // small values stay readable even with compression on
         assert_eq!(encode(&5, Some(16)).unwrap(), b"5");
+    }
+
+    #[test]
+    fn concurrent_readers_of_one_payload_inflate_it_once() {
+        // 32 MiB of JSON: long enough to inflate that readers started
+        // together all find it in flight.
+        let packed = compress(serde_json::to_vec(&"z".repeat(32 << 20)).unwrap(), Some(1));
+        let barrier = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    barrier.wait();
+                    let v: String = block_on(decode(&packed, 64 << 20)).unwrap();
+                    assert_eq!(v.len(), 32 << 20);
+                });
+            }
+        });
+        let n = inflations(&packed);
+        assert!(n <= 2, "8 concurrent readers inflated it {n} times");
+        // One read, one inflation (the value is never inflated twice).
+        let _: String = block_on(decode(&packed, 64 << 20)).unwrap();
+        assert_eq!(inflations(&packed), n + 1);
     }
 
     #[test]

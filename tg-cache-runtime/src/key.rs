@@ -636,7 +636,10 @@ pub(crate) fn check_key(key: &str) -> Result<Cow<'_, str>, crate::Error> {
         return Err(crate::Error::InvalidKey {
             key: format!(
                 "{}...",
-                &key[..(0..=64).rev().find(|&i| key.is_char_boundary(i)).unwrap_or(0)]
+                &key[..(0..=64)
+                    .rev()
+                    .find(|&i| key.is_char_boundary(i))
+                    .unwrap_or(0)]
             ),
             reason: "keys may be at most 64 KiB (MAX_KEY_BYTES); leave big arguments out of the key (skip) and key on an identifier",
         });
