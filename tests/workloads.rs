@@ -373,7 +373,7 @@ async fn a_hung_holder_is_taken_over_after_max_wait() {
     let hung = {
         let a = a.clone();
         tokio::spawn(async move {
-            a.get_or_set("hung:k", TTL, || std::future::pending::<String>())
+            a.get_or_set("hung:k", TTL, std::future::pending::<String>)
                 .await
         })
     };
