@@ -119,10 +119,15 @@ pub use tg_cache_runtime::*;
 ///   function: the body's result is returned, the failure logged and counted.
 /// * A local hit takes no lock, has no await point and, with an `Arc<T>`
 ///   return, allocates nothing.
-/// * The key holds the arguments (and `self`'s named fields), never the
-///   type parameters of a surrounding generic `impl<T>`, which the attribute
-///   cannot see: in such an impl, give each instantiation its own function
-///   (and `key_prefix`), or name the type in the key.
+/// * Generic parameters are in the key: a type parameter's type name
+///   (`:T=alloc%3A%3Astring%3A%3AString`), a const parameter's value
+///   (`:N=3`), and for a method, or a function whose signature names
+///   `Self`, the type of `Self` (`:Self=..`), which holds the parameters of
+///   a surrounding `impl<T>`. An associated function of a generic impl whose
+///   signature uses the impl's `T` without naming `Self` is a compile error
+///   (E0401, on the `T`) unless it says `self_type = true`. A use of the
+///   impl's parameters in the body only cannot be seen: say
+///   `self_type = true` there too.
 /// * Two functions with the same `key_prefix` are found before the first
 ///   call (both then run uncached, with an error log naming both) and by
 ///   [`check_cache_functions`], which a test of the application should call.
@@ -187,6 +192,44 @@ pub use tg_cache_macros::cache_function;
 /// generation bump: O(1) whatever the number of entries, no SCAN. A fill
 /// that began before any invalidation never stores its stale result.
 pub use tg_cache_macros::Invalidate;
+
+/// Derives [`KeyPart`](trait@KeyPart) for a struct or enum, so it can be an
+/// argument of a `#[cache_function]` (or a value in any key) without
+/// writing the impl by hand. It goes through the fields' own `KeyPart`
+/// impls, so every escaping rule holds: two different values never share a
+/// key, and no value can widen a pattern.
+///
+/// ```
+/// use tg_cache::{KeyPart, cache_function};
+///
+/// #[derive(KeyPart)]
+/// struct Filter { chronicle: i64, clan: Option<String> }
+///
+/// #[derive(KeyPart)]
+/// struct CharacterId(i64); // one field: keys like the field itself
+///
+/// #[derive(KeyPart)]
+/// enum Sort { Name, Since(i32) }
+///
+/// #[cache_function(key_prefix = "search")]
+/// fn search(filter: Filter, sort: Sort) -> Vec<i64> { vec![filter.chronicle] }
+///
+/// assert_eq!(
+///     search_cache_key(&Filter { chronicle: 3, clan: None }, &Sort::Since(2024)),
+///     "tg:fn:search:filter=(3,~):sort=Since(2024)"
+/// );
+/// assert_eq!(CharacterId(5).to_key_part(), "5");
+/// ```
+///
+/// * A struct with one field is written as that field; with several, as
+///   the tuple of its fields in declaration order; a unit struct as `()`.
+/// * An enum as its variant's name, then the tuple of its fields, if any.
+/// * `#[key_part(skip)]` on a field leaves it out.
+///
+/// Every field's type must implement `KeyPart` (type parameters get the
+/// bound). Deriving `Serialize` is not enough: a key is not a value's
+/// serialization (maps would not be ordered, and strings not escaped).
+pub use tg_cache_macros::KeyPart;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -210,14 +210,17 @@ pub fn watchdog(test: &'static str) -> tg_cache::testing::Watchdog {
     tg_cache::testing::watchdog(test, Duration::from_secs(30))
 }
 
-/// A TCP proxy in front of a Redis server, for network faults: it forwards
-/// bytes both ways, and the first time a client sends bytes containing
-/// `cut_after`, it forwards them to the server and then drops that
-/// connection before any reply reaches the client (a lost reply). Later
-/// connections are forwarded normally.
+/// A TCP proxy in front of a Redis server, for network faults and for
+/// counting round trips: it forwards bytes both ways; it counts every time
+/// a client sends after the server last answered it (one round trip); and
+/// the first time a client sends bytes containing `cut_after`, it forwards
+/// them to the server and then drops that connection before any reply
+/// reaches the client (a lost reply). Later connections are forwarded
+/// normally.
 pub struct Proxy {
     pub port: u16,
     cuts: Arc<std::sync::atomic::AtomicUsize>,
+    turns: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -227,9 +230,11 @@ impl Proxy {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let armed = Arc::new(AtomicBool::new(true));
+        let armed = Arc::new(AtomicBool::new(!cut_after.is_empty()));
         let cuts = Arc::new(AtomicUsize::new(0));
         let cuts2 = cuts.clone();
+        let turns = Arc::new(AtomicUsize::new(0));
+        let turns2 = turns.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -239,12 +244,15 @@ impl Proxy {
                 else {
                     continue;
                 };
-                let (armed, cuts) = (armed.clone(), cuts2.clone());
+                let (armed, cuts, turns) = (armed.clone(), cuts2.clone(), turns2.clone());
                 tokio::spawn(async move {
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
                     let cut = Arc::new(tokio::sync::Notify::new());
                     let cut2 = cut.clone();
+                    // Whether the server spoke last on this connection.
+                    let answered = Arc::new(AtomicBool::new(true));
+                    let answered2 = answered.clone();
                     let up = async move {
                         let mut buf = vec![0u8; 64 << 10];
                         loop {
@@ -252,7 +260,11 @@ impl Proxy {
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => n,
                             };
-                            let hit = buf[..n].windows(cut_after.len()).any(|w| w == cut_after);
+                            if answered.swap(false, SeqCst) {
+                                turns.fetch_add(1, SeqCst);
+                            }
+                            let hit = !cut_after.is_empty()
+                                && buf[..n].windows(cut_after.len()).any(|w| w == cut_after);
                             if sw.write_all(&buf[..n]).await.is_err() {
                                 return;
                             }
@@ -273,6 +285,7 @@ impl Proxy {
                                 },
                                 () = cut.notified() => return,
                             };
+                            answered2.store(true, SeqCst);
                             if cw.write_all(&buf[..n]).await.is_err() {
                                 return;
                             }
@@ -286,7 +299,18 @@ impl Proxy {
                 });
             }
         });
-        Proxy { port, cuts, task }
+        Proxy {
+            port,
+            cuts,
+            turns,
+            task,
+        }
+    }
+
+    /// Round trips so far, over every connection: times a client sent
+    /// after the server had answered it.
+    pub fn round_trips(&self) -> usize {
+        self.turns.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many connections were cut.

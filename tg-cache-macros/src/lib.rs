@@ -5,6 +5,7 @@
 mod cache_function;
 mod common;
 mod invalidate;
+mod key_part;
 
 use proc_macro::TokenStream;
 
@@ -21,4 +22,11 @@ pub fn cache_function(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_derive(Invalidate, attributes(invalidate_on, invalidate))]
 pub fn derive_invalidate(input: TokenStream) -> TokenStream {
     invalidate::derive(input.into()).into()
+}
+
+/// Derives `tg_cache::KeyPart` for a struct or enum, through its fields'
+/// own impls. See the `tg-cache` crate documentation of `KeyPart`.
+#[proc_macro_derive(KeyPart, attributes(key_part))]
+pub fn derive_key_part(input: TokenStream) -> TokenStream {
+    key_part::derive(input.into()).into()
 }

@@ -51,6 +51,11 @@ pub trait CachePolicy<R> {
     fn store(result: &R) -> Option<Self::Stored>;
     /// Turns a cached value back into a result.
     fn load(stored: Self::Stored) -> R;
+    /// A lifetime for `result`'s entry shorter than the call's timeout (a
+    /// page whose response says `max-age=60`), if any.
+    fn lifetime(_result: &R) -> Option<Duration> {
+        None
+    }
 }
 
 /// Cache every result.
@@ -284,8 +289,8 @@ impl Cache {
         self.inner.store.len()
     }
 
-    /// The core the miss protocol and test support work on.
-    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
+    /// The core the miss protocol, adapters and test support work on.
+    #[cfg_attr(not(any(feature = "test-support", feature = "axum")), allow(dead_code))]
     pub(crate) fn core(&self) -> &Core {
         &self.inner
     }
@@ -471,6 +476,34 @@ impl Core {
             Ok(false) => {}
             Err(e) => self.report("delete", key, &e),
         }
+    }
+
+    /// Two values read in one round trip, uncounted (`cache_page` reads a
+    /// page's learned `Vary` list and the page together). A store failure
+    /// or an undecodable value is `None` (the failure logged and counted).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) async fn get_pair<A: CacheValue, B: CacheValue>(
+        &self,
+        a: &str,
+        b: &str,
+    ) -> (Option<A>, Option<B>) {
+        let slots = match (self.slot(a), self.slot(b)) {
+            (Ok(x), Ok(y)) => [x, y],
+            _ => return (None, None),
+        };
+        let values = self.store.get_many(&slots).await;
+        let Ok(Ok([va, vb])) = self.track("get_many", b, values).map(<[_; 2]>::try_from) else {
+            return (None, None);
+        };
+        let va = match va {
+            Some(s) => self.decode::<A>(&slots[0].key, s).await.ok(),
+            None => None,
+        };
+        let vb = match vb {
+            Some(s) => self.decode::<B>(&slots[1].key, s).await.ok(),
+            None => None,
+        };
+        (va, vb)
     }
 
     pub(crate) fn count_lookup(&self, key: &str, hit: bool) {

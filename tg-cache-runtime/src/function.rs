@@ -300,6 +300,38 @@ pub fn local_hit<P: CachePolicy<R>, R>(
     }
 }
 
+/// A key value, for the copies of a key writer in the helpers that
+/// `#[cache_function]` generates: `(&KeyArg(&v)).write(buf)` writes `v`
+/// when it is a [`crate::KeyPart`] ([`WriteKeyArg`], which autoref picks
+/// first), else nothing ([`WriteNothing`]). It never writes nothing in a
+/// program that compiles: the function's own key writer requires the
+/// `KeyPart`, and reports its absence once, on the parameter's type.
+#[doc(hidden)]
+pub struct KeyArg<'a, T: ?Sized>(pub &'a T);
+
+/// The `KeyPart` case of [`KeyArg`].
+#[doc(hidden)]
+pub trait WriteKeyArg {
+    /// Writes the value.
+    fn write(&self, out: &mut String);
+}
+
+impl<T: crate::KeyPart + ?Sized> WriteKeyArg for KeyArg<'_, T> {
+    #[inline]
+    fn write(&self, out: &mut String) {
+        self.0.write_key_part(out)
+    }
+}
+
+/// The fallback case of [`KeyArg`].
+#[doc(hidden)]
+pub trait WriteNothing {
+    /// Writes nothing.
+    fn write(&self, _out: &mut String) {}
+}
+
+impl<T: ?Sized> WriteNothing for &KeyArg<'_, T> {}
+
 /// Asserts at compile time that `T` can be stored in a cache.
 #[doc(hidden)]
 pub fn assert_cacheable<T: crate::CacheValue>() {}

@@ -58,8 +58,9 @@
 //!
 //! `tg:view:<view>:path=<path>:scheme=<scheme>:host=<host>:query=<hash>`,
 //! then `:headers` (the learned `Vary` list) or `:page[:v=<hash>]`, every
-//! part escaped ([`crate::key`]), so a host or path can neither collide with
-//! another nor act as a glob. The query string (which may hold a credential,
+//! part escaped ([`crate::key`]; the path percent-decoded once, then
+//! escaped: [`crate::key::page_path`]), so a host or path can neither
+//! collide with another nor act as a glob. The query string (which may hold a credential,
 //! `?token=...`) enters the key only as a SHA-256 hash (first 128 bits, hex;
 //! `~` when there is none), never raw, and is never logged.
 //!
@@ -77,11 +78,14 @@
 //!
 //! Drop one page (every host, scheme, query string and variant) with
 //! [`invalidate_path`], a whole view in O(1) with [`invalidate_view`], or
-//! from a model with `#[invalidate(pattern = "tg:view:character:path=/characters/{id}:*")]`.
+//! from a model with `#[invalidate(page(view = "character", path = "/characters/{id}"))]`,
+//! whatever the field holds (a slug, spaces, a leading digit, non-ASCII,
+//! any length): the path is keyed in one canonical form
+//! ([`crate::key::page_path`]).
 
 use crate::cache::{Cache, CachePolicy};
 use crate::error::Result;
-use crate::key::{KeyBuilder, KeyPattern};
+use crate::key::KeyBuilder;
 use crate::timeout::Timeout;
 use axum::body::Body;
 use axum::extract::Request;
@@ -118,6 +122,7 @@ pub fn cache_page(timeout: impl Into<Timeout>) -> CachePageLayer {
             vary_authorization: false,
             trust_forwarded_proto: false,
             trust_forwarded_host: false,
+            vary_seen: Arc::default(),
         }),
     }
 }
@@ -136,6 +141,10 @@ struct PageConfig {
     vary_authorization: bool,
     trust_forwarded_proto: bool,
     trust_forwarded_host: bool,
+    /// The `Vary` list this route's responses gave last: a page hit reads
+    /// the learned list and the page keyed with this guess in one round
+    /// trip (a second only when the guess is wrong).
+    vary_seen: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// The layer made by [`cache_page`]; its methods tune it.
@@ -353,6 +362,9 @@ enum Outcome {
         resp: Response,
         page: Option<CachedPage>,
         vary: Option<Vec<String>>,
+        /// The response's own freshness (`s-maxage`, else `max-age`), when
+        /// shorter than the route's timeout.
+        lifetime: Option<Duration>,
     },
     /// Another caller's value (a concurrent leader's, or one stored since).
     Cached(CachedPage),
@@ -371,6 +383,12 @@ impl CachePolicy<Outcome> for PagePolicy {
     }
     fn load(stored: CachedPage) -> Outcome {
         Outcome::Cached(stored)
+    }
+    fn lifetime(result: &Outcome) -> Option<Duration> {
+        match result {
+            Outcome::Fresh { lifetime, .. } => *lifetime,
+            Outcome::Cached(_) => None,
+        }
     }
 }
 
@@ -532,9 +550,10 @@ fn host_only(authority: &str) -> String {
 /// the path first, so one glob drops every host's, scheme's and query's
 /// variants. The query enters only as a hash ([`query_hash`]).
 fn base_key(view: &str, scheme: &str, host: &str, path: &str, query: Option<&str>) -> String {
-    KeyBuilder::new(&view_prefix(view))
-        .param("path", path)
-        .param("scheme", scheme)
+    let mut key = KeyBuilder::new(&view_prefix(view));
+    key.push_literal(":path=");
+    key.push_literal(&crate::key::page_path(path));
+    key.param("scheme", scheme)
         .param("host", host)
         .param("query", &query.map(query_hash))
         .finish()
@@ -645,24 +664,49 @@ fn patch_vary(headers: &mut HeaderMap, name: &'static str) {
     }
 }
 
-fn cache_control_forbids(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
-        v.to_str().map_or(true, |s| {
-            s.split(',').any(|d| {
-                let d = d.trim().to_ascii_lowercase();
-                d == "private" || d == "no-store" || d == "no-cache" || d.starts_with("private=")
-            })
-        })
-    })
+/// Every directive of every `Cache-Control` line, lowercased and trimmed;
+/// `None` if a line is not text.
+fn cache_control(headers: &HeaderMap) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for v in headers.get_all(header::CACHE_CONTROL) {
+        for d in v.to_str().ok()?.split(',') {
+            let d = d.trim().to_ascii_lowercase();
+            if !d.is_empty() {
+                out.push(d);
+            }
+        }
+    }
+    Some(out)
 }
 
-fn max_age(timeout: Timeout) -> Option<Duration> {
-    match timeout {
-        Timeout::NoCache => None,
-        Timeout::After(d) if d.is_zero() => None,
-        Timeout::After(d) => Some(d),
-        Timeout::Never => Some(Duration::from_secs(365 * 86_400)),
-        Timeout::Default => Some(crate::timeout::MEDIUM),
+fn cache_control_forbids(directives: &[String]) -> bool {
+    directives
+        .iter()
+        .any(|d| d == "private" || d == "no-store" || d == "no-cache" || d.starts_with("private="))
+}
+
+/// The response's own freshness for a shared cache: `s-maxage`, else
+/// `max-age` (Django's `get_max_age` reads `max-age`); an unreadable value
+/// counts as 0.
+fn response_max_age(directives: &[String]) -> Option<Duration> {
+    let seconds = |name: &str| {
+        directives.iter().find_map(|d| {
+            let v = d.strip_prefix(name)?.trim_start().strip_prefix('=')?;
+            Some(v.trim().trim_matches('"').parse::<u64>().unwrap_or(0))
+        })
+    };
+    seconds("s-maxage")
+        .or_else(|| seconds("max-age"))
+        .map(Duration::from_secs)
+}
+
+/// The route's timeout in seconds, resolved against the cache's default;
+/// `None` if it caches nothing.
+fn max_age(timeout: Timeout, default: Timeout) -> Option<Duration> {
+    match timeout.resolve(default)? {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => Some(Duration::from_secs(365 * 86_400)),
     }
 }
 
@@ -678,15 +722,15 @@ where
     S: tower::Service<Request, Response = Response, Error = Infallible>,
 {
     let view = cfg.view.as_str();
-    let Some(max_age) = max_age(cfg.timeout) else {
-        return pass(&mut inner, req).await;
-    };
     let cache = match crate::function::cache_for(cfg.cache.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(view, error = %e, "cache_page runs uncached");
             return pass(&mut inner, req).await;
         }
+    };
+    let Some(max_age) = max_age(cfg.timeout, cache.core().default_timeout) else {
+        return pass(&mut inner, req).await;
     };
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
@@ -699,13 +743,36 @@ where
             return pass(&mut inner, req).await;
         }
     };
+    // One round trip: the learned `Vary` list (unknown before any page was
+    // stored: then none is assumed, a response that varies is not stored,
+    // and its list is learned for the next request) and the page keyed with
+    // the list this route's pages had last.
     let headers_key = format!("{}:headers", id.base);
-    // Before any page was stored the response's `Vary` is unknown; assume
-    // none. A response that varies is then not stored (its key would be
-    // wrong), but its `Vary` list is learned for the next request.
-    let known = cache.get::<Vec<String>>(&headers_key).await.ok().flatten();
+    let guess = cfg
+        .vary_seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let guess_key = page_key(cfg, &id.base, &guess, req.headers(), &id);
+    let (known, guessed) = cache
+        .core()
+        .get_pair::<Vec<String>, CachedPage>(&headers_key, &guess_key)
+        .await;
     let vary = known.clone().unwrap_or_default();
-    let key = page_key(cfg, &id.base, &vary, req.headers(), &id);
+    let key = if vary == guess {
+        if let Some(page) = guessed
+            && page.servable_to(id.unkeyed)
+            && let Some(resp) = page.into_response(head, &cfg.x_cache)
+        {
+            cache.core().count_lookup(&key_of_view(view), true);
+            tracing::debug!(view, key = guess_key, "cache_page: hit");
+            return resp;
+        }
+        guess_key
+    } else {
+        *cfg.vary_seen.lock().unwrap_or_else(|p| p.into_inner()) = vary.clone();
+        page_key(cfg, &id.base, &vary, req.headers(), &id)
+    };
     if head {
         if let Ok(Some(page)) = cache.get::<CachedPage>(&key).await
             && page.servable_to(id.unkeyed)
@@ -743,11 +810,7 @@ where
             );
             match slot.take() {
                 Some(req) => pass(&mut inner, req).await,
-                None => {
-                    let mut r = Response::new(Body::empty());
-                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                    r
-                }
+                None => internal_error(),
             }
         }
         Outcome::Cached(page) => {
@@ -763,17 +826,14 @@ where
             let _ = cache.delete(&key).await;
             match slot.take() {
                 Some(req) => pass(&mut inner, req).await,
-                None => {
-                    let mut r = Response::new(Body::empty());
-                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                    r
-                }
+                None => internal_error(),
             }
         }
         Outcome::Fresh {
             resp,
             page,
             vary: learned,
+            ..
         } => {
             tracing::debug!(
                 view,
@@ -785,6 +845,7 @@ where
             if let Some(learned) = learned
                 && known.as_ref() != Some(&learned)
             {
+                *cfg.vary_seen.lock().unwrap_or_else(|p| p.into_inner()) = learned.clone();
                 // Failures are logged and counted by the cache. A plain set,
                 // not a guarded fill: it holds header names only, and a page
                 // is stored only when the learned list matches its key.
@@ -795,9 +856,26 @@ where
     }
 }
 
+/// A key of `view`'s family, for counting its page lookups.
+fn key_of_view(view: &str) -> String {
+    format!("{}:page", view_prefix(view))
+}
+
+fn internal_error() -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r
+}
+
 /// Turns the handler's response into an [`Outcome::Fresh`]: buffers a
 /// cacheable body, patches its headers, and builds the page to store when
 /// its `Vary` list is the one the key was computed with.
+///
+/// As Django's `UpdateCacheMiddleware`: only a 200 is stored; a 304 gets
+/// the cache headers but is not stored; `Cache-Control: private` (and
+/// `no-store`, `no-cache`) or `max-age=0` is not cached; the response's own
+/// `s-maxage`/`max-age`, when shorter than the route's timeout, is the
+/// entry's timeout.
 async fn fresh(
     cfg: &PageConfig,
     vary: &[String],
@@ -809,13 +887,25 @@ async fn fresh(
         resp,
         page: None,
         vary: None,
+        lifetime: None,
     };
+    let Some(directives) = cache_control(resp.headers()) else {
+        return uncacheable(resp);
+    };
+    if resp.status() == StatusCode::NOT_MODIFIED {
+        let (mut parts, body) = resp.into_parts();
+        patch_response_headers(&mut parts.headers, max_age);
+        return uncacheable(Response::from_parts(parts, body));
+    }
+    let own = response_max_age(&directives);
     if resp.status() != StatusCode::OK
         || resp.headers().contains_key(header::SET_COOKIE)
-        || cache_control_forbids(resp.headers())
+        || cache_control_forbids(&directives)
+        || own.is_some_and(|d| d.is_zero())
     {
         return uncacheable(resp);
     }
+    let lifetime = own.filter(|d| *d < max_age);
     let Some(learned) = vary_list(resp.headers()) else {
         return uncacheable(resp);
     };
@@ -840,7 +930,7 @@ async fn fresh(
             return uncacheable(r);
         }
     };
-    patch_response_headers(&mut parts.headers, max_age);
+    patch_response_headers(&mut parts.headers, lifetime.unwrap_or(max_age));
     if !cfg.vary_cookies.is_empty() {
         patch_vary(&mut parts.headers, "Cookie");
     }
@@ -881,24 +971,31 @@ async fn fresh(
         resp,
         page,
         vary: Some(learned),
+        lifetime,
     }
 }
 
 /// Adds `Cache-Control: max-age` and `Expires` unless the response set them
-/// (Django's `patch_response_headers`).
+/// (Django's `patch_response_headers`), keeping every directive of every
+/// `Cache-Control` line the response had (joined into one line).
 fn patch_response_headers(headers: &mut HeaderMap, max_age: Duration) {
-    let has_max_age = headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.to_ascii_lowercase().contains("max-age"))
-    });
+    let lines: Vec<String> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect();
+    let has_max_age = lines
+        .iter()
+        .flat_map(|l| l.split(','))
+        .any(|d| d.trim().to_ascii_lowercase().starts_with("max-age"));
     if !has_max_age {
-        let v = match headers
-            .get(header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(cc) if !cc.trim().is_empty() => format!("{cc}, max-age={}", max_age.as_secs()),
-            _ => format!("max-age={}", max_age.as_secs()),
-        };
+        let mut v = lines.join(", ");
+        if !v.is_empty() {
+            v.push_str(", ");
+        }
+        v.push_str(&format!("max-age={}", max_age.as_secs()));
         if let Ok(v) = HeaderValue::try_from(v) {
             headers.insert(header::CACHE_CONTROL, v);
         }
@@ -917,11 +1014,13 @@ pub fn view_prefix(view: &str) -> String {
 
 /// Drops every cached variant of one path of a view (every host, scheme,
 /// query string and varied header or cookie); returns how many entries were
-/// removed. `path` is escaped, so it matches that path only, literally.
+/// removed. `path` is the URL path as a link or a browser writes it
+/// (`/posts/Ada%20Lovelace`), or its decoded text (`/posts/Ada Lovelace`):
+/// both name the same page ([`crate::key::page_path`]); it matches that
+/// path only, literally. From a model, say
+/// `#[invalidate(page(view = "posts", path = "/posts/{slug}"))]`.
 pub async fn invalidate_path(cache: &Cache, view: &str, path: &str) -> Result<usize> {
-    let pattern = KeyPattern::prefix(&view_prefix(view))
-        .param("path", path)
-        .any();
+    let pattern = crate::key::page_pattern(view, path);
     cache.delete_pattern(pattern.as_str()).await
 }
 

@@ -69,6 +69,16 @@ impl Target {
         }
     }
 
+    /// Delete every cached variant of one page of a view (see
+    /// [`crate::key::page_pattern`]): `path` is the page's URL path, as a
+    /// link writes it or decoded.
+    pub fn page(cache: &'static Cache, view: &str, path: &str) -> Self {
+        Self {
+            cache,
+            action: Action::Pattern(crate::key::page_pattern(view, path).as_str().to_owned()),
+        }
+    }
+
     /// Invalidate a whole key family in O(1) (see [`Cache::invalidate_family`]).
     pub fn family(cache: &'static Cache, family: impl Into<String>) -> Self {
         Self {

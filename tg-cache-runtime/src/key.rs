@@ -46,8 +46,9 @@ pub const MAX_KEY_BYTES: usize = 64 * 1024;
 /// A value that can be written into a cache key.
 ///
 /// Implemented for integers, floats, `bool`, `char`, strings, `Option`,
-/// references, smart pointers, slices, `Vec`s, arrays and tuples. Implement it
-/// for your own types by delegating to the existing impls, so escaping is
+/// references, smart pointers, slices, `Vec`s, arrays and tuples. Derive it
+/// for your own structs and enums with `#[derive(tg_cache::KeyPart)]`, or
+/// implement it by delegating to the existing impls, so escaping is
 /// preserved: one identifying field (`self.id.write_key_part(out)`), or
 /// several as one tuple (`(&self.a, &self.b).write_key_part(out)`), which
 /// separates them unambiguously. Never write two parts one after another,
@@ -56,7 +57,7 @@ pub const MAX_KEY_BYTES: usize = 64 * 1024;
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be part of a cache key",
     label = "this type does not implement `tg_cache::KeyPart`",
-    note = "leave the parameter out of the key with `skip(name)`, or implement `tg_cache::KeyPart` for `{Self}`"
+    note = "add `#[derive(tg_cache::KeyPart)]` to `{Self}` (its fields must be key parts too), leave the parameter out of the key with `skip(name)`, or implement `tg_cache::KeyPart` for it; `Serialize` is not enough"
 )]
 pub trait KeyPart {
     /// Appends this value, escaped, to `out`.
@@ -468,6 +469,129 @@ impl From<String> for KeyPattern {
     fn from(s: String) -> Self {
         Self(s)
     }
+}
+
+/// The text of a URL path in page keys (`tg:view:<view>:path=<this>:..`):
+/// the path percent-decoded once, then escaped byte by byte as every key
+/// text is ([`escape_into`], no type marker), `/` kept, and an encoded
+/// slash (`%2F`) kept apart from a real one. So `/posts/Ada%20Lovelace` and
+/// `/posts/Ada Lovelace` give the same text, `/a%2Fb` and `/a/b` do not,
+/// and a leading digit (`/posts/2024-recap`) is plain text. A `%` not
+/// followed by two hex digits stands for itself. The result never holds a
+/// glob character, a `:`, an `=` or whitespace.
+///
+/// ```
+/// use tg_cache_runtime::key::page_path;
+/// assert_eq!(page_path("/posts/Ada%20Lovelace"), "/posts/Ada%20Lovelace");
+/// assert_eq!(page_path("/posts/Ada Lovelace"), "/posts/Ada%20Lovelace");
+/// assert_eq!(page_path("/posts/2024-recap"), "/posts/2024-recap");
+/// assert_eq!(page_path("/a%2fb"), "/a%2Fb");
+/// assert_eq!(page_path("/caf%C3%A9"), page_path("/café"));
+/// ```
+pub fn page_path(path: &str) -> String {
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len() + 8);
+    let mut i = 0;
+    while i < b.len() {
+        let decoded = match (b[i], b.get(i + 1), b.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                Some(hex_value(h) << 4 | hex_value(l))
+            }
+            _ => None,
+        };
+        match decoded {
+            Some(byte) => {
+                push_path_byte(byte, true, &mut out);
+                i += 3;
+            }
+            None => {
+                push_path_byte(b[i], false, &mut out);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn hex_value(h: u8) -> u8 {
+    match h {
+        b'0'..=b'9' => h - b'0',
+        b'a'..=b'f' => h - b'a' + 10,
+        _ => h - b'A' + 10,
+    }
+}
+
+fn push_path_byte(byte: u8, encoded: bool, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    if byte == b'/' && !encoded || byte != b'/' && is_plain(byte) {
+        out.push(byte as char);
+    } else {
+        out.push('%');
+        out.push(HEX[(byte >> 4) as usize] as char);
+        out.push(HEX[(byte & 15) as usize] as char);
+    }
+}
+
+/// A URL path built from literal text and values, for invalidating the
+/// pages of a model (`#[invalidate(page(view = "posts", path =
+/// "/posts/{slug}"))]` generates one): each value is one path segment,
+/// whatever it holds (a `/` or `%` in it is encoded, as a link to the page
+/// would encode it), and [`PagePath::finish`] gives its [`page_path`] text.
+///
+/// ```
+/// use tg_cache_runtime::key::{PagePath, page_path};
+/// let p = PagePath::new().literal("/posts/").segment(&"Ada Lovelace").finish();
+/// assert_eq!(p, page_path("/posts/Ada%20Lovelace"));
+/// let p = PagePath::new().literal("/files/").segment(&"a/b").finish();
+/// assert_eq!(p, page_path("/files/a%2Fb"));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct PagePath(String);
+
+impl PagePath {
+    /// An empty path.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends URL path text as written (`/posts/`).
+    pub fn literal(mut self, text: &str) -> Self {
+        self.0.push_str(text);
+        self
+    }
+
+    /// Appends a value as one path segment (its `Display` text).
+    pub fn segment(mut self, value: &(impl std::fmt::Display + ?Sized)) -> Self {
+        let text = value.to_string();
+        for c in text.chars() {
+            match c {
+                '/' => self.0.push_str("%2F"),
+                '%' => self.0.push_str("%25"),
+                c => self.0.push(c),
+            }
+        }
+        self
+    }
+
+    /// The path as page keys hold it ([`page_path`]).
+    pub fn finish(self) -> String {
+        page_path(&self.0)
+    }
+}
+
+/// The pattern of every cached variant of one page of a view (every host,
+/// scheme, query string and varied header or cookie):
+/// `tg:view:<view>:path=<page_path(path)>:*`.
+///
+/// ```
+/// use tg_cache_runtime::key::page_pattern;
+/// assert_eq!(page_pattern("posts", "/posts/2024-recap").as_str(), "tg:view:posts:path=/posts/2024-recap:*");
+/// ```
+pub fn page_pattern(view: &str, path: &str) -> KeyPattern {
+    let mut p = KeyPattern::prefix(&CacheKeyGenerator::view_prefix(view));
+    p.0.push_str(":path=");
+    p.0.push_str(&page_path(path));
+    p.any()
 }
 
 /// Escapes Redis glob metacharacters (`* ? [ ] \`) so `s` matches literally.

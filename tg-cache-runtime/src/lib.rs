@@ -54,9 +54,10 @@ pub use timeout::{Timeout, Ttl};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::function::{
-        CallMode, IsOption, IsPlain, IsResult, NotAResult, NotAnOption, Probe, ProbePlain,
-        Resolved, Share, ShareClone, ShareNone, assert_cacheable, assert_plain, assert_policy,
-        cache_for, current_mode, local_hit, resolve, run_body, run_body_async,
+        CallMode, IsOption, IsPlain, IsResult, KeyArg, NotAResult, NotAnOption, Probe, ProbePlain,
+        Resolved, Share, ShareClone, ShareNone, WriteKeyArg, WriteNothing, assert_cacheable,
+        assert_plain, assert_policy, cache_for, current_mode, local_hit, resolve, run_body,
+        run_body_async,
     };
     pub use inventory;
 }

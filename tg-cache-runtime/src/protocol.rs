@@ -360,6 +360,11 @@ where
     if let Some(flight) = flight {
         flight.detach();
     }
+    let ttl = match (ttl, P::lifetime(&result)) {
+        (Some(t), Some(l)) => Some(t.min(l)),
+        (None, l) => l,
+        (t, None) => t,
+    };
     let filled = core.store.fill(slot, &stored, ttl, guard.lease()).await;
     let outcome = match filled {
         Ok(Filled::Stored) => {

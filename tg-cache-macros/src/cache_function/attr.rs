@@ -9,7 +9,7 @@ use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, ExprUnary, Ident, Lit, LitBool, LitStr, Token, UnOp};
 
 pub(crate) const OPTIONS: &str =
-    "key_prefix, timeout, key, skip, cache, cache_none, result, option, always";
+    "key_prefix, timeout, key, skip, cache, cache_none, result, option, always, self_type";
 pub(crate) const TIMEOUT_NAMES: [&str; 5] = ["SHORT", "MEDIUM", "LONG", "VERY_LONG", "DAY"];
 
 /// The parsed attribute.
@@ -21,6 +21,9 @@ pub(crate) struct Args {
     pub(crate) skip: Vec<Ident>,
     pub(crate) cache: Option<LitStr>,
     pub(crate) cache_none: Option<LitBool>,
+    /// `self_type = true`: the key holds the type of `Self` (an associated
+    /// function of a generic impl).
+    pub(crate) self_type: Option<LitBool>,
     /// `result = true`, `option = true` or `always = true`, in order given.
     pub(crate) policies: Vec<PolicyArg>,
 }
@@ -85,6 +88,21 @@ impl Parse for Args {
                     } else {
                         LitBool::new(true, name.span())
                     });
+                }
+                "self_type" => {
+                    input
+                        .parse::<Token![=]>()
+                        .map_err(|e| syn::Error::new(e.span(), "expected `self_type = true`"))?;
+                    let value = input
+                        .parse::<LitBool>()
+                        .map_err(|e| syn::Error::new(e.span(), "expected `self_type = true`"))?;
+                    if !value.value {
+                        return Err(syn::Error::new(
+                            value.span(),
+                            "`self_type = false` says nothing; remove it",
+                        ));
+                    }
+                    args.self_type = Some(value);
                 }
                 "result" | "option" | "always" => {
                     input

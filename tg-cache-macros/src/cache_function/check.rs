@@ -28,6 +28,12 @@ pub(crate) enum Piece {
     Param(Ident),
     /// `self.<field>`, escaped at run time.
     SelfField(Ident, Span),
+    /// The name of a type parameter's type (`std::any::type_name`).
+    TypeName(Ident),
+    /// The name of `Self`'s type.
+    SelfType,
+    /// A const parameter's value.
+    Const(Ident),
 }
 
 /// A parameter that is part of the key.
@@ -51,6 +57,12 @@ pub(crate) enum PolicySource {
 pub(crate) struct Plan {
     pub(crate) key_prefix: String,
     pub(crate) pieces: Vec<Piece>,
+    /// The key holds `Self`'s type (a method, a signature naming `Self`, or
+    /// `self_type = true`); else the expansion checks that the signature
+    /// uses no generic parameter of a surrounding impl.
+    pub(crate) key_has_self_type: bool,
+    /// The type and const parameters the key holds (the helpers take them).
+    pub(crate) keyed_generics: Vec<Ident>,
     pub(crate) key_params: Vec<KeyParam>,
     pub(crate) key_uses_self: bool,
     pub(crate) policy: Policy,
@@ -78,12 +90,13 @@ pub(crate) fn escape_name(name: &str) -> String {
     out
 }
 
-/// Finds `impl Trait` or a use of one of `generics` in a type.
+/// Finds `impl Trait`, `Self` or a use of one of `generics` in a type.
 struct TypeUses<'a> {
     generics: &'a [Ident],
     impl_trait: bool,
     generic: bool,
     reference: bool,
+    self_type: bool,
 }
 
 impl<'ast> Visit<'ast> for TypeUses<'_> {
@@ -97,9 +110,13 @@ impl<'ast> Visit<'ast> for TypeUses<'_> {
     fn visit_type_path(&mut self, p: &'ast syn::TypePath) {
         if p.qself.is_none()
             && let Some(first) = p.path.segments.first()
-            && self.generics.contains(&first.ident)
         {
-            self.generic = true;
+            if self.generics.contains(&first.ident) {
+                self.generic = true;
+            }
+            if first.ident == "Self" {
+                self.self_type = true;
+            }
         }
         syn::visit::visit_type_path(self, p);
     }
@@ -111,6 +128,7 @@ fn type_uses<'a>(ty: &Type, generics: &'a [Ident]) -> TypeUses<'a> {
         impl_trait: false,
         generic: false,
         reference: false,
+        self_type: false,
     };
     v.visit_type(ty);
     v
@@ -240,8 +258,52 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
     }
     let skipped = |i: &Ident| args.skip.iter().any(|s| s == i);
 
-    // key pieces
+    // key pieces: first the function's own generic parameters and the type
+    // of `Self`, which can change the result as much as any argument.
     let mut pieces = Vec::new();
+    let const_generics: Vec<Ident> = sig
+        .generics
+        .const_params()
+        .map(|c| c.ident.clone())
+        .collect();
+    // A type parameter seen only in skipped parameters (a pool's type)
+    // follows the `skip`; one seen nowhere (`count::<Character>()`) can
+    // change the result, and is keyed on its type's name. (One seen in a
+    // key parameter or the return type is an error below.)
+    let in_skipped = |t: &Ident| {
+        params
+            .iter()
+            .filter(|(i, _)| args.skip.iter().any(|s| s == i))
+            .any(|(_, ty)| type_uses(ty, std::slice::from_ref(t)).generic)
+    };
+    let keyed_types: Vec<Ident> = type_generics
+        .iter()
+        .filter(|t| !in_skipped(t))
+        .cloned()
+        .collect();
+    for t in &keyed_types {
+        pieces.push(Piece::Literal(format!(
+            ":{}=",
+            escape_name(&t.unraw().to_string())
+        )));
+        pieces.push(Piece::TypeName(t.clone()));
+    }
+    for c in &const_generics {
+        pieces.push(Piece::Literal(format!(
+            ":{}=",
+            escape_name(&c.unraw().to_string())
+        )));
+        pieces.push(Piece::Const(c.clone()));
+    }
+    let signature_names_self = sig.inputs.iter().any(|a| match a {
+        FnArg::Receiver(_) => true,
+        FnArg::Typed(pt) => type_uses(&pt.ty, &[]).self_type,
+    }) || matches!(&sig.output, ReturnType::Type(_, ty) if type_uses(ty, &[]).self_type);
+    let key_has_self_type = signature_names_self || args.self_type.is_some();
+    if key_has_self_type {
+        pieces.push(Piece::Literal(":Self=".into()));
+        pieces.push(Piece::SelfType);
+    }
     let mut key_uses_self = false;
     let mut names_self = false;
     let mut in_key: Vec<Ident> = Vec::new();
@@ -412,6 +474,8 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
     Ok(Plan {
         key_prefix,
         pieces,
+        key_has_self_type,
+        keyed_generics: keyed_types.into_iter().chain(const_generics).collect(),
         key_params,
         key_uses_self,
         policy,

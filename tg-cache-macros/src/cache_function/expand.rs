@@ -9,8 +9,30 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{FnArg, GenericParam, ItemFn, Type};
 
+/// How a key writer writes a value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// With `KeyPart`, spanned on the value's type: where a type that is no
+    /// key part is reported, once.
+    Checked,
+    /// Through the autoref probe that falls back to writing nothing: the
+    /// helpers' copies of the key, which compile only when the checked
+    /// copy does, so a missing `KeyPart` is reported once, not thrice.
+    Quiet,
+}
+
 /// Statements that append the whole key to `__tg_buf: &mut String`.
-fn key_writer(plan: &Plan) -> TokenStream {
+fn key_writer(plan: &Plan, how: Write) -> TokenStream {
+    let write = |value: TokenStream, span: proc_macro2::Span| match how {
+        Write::Checked => {
+            quote_spanned!(span=> ::tg_cache::KeyPart::write_key_part(#value, __tg_buf);)
+        }
+        Write::Quiet => quote!({
+            #[allow(unused_imports)]
+            use ::tg_cache::__private::{WriteKeyArg as _, WriteNothing as _};
+            (&::tg_cache::__private::KeyArg(#value)).write(__tg_buf);
+        }),
+    };
     let mut out = TokenStream::new();
     let mut literal = format!("tg:fn:{}", plan.key_prefix);
     let flush = |literal: &mut String, out: &mut TokenStream| {
@@ -31,15 +53,27 @@ fn key_writer(plan: &Plan) -> TokenStream {
                     .iter()
                     .find(|p| p.ident == *id)
                     .map_or_else(|| id.span(), |p| p.ty.span());
-                out.extend(
-                    quote_spanned!(span=> ::tg_cache::KeyPart::write_key_part(&#id, __tg_buf);),
-                );
+                out.extend(write(quote_spanned!(span=> &#id), span));
             }
             Piece::SelfField(field, span) => {
                 flush(&mut literal, &mut out);
-                out.extend(
-                    quote_spanned!(*span=> ::tg_cache::KeyPart::write_key_part(&self.#field, __tg_buf);),
-                );
+                out.extend(write(quote_spanned!(*span=> &self.#field), *span));
+            }
+            Piece::TypeName(t) => {
+                flush(&mut literal, &mut out);
+                out.extend(quote!(
+                    ::tg_cache::KeyPart::write_key_part(::std::any::type_name::<#t>(), __tg_buf);
+                ));
+            }
+            Piece::SelfType => {
+                flush(&mut literal, &mut out);
+                out.extend(quote!(
+                    ::tg_cache::KeyPart::write_key_part(::std::any::type_name::<Self>(), __tg_buf);
+                ));
+            }
+            Piece::Const(c) => {
+                flush(&mut literal, &mut out);
+                out.extend(quote!(::tg_cache::KeyPart::write_key_part(&#c, __tg_buf);));
             }
         }
     }
@@ -57,6 +91,19 @@ fn key_string(writer: &TokenStream) -> TokenStream {
         }
         __tg_owned
     })
+}
+
+/// `ty` with every lifetime `'static`: the nested check item may name the
+/// function's lifetimes no more than its types.
+fn static_lifetimes(mut ty: Type) -> Type {
+    struct Statics;
+    impl syn::visit_mut::VisitMut for Statics {
+        fn visit_lifetime_mut(&mut self, l: &mut syn::Lifetime) {
+            *l = syn::Lifetime::new("'static", l.span());
+        }
+    }
+    syn::visit_mut::VisitMut::visit_type_mut(&mut Statics, &mut ty);
+    ty
 }
 
 /// `&T` for a parameter of type `T` or `&T` / `&mut T` (lifetime elided).
@@ -145,8 +192,36 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
         (&::tg_cache::__private::Share::<#ret>::new()).share()
     });
 
-    let writer = key_writer(&plan);
-    let key_string = key_string(&writer);
+    let writer = key_writer(&plan, Write::Checked);
+    let quiet_writer = key_writer(&plan, Write::Quiet);
+    let sibling_key_string = key_string(&quiet_writer);
+    // One copy of the key writer in the wrapper, used by the hit path and
+    // by refreshes.
+    let key_string = quote!({
+        let mut __tg_owned = ::std::string::String::with_capacity(64);
+        __tg_write_key(&mut __tg_owned);
+        __tg_owned
+    });
+    // A signature that names a generic parameter of a surrounding impl
+    // (which the attribute cannot see) would share one entry between the
+    // impl's instantiations: a nested item cannot name it, so this fails
+    // to compile, spanned on it (E0401), unless the key holds `Self`'s type.
+    let impl_generic_check = if plan.key_has_self_type {
+        quote!()
+    } else {
+        let types = std::iter::once(ret.clone())
+            .chain(plan.key_params.iter().map(|p| p.ty.clone()))
+            .map(static_lifetimes);
+        let checks = types.map(|ty| {
+            let sp = ty.span();
+            quote_spanned!(sp=> {
+                #[allow(non_upper_case_globals, dead_code)]
+                const ADD_self_type_EQ_true_TO_CACHE_FUNCTION_FOR_A_GENERIC_IMPL: ::core::marker::PhantomData<#ty> =
+                    ::core::marker::PhantomData;
+            })
+        });
+        quote!(#(#checks)*)
+    };
     let path = quote!(::std::concat!(::std::module_path!(), "::", #name_str));
 
     let (body_fn, run, refresh, aw) = if is_async {
@@ -177,17 +252,19 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
                 }
             }
             let _ = || { #asserts };
+            #impl_generic_check
             static __TG_CACHE: ::std::sync::OnceLock<::std::option::Option<::tg_cache::__private::Resolved>> =
                 ::std::sync::OnceLock::new();
             let __tg_cache = __TG_CACHE
                 .get_or_init(|| ::tg_cache::__private::resolve(#alias, #key_prefix, #path))
                 .as_ref();
             let __tg_mode = ::tg_cache::__private::current_mode();
+            let __tg_write_key = |__tg_buf: &mut ::std::string::String| { #writer };
             let __tg_key: ::std::option::Option<::std::string::String> = match (__tg_cache, __tg_mode) {
                 (::std::option::Option::Some(__tg_c), ::tg_cache::__private::CallMode::Normal) => {
                     match ::tg_cache::__private::local_hit::<#policy, #ret>(
                         __tg_c,
-                        |__tg_buf: &mut ::std::string::String| { #writer },
+                        &__tg_write_key,
                     ) {
                         ::std::result::Result::Ok(__tg_hit) => return __tg_hit,
                         ::std::result::Result::Err(__tg_k) => ::std::option::Option::Some(__tg_k),
@@ -213,18 +290,33 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
         }
     };
 
-    // Sibling helpers: same visibility, same lifetimes, key values only.
-    let lifetimes: Vec<&GenericParam> = sig
+    // Sibling helpers: same visibility, same lifetimes (and, for a generic
+    // function, the same type and const parameters, which its key holds),
+    // key values only.
+    // (Without bounds: a key needs a type's name, not its traits.)
+    let params: Vec<TokenStream> = sig
         .generics
         .params
         .iter()
-        .filter(|p| matches!(p, GenericParam::Lifetime(_)))
+        .filter_map(|p| match p {
+            GenericParam::Lifetime(l) => Some(quote!(#l)),
+            GenericParam::Type(t) if plan.keyed_generics.contains(&t.ident) => {
+                let id = &t.ident;
+                Some(quote!(#id: ?::std::marker::Sized))
+            }
+            GenericParam::Const(c) if plan.keyed_generics.contains(&c.ident) => {
+                let (id, ty) = (&c.ident, &c.ty);
+                Some(quote!(const #id: #ty))
+            }
+            _ => None,
+        })
         .collect();
-    let generics = if lifetimes.is_empty() {
+    let generics = if params.is_empty() {
         quote!()
     } else {
-        quote!(<#(#lifetimes),*>)
+        quote!(<#(#params),*>)
     };
+    let where_clause = quote!();
     let self_param = if plan.key_uses_self {
         let recv = sig.inputs.iter().find_map(|a| match a {
             FnArg::Receiver(r) => Some(r.self_token),
@@ -279,16 +371,16 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
 
         #[doc = #key_doc]
         #[allow(dead_code, clippy::needless_lifetimes)]
-        #vis fn #key_fn #generics (#self_param #(#key_params),*) -> ::std::string::String {
-            #key_string
+        #vis fn #key_fn #generics (#self_param #(#key_params),*) -> ::std::string::String #where_clause {
+            #sibling_key_string
         }
 
         #[doc = #inv_doc]
         #[allow(dead_code, clippy::needless_lifetimes)]
         #vis #asyncness fn #inv_fn #generics (#self_param #(#key_params),*)
-            -> ::std::result::Result<bool, ::tg_cache::Error>
+            -> ::std::result::Result<bool, ::tg_cache::Error> #where_clause
         {
-            let __tg_key = #key_string;
+            let __tg_key = #sibling_key_string;
             let __tg_c = ::tg_cache::__private::cache_for(#alias)?;
             #delete
         }

@@ -5,7 +5,7 @@ use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{Ident, LitStr, Path, Token};
 
-pub(crate) const TARGETS: &str = "model_key(..), function = path(..), key = \"..\", pattern = \"..\", model = \"..\", cache = \"..\"";
+pub(crate) const TARGETS: &str = "model_key(..), function = path(..), key = \"..\", pattern = \"..\", page(view = \"..\", path = \"..\"), model = \"..\", cache = \"..\"";
 
 /// One item of `#[invalidate(..)]`.
 pub(crate) enum Item {
@@ -17,6 +17,9 @@ pub(crate) enum Item {
     Key(LitStr),
     /// `pattern = ".."` with `{field}` placeholders.
     Pattern(LitStr),
+    /// `page(view = "..", path = "..")`: a view's page, `{field}`
+    /// placeholders in the path.
+    Page(LitStr, LitStr),
     /// `model = ".."`.
     Model(LitStr),
     /// `cache = ".."`: the cache of model, key and pattern targets.
@@ -70,6 +73,46 @@ impl Parse for Items {
                             Ident::parse_any,
                         )?;
                         Item::Function(path, Some(fields.into_iter().collect()))
+                    }
+                }
+                "page" => {
+                    let content;
+                    syn::parenthesized!(content in input);
+                    let (mut view, mut path) = (None, None);
+                    while !content.is_empty() {
+                        let arg: Ident = content.call(Ident::parse_any)?;
+                        content.parse::<Token![=]>()?;
+                        let lit: LitStr = content.parse()?;
+                        match arg.to_string().as_str() {
+                            "view" if view.is_none() => view = Some(lit),
+                            "path" if path.is_none() => path = Some(lit),
+                            "view" | "path" => {
+                                return Err(syn::Error::new(
+                                    arg.span(),
+                                    format!("`{arg}` is given twice in `page(..)`"),
+                                ));
+                            }
+                            other => {
+                                return Err(syn::Error::new(
+                                    arg.span(),
+                                    format!(
+                                        "unknown argument `{other}` of `page(..)`; write `page(view = \"name\", path = \"/posts/{{slug}}\")`"
+                                    ),
+                                ));
+                            }
+                        }
+                        if !content.is_empty() {
+                            content.parse::<Token![,]>()?;
+                        }
+                    }
+                    match (view, path) {
+                        (Some(v), Some(p)) => Item::Page(v, p),
+                        _ => {
+                            return Err(syn::Error::new(
+                                name.span(),
+                                "`page(..)` needs a view and a path: `page(view = \"name\", path = \"/posts/{slug}\")`",
+                            ));
+                        }
                     }
                 }
                 "key" | "pattern" | "model" | "cache" => {

@@ -7,16 +7,26 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, Ident, LitStr, Path};
 
-/// A `key`/`pattern` template split into literal text and field placeholders.
+/// A `key`/`pattern`/page path template split into literal text and field
+/// placeholders.
 enum Piece {
     Text(String),
     Field(Ident),
 }
 
+/// What a template builds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Template {
+    Key,
+    Pattern,
+    /// A page's URL path: values are path segments, not key values.
+    PagePath,
+}
+
 fn parse_template(
     lit: &LitStr,
     fields: &[Ident],
-    pattern: bool,
+    kind: Template,
     errors: &mut Errors,
     field_list: &str,
 ) -> Vec<Piece> {
@@ -26,16 +36,39 @@ fn parse_template(
         errors.push(span, msg);
         Vec::new()
     });
-    let what = if pattern {
-        "`pattern` template"
-    } else {
-        "`key` template"
+    let pattern = kind == Template::Pattern;
+    let what = match kind {
+        Template::Key => "`key` template",
+        Template::Pattern => "`pattern` template",
+        Template::PagePath => "page `path`",
     };
-    for msg in check_separators(&tokens, what) {
-        errors.push(span, msg);
+    // A page path is the URL itself: its values need no separators.
+    if kind != Template::PagePath {
+        for msg in check_separators(&tokens, what) {
+            errors.push(span, msg);
+        }
     }
     let mut pieces = Vec::new();
+    // The text of the current `:` segment, for placeholders in a page path.
+    let mut segment = String::new();
     for token in tokens {
+        if let Token::Placeholder(name) = token
+            && pattern
+            && text.starts_with("tg:view:")
+            && segment.starts_with("path=")
+        {
+            errors.push(
+                span,
+                format!("`{{{name}}}` in the `path=` of a page pattern would be written as a key value (`'2024-recap` for a slug), never as the URL path the page is keyed on; write `page(view = \"..\", path = \"/..{{{name}}}..\")` instead"),
+            );
+        }
+        match token {
+            Token::Text(t) => match t.rsplit_once(':') {
+                Some((_, tail)) => segment = tail.to_owned(),
+                None => segment.push_str(t),
+            },
+            Token::Placeholder(_) => segment.push('_'),
+        }
         match token {
             Token::Placeholder(name) => match fields.iter().find(|f| *f == name) {
                 Some(f) => pieces.push(Piece::Field(Ident::new(&f.to_string(), span))),
@@ -45,9 +78,12 @@ fn parse_template(
                 ),
             },
             Token::Text(t) => {
-                // Patterns may use glob characters; keys may not.
+                // Patterns may use glob characters, and a URL path any
+                // printable text; keys may not.
                 let bad = t.chars().find(|&c| {
-                    c.is_whitespace() || c.is_control() || !(pattern || key_text_char(c))
+                    c.is_whitespace()
+                        || c.is_control()
+                        || !(kind != Template::Key || key_text_char(c))
                 });
                 if let Some(bad) = bad {
                     errors.push(span, bad_key_char(bad));
@@ -292,7 +328,12 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             Item::Key(lit) | Item::Pattern(lit) => {
                 has_targets = true;
                 let is_pattern = matches!(item, Item::Pattern(_));
-                let pieces = parse_template(lit, &fields, is_pattern, &mut errors, &field_list);
+                let kind = if is_pattern {
+                    Template::Pattern
+                } else {
+                    Template::Key
+                };
+                let pieces = parse_template(lit, &fields, kind, &mut errors, &field_list);
                 let stmts = build(&pieces);
                 if is_pattern {
                     one.push(quote!({
@@ -317,6 +358,35 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
                         }
                     });
                 }
+            }
+            Item::Page(view, path) => {
+                has_targets = true;
+                let pieces =
+                    parse_template(path, &fields, Template::PagePath, &mut errors, &field_list);
+                if !path.value().starts_with('/') {
+                    errors.push(
+                        path.span(),
+                        "a page `path` is a URL path and starts with `/`",
+                    );
+                }
+                let mut stmts = TokenStream::new();
+                for p in &pieces {
+                    match p {
+                        Piece::Text(t) => stmts.extend(quote!(.literal(#t))),
+                        Piece::Field(f) => {
+                            stmts.extend(quote_spanned!(f.span()=> .segment(&self.#f)))
+                        }
+                    }
+                }
+                one.push(quote!(::tg_cache::Target::page(
+                    #cache_expr,
+                    #view,
+                    &::tg_cache::key::PagePath::new() #stmts .finish(),
+                )));
+                all.push(quote!(::tg_cache::Target::family(
+                    #cache_expr,
+                    ::tg_cache::CacheKeyGenerator::view_prefix(#view),
+                )));
             }
             Item::Model(_) | Item::Cache(_) => {}
         }
