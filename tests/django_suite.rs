@@ -33,6 +33,9 @@ for_each_store!(
     test_incr_decr_timeout,
     test_cull,
     test_cull_with_max_entries_one,
+    test_lru_get,
+    test_lru_set,
+    test_lru_incr,
     test_set_fail_on_encode_error,
     test_add_fail_on_encode_error,
     test_get_or_set,
@@ -398,20 +401,111 @@ async fn test_incr_decr_timeout(cache: &Cache, _: Option<&RedisServer>) {
 
 async fn test_cull(_: &Cache, server: Option<&RedisServer>) {
     // Django: a culled cache keeps at most `max_entries`, and a key just
-    // set is readable.
-    let cache = sibling(server, |c| c.max_entries(10));
+    // set is readable. Django culls a third of the entries when full
+    // (CULL_FREQUENCY = 3, so 29 of 49 remain at MAX_ENTRIES = 30);
+    // tg-cache evicts the least recently used entry, one per insert, so a
+    // full store stays full: 30 remain, the newest ones.
+    let cache = sibling(server, |c| c.max_entries(30));
     for i in 1..50 {
         let k = format!("cull{i}");
         cache.set(&k, &s("value"), MEDIUM).await.unwrap();
         assert!(cache.has_key(&k).await.unwrap(), "{k}");
+        if let Some(n) = cache.local_len() {
+            // Never more than the bound once a write returned.
+            assert!(n <= 30, "{n} entries after writing {k}");
+        }
     }
-    if let Some(n) = cache.local_len() {
-        assert!((5..=10).contains(&n), "{n}");
-        // What is counted is what reads, and the newest keys are kept (LRU).
-        let kept = kept_count(&cache, 1..50).await;
-        assert_eq!(kept as u64, n);
-        assert_eq!(kept_count(&cache, 45..50).await, 5);
+    if cache.local_len().is_some() {
+        assert_eq!(kept_count(&cache, 1..50).await, 30);
+        assert_eq!(kept_count(&cache, 20..50).await, 30);
     }
+}
+
+/// Django's `limit_locmem_entries` (MAX_ENTRIES = 9), local store only.
+fn nine(server: Option<&RedisServer>) -> Option<Cache> {
+    server
+        .is_none()
+        .then(|| CacheConfig::local().max_entries(9).build().unwrap())
+}
+
+async fn test_lru_get(_: &Cache, server: Option<&RedisServer>) {
+    // get() makes a key recent. (Django's cull then drops 6, 7 and 8;
+    // tg-cache drops the one least recently used entry, 6.)
+    let Some(cache) = nine(server) else { return };
+    for key in 0..9 {
+        cache
+            .set(&key.to_string(), &key, Timeout::Never)
+            .await
+            .unwrap();
+    }
+    for key in 0..6 {
+        assert_eq!(cache.get::<i32>(&key.to_string()).await.unwrap(), Some(key));
+    }
+    cache.set("9", &9, Timeout::Never).await.unwrap();
+    for key in 0..6 {
+        assert_eq!(
+            cache.get::<i32>(&key.to_string()).await.unwrap(),
+            Some(key),
+            "{key}"
+        );
+    }
+    assert_eq!(cache.get::<i32>("6").await.unwrap(), None);
+    assert_eq!(cache.get::<i32>("9").await.unwrap(), Some(9));
+    assert_eq!(cache.local_len(), Some(9));
+}
+
+async fn test_lru_set(_: &Cache, server: Option<&RedisServer>) {
+    // set() makes a key recent.
+    let Some(cache) = nine(server) else { return };
+    for key in 0..9 {
+        cache
+            .set(&key.to_string(), &key, Timeout::Never)
+            .await
+            .unwrap();
+    }
+    for key in 3..9 {
+        cache
+            .set(&key.to_string(), &key, Timeout::Never)
+            .await
+            .unwrap();
+    }
+    cache.set("9", &9, Timeout::Never).await.unwrap();
+    for key in 3..10 {
+        assert_eq!(
+            cache.get::<i32>(&key.to_string()).await.unwrap(),
+            Some(key),
+            "{key}"
+        );
+    }
+    assert_eq!(cache.get::<i32>("0").await.unwrap(), None);
+    assert_eq!(cache.local_len(), Some(9));
+}
+
+async fn test_lru_incr(_: &Cache, server: Option<&RedisServer>) {
+    // incr() makes a key recent.
+    let Some(cache) = nine(server) else { return };
+    for key in 0..9 {
+        cache
+            .set(&key.to_string(), &key, Timeout::Never)
+            .await
+            .unwrap();
+    }
+    for key in 0..6 {
+        assert_eq!(
+            cache.incr(&key.to_string(), 1).await.unwrap(),
+            i64::from(key) + 1
+        );
+    }
+    cache.set("9", &9, Timeout::Never).await.unwrap();
+    for key in 0..6 {
+        assert_eq!(
+            cache.get::<i64>(&key.to_string()).await.unwrap(),
+            Some(i64::from(key) + 1),
+            "{key}"
+        );
+    }
+    assert_eq!(cache.get::<i32>("6").await.unwrap(), None);
+    assert_eq!(cache.get::<i32>("9").await.unwrap(), Some(9));
 }
 
 async fn kept_count(cache: &Cache, range: std::ops::Range<i32>) -> usize {

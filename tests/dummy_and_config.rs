@@ -86,3 +86,44 @@ fn local_store_is_bounded() {
     let n = cache.local_len().unwrap();
     assert!(n <= 50, "{n} entries held with max_entries 50");
 }
+
+/// No password, in any URL form redis-rs accepts (or a user may write),
+/// appears in the `Debug` of a configuration or a cache, in a URL's
+/// display, or in a configuration error.
+#[test]
+fn no_password_appears_in_any_output() {
+    let secret = "s3cr3t";
+    let urls = [
+        format!("redis://:{secret}@127.0.0.1:6379/0"),
+        format!("redis://user:{secret}@127.0.0.1:6379/0"),
+        format!("rediss://:{secret}@127.0.0.1:6379/0"),
+        format!("redis+unix:///run/redis.sock?db=1&pass={secret}"),
+        format!("unix:///run/redis.sock?pass={secret}&db=2"),
+        format!("redis://127.0.0.1/0?password={secret}"),
+        format!("redis://:{secret}#x@127.0.0.1/0"),
+        format!("redis://:{secret}/x@127.0.0.1/0"),
+        format!("redis://:{secret}?x@127.0.0.1/0"),
+        format!("redis://:{secret}@127.0.0.1:63z9/0"),
+        format!("redis://:{secret}@127.0.0.1/db"),
+        format!("http://:{secret}@127.0.0.1/0"),
+    ];
+    for url in &urls {
+        let cfg = tg_cache::CacheConfig::redis(url);
+        let mut outputs = vec![format!("{cfg:?}")];
+        if let Some(u) = cfg.redis_url() {
+            outputs.push(format!("{u}"));
+            outputs.push(format!("{u:?}"));
+            outputs.push(u.address());
+        }
+        match cfg.build() {
+            Ok(cache) => outputs.push(format!("{cache:?}")),
+            Err(e) => {
+                outputs.push(format!("{e}"));
+                outputs.push(format!("{e:?}"));
+            }
+        }
+        for out in outputs {
+            assert!(!out.contains(secret), "{url}: the password shows in {out}");
+        }
+    }
+}

@@ -9,7 +9,6 @@ use crate::generation::epoch_key;
 use crate::key::{check_key, family_of, glob_escape_into};
 use crate::protocol::{self, Mode};
 use crate::stats::{CacheStats, Counters, Families, FamilyStats};
-use crate::store::broken::BrokenStore;
 use crate::store::connection::ConnectionSettings;
 use crate::store::dummy::DummyStore;
 use crate::store::local::LocalStore;
@@ -242,14 +241,6 @@ impl Cache {
                 created: Instant::now(),
             }),
         }
-    }
-
-    /// A cache whose every call fails with `err` (an invalid configuration
-    /// found when the default cache was first used). Cached functions still
-    /// run their bodies; the error is logged once here.
-    pub(crate) fn broken(alias: &str, cfg: &CacheConfig, err: crate::ConfigError) -> Cache {
-        tracing::error!(cache = alias, error = %err, "tg-cache configuration is invalid; caching is disabled for this cache");
-        Self::with_store(alias, cfg, Arc::new(BrokenStore(err)))
     }
 
     /// The alias this cache is registered under (`default` for [`crate::cache`]).

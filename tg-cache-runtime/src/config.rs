@@ -74,6 +74,41 @@ impl RedisUrl {
         if rest.is_empty() && !scheme.ends_with("unix") {
             return Err(bad("no host; expected redis://host[:port][/db]"));
         }
+        if !scheme.ends_with("unix") {
+            if let Some((userinfo, _)) = rest.rsplit_once('@')
+                && userinfo.contains(['/', '?', '#'])
+            {
+                return Err(bad(
+                    "the password (or user name) holds a raw `/`, `?` or `#`; percent-encode it (`%2F`, `%3F`, `%23`)",
+                ));
+            }
+            let after_userinfo = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            let authority_end = after_userinfo
+                .find(['/', '?', '#'])
+                .unwrap_or(after_userinfo.len());
+            let (authority, tail) = after_userinfo.split_at(authority_end);
+            let port = match authority.rsplit_once(']') {
+                Some((_, after)) => after.strip_prefix(':'),
+                None => authority.rsplit_once(':').map(|(_, p)| p),
+            };
+            if let Some(port) = port
+                && port.parse::<u16>().is_err()
+            {
+                return Err(bad(&format!(
+                    "the port `{port}` is not a number from 1 to 65535"
+                )));
+            }
+            let db = tail
+                .strip_prefix('/')
+                .map(|p| p.split(['?', '#']).next().unwrap_or(""));
+            if let Some(db) = db.filter(|d| !d.is_empty())
+                && db.parse::<u32>().is_err()
+            {
+                return Err(bad(&format!(
+                    "the database `{db}` is not a number (redis://host:port/<db>, 0 by default)"
+                )));
+            }
+        }
         if let Err(e) = redis::Client::open(url) {
             return Err(bad(&format!("malformed Redis URL ({})", e.kind_name())));
         }
@@ -83,6 +118,31 @@ impl RedisUrl {
     /// The URL with its password, for connecting. Never log this.
     pub(crate) fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// `host:port` (or the socket path), for messages: never a password.
+    pub fn address(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return redact(&self.0);
+        };
+        let after_userinfo = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        if scheme.ends_with("unix") {
+            return after_userinfo
+                .split(['?', '#'])
+                .next()
+                .unwrap_or("")
+                .to_owned();
+        }
+        let authority = after_userinfo.split(['/', '?', '#']).next().unwrap_or("");
+        let has_port = match authority.rsplit_once(']') {
+            Some((_, after)) => after.starts_with(':'),
+            None => authority.contains(':'),
+        };
+        if has_port {
+            authority.to_owned()
+        } else {
+            format!("{authority}:6379")
+        }
     }
 }
 
@@ -96,23 +156,68 @@ impl KindName for redis::RedisError {
     }
 }
 
-/// Replaces the password (and a lone user-info token) of a URL by `***`.
+/// Replaces every secret of a Redis URL by `***`: the password (everything
+/// between `://` and the last `@`, but for a user name before a `:`, so a
+/// password holding `@`, `/`, `?` or `#` is hidden whole), and the value of
+/// every query parameter but `db` and `protocol` (redis-rs reads a unix
+/// socket's password from `?pass=`).
+///
+/// ```
+/// use tg_cache_runtime::config::redact;
+/// assert_eq!(redact("redis://user:s3cret@h:6380/2"), "redis://user:***@h:6380/2");
+/// assert_eq!(redact("redis://:p@ss/w#rd@h/0"), "redis://:***@h/0");
+/// assert_eq!(
+///     redact("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+///     "redis+unix:///run/redis.sock?db=1&pass=***"
+/// );
+/// assert_eq!(redact("redis://h/0?password=s3cret"), "redis://h/0?password=***");
+/// ```
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return redact_query(url);
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    // A socket path may hold an `@`; its password is in the query.
+    let userinfo = if scheme.ends_with("unix") {
+        None
+    } else {
+        rest.rsplit_once('@')
+    };
+    let rest = match userinfo {
         Some((userinfo, host)) => {
             let user = match userinfo.split_once(':') {
-                Some((user, _pw)) => format!("{user}:***"),
-                None => "***".to_owned(),
+                Some((user, _pw)) if !user.contains(['/', '?', '#']) => format!("{user}:***"),
+                _ => "***".to_owned(),
             };
-            format!("{scheme}://{user}@{host}{tail}")
+            format!("{user}@{host}")
         }
-        None => url.to_owned(),
+        None => rest.to_owned(),
+    };
+    format!("{scheme}://{}", redact_query(&rest))
+}
+
+/// Every query value but `db`'s and `protocol`'s replaced by `***`.
+fn redact_query(s: &str) -> String {
+    let Some((before, query)) = s.split_once('?') else {
+        return s.to_owned();
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if matches!(k, "db" | "protocol") => format!("{k}={v}"),
+            Some((k, _)) => format!("{k}=***"),
+            None => pair.to_owned(),
+        })
+        .collect();
+    let mut out = format!("{before}?{}", pairs.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
     }
+    out
 }
 
 impl fmt::Debug for RedisUrl {
@@ -362,15 +467,8 @@ impl CacheConfig {
             };
         }
         if let Some(v) = get("TG_CACHE_KEY_PREFIX") {
-            if v.bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-            {
-                return Err(ConfigError::new(
-                    "TG_CACHE_KEY_PREFIX",
-                    v,
-                    "must not contain whitespace or control characters",
-                ));
-            }
+            check_key_prefix(&v)
+                .map_err(|reason| ConfigError::new("TG_CACHE_KEY_PREFIX", v.clone(), reason))?;
             c.key_prefix = v;
         }
         if let Some(v) = get("TG_CACHE_VERSION") {
@@ -467,26 +565,28 @@ impl CacheConfig {
                 ));
             }
         }
-        if self
-            .key_prefix
-            .bytes()
-            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
-            return Err(ConfigError::new(
-                "key_prefix",
-                self.key_prefix.clone(),
-                "must not contain whitespace or control characters",
-            ));
-        }
-        if self.key_prefix.contains(':') || self.key_prefix.starts_with('#') {
-            return Err(ConfigError::new(
-                "key_prefix",
-                self.key_prefix.clone(),
-                "must not contain `:` nor start with `#` (keys are stored as `<prefix>:<version>:<key>`; a `:` would make two configurations share keys)",
-            ));
-        }
-        Ok(())
+        check_key_prefix(&self.key_prefix)
+            .map_err(|reason| ConfigError::new("key_prefix", self.key_prefix.clone(), reason))
     }
+}
+
+/// What is wrong with a key prefix, if anything.
+fn check_key_prefix(prefix: &str) -> Result<(), &'static str> {
+    if prefix
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err("must not contain whitespace or control characters");
+    }
+    if prefix.contains(':') {
+        return Err(
+            "must not contain `:` (keys are stored as `<prefix>:<version>:<key>`; a `:` would make two configurations share keys)",
+        );
+    }
+    if prefix.starts_with('#') {
+        return Err("must not start with `#` (reserved for tg-cache's own keys)");
+    }
+    Ok(())
 }
 
 fn parse_num<T: std::str::FromStr>(var: &str, v: &str, expected: &str) -> Result<T, ConfigError> {

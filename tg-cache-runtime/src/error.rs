@@ -13,11 +13,23 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// Redis answered with an error, or the connection failed.
-    #[error("redis error: {0}")]
-    Redis(#[from] redis::RedisError),
+    #[error("redis at {addr}: {source}")]
+    Redis {
+        /// `host:port` (or socket path) of the server; never a password.
+        addr: String,
+        /// What redis-rs reported.
+        source: redis::RedisError,
+    },
     /// Redis did not answer within the configured time.
-    #[error("redis did not answer within {0:?}; check that it is running and reachable")]
-    Timeout(Duration),
+    #[error(
+        "redis at {addr} did not answer within {after:?}; check that it is running and reachable"
+    )]
+    Timeout {
+        /// `host:port` (or socket path) of the server.
+        addr: String,
+        /// The response timeout.
+        after: Duration,
+    },
     /// Every connection was busy for the whole response timeout: the call
     /// waited its turn (first come, first served) and ran out of time. This
     /// is load, not a Redis failure: it never opens the circuit breaker.
@@ -30,9 +42,11 @@ pub enum Error {
     },
     /// A recent failure opened the circuit breaker: calls fail fast until it closes.
     #[error(
-        "redis is unavailable (a recent call failed; retrying after {retry_in:?}); the cache fails open meanwhile"
+        "redis at {addr} is unavailable (a recent call failed; retrying after {retry_in:?}); the cache fails open meanwhile"
     )]
     Unavailable {
+        /// `host:port` (or socket path) of the server.
+        addr: String,
         /// Time until the next attempt to reach Redis.
         retry_in: Duration,
     },
@@ -120,12 +134,35 @@ impl ConfigError {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether this error says the configuration is wrong rather than the
+    /// server away: an invalid setting, a refused password, a database
+    /// index the server does not have.
+    pub fn is_misconfiguration(&self) -> bool {
+        match self {
+            Error::Config(_) => true,
+            Error::Redis { source, .. } => {
+                let text = source.to_string();
+                source.kind() == redis::ErrorKind::AuthenticationFailed
+                    || [
+                        "WRONGPASS",
+                        "NOAUTH",
+                        "invalid password",
+                        "DB index is out of range",
+                        "invalid DB index",
+                    ]
+                    .iter()
+                    .any(|m| text.contains(m))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether this error means the store could not be reached (as opposed to
     /// a bad argument): such errors open the circuit breaker.
     pub fn is_unreachable(&self) -> bool {
         match self {
-            Error::Timeout(_) | Error::Unavailable { .. } => true,
-            Error::Redis(e) => {
+            Error::Timeout { .. } | Error::Unavailable { .. } => true,
+            Error::Redis { source: e, .. } => {
                 e.is_io_error()
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()

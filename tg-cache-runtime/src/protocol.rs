@@ -221,7 +221,7 @@ async fn lookup<T: CacheValue>(core: &Core, key: &str, slot: &Slot) -> Found<T> 
             Err(crate::cache::Undecodable::Busy) => Found::Busy,
             Err(crate::cache::Undecodable::Corrupt) => Found::Corrupt,
         },
-        Err(e @ crate::Error::Timeout(_)) => {
+        Err(e @ crate::Error::Timeout { .. }) => {
             core.report("get", key, &e);
             drop_if_unreadable(core, slot);
             Found::Slow

@@ -75,42 +75,63 @@ pub fn configure(caches: Caches) -> Result<()> {
     REGISTRY.set(registry).map_err(|_| Error::AlreadyConfigured)
 }
 
-/// Configures the default cache from the environment now, so that a bad
-/// `TG_CACHE_*` value is reported at startup instead of at first use.
+/// Configures the default cache from the `TG_CACHE_*` environment
+/// variables and checks its server once ([`check_caches`]): call it at
+/// startup, so that a bad setting stops the program there, with the
+/// message, instead of at the first cache call.
+///
+/// ```no_run
+/// fn main() -> Result<(), tg_cache_runtime::Error> {
+///     tg_cache_runtime::init_from_env()?;
+///     // ... start the application
+///     Ok(())
+/// }
+/// ```
 pub fn init_from_env() -> Result<()> {
-    configure(Caches::from_env()?)
+    configure(Caches::from_env()?)?;
+    check_caches()
+}
+
+/// Checks every configured cache's server once, as a startup check: a
+/// wrong password or a database index the server does not have is an
+/// error (the message names the server's `host:port`, never the password);
+/// a server that does not answer is only logged (a warning naming it):
+/// caches fail open, and caching starts when it answers.
+pub fn check_caches() -> Result<()> {
+    for cache in all_caches() {
+        match cache.blocking().health() {
+            Ok(_) => {}
+            Err(e) if e.is_misconfiguration() => return Err(e),
+            Err(e) => tracing::warn!(
+                cache = cache.alias(),
+                error = %e,
+                "tg-cache: the cache's server does not answer at startup; cached functions compute without caching until it does"
+            ),
+        }
+    }
+    Ok(())
 }
 
 fn registry() -> &'static Registry {
-    REGISTRY.get_or_init(|| {
-        let (cfg, built) = match CacheConfig::from_env() {
-            Ok(cfg) => {
-                let built = Cache::from_config(DEFAULT_ALIAS, &cfg);
-                (cfg, built)
-            }
-            Err(e) => (CacheConfig::dummy(), Err(Error::Config(e))),
-        };
-        let default = match built {
-            Ok(c) => c,
-            Err(Error::Config(e)) => Cache::broken(DEFAULT_ALIAS, &cfg, e),
-            Err(e) => Cache::broken(
-                DEFAULT_ALIAS,
-                &cfg,
-                ConfigError::new("REDIS_URL", "", e.to_string()),
-            ),
-        };
-        Registry {
-            default,
-            named: HashMap::new(),
-        }
+    REGISTRY.get_or_init(|| match Caches::from_env().map_err(Error::Config).and_then(|c| c.build()) {
+        Ok(r) => r,
+        // As Django refuses to start on a bad setting: a program whose
+        // caching is misconfigured stops here, saying what is wrong.
+        Err(e) => panic!(
+            "tg-cache: the cache configuration from the environment is invalid: {e} (call tg_cache::init_from_env() at startup to handle this error there)"
+        ),
     })
 }
 
 /// The default cache (Django's `django.core.cache.cache`).
 ///
-/// If the environment configuration is invalid, this cache returns that
-/// configuration error from every call (and cached functions run their
-/// bodies uncached); call [`init_from_env`] at startup to fail early instead.
+/// Configured from the environment on first use, unless [`configure`] (or
+/// [`init_from_env`]) ran first.
+///
+/// # Panics
+/// If the environment's configuration is invalid (the message names the
+/// variable and what is wrong with it): call [`init_from_env`] at startup
+/// to get that error there instead.
 pub fn cache() -> &'static Cache {
     &registry().default
 }

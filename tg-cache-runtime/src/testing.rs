@@ -25,6 +25,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     tls: bool,
+    /// Extra `redis-server` arguments (`--requirepass`, ...).
+    args: Vec<String>,
 }
 
 const INSTALL_HINT: &str = "redis-server was not found on PATH. Install it (Debian/Ubuntu: `apt-get install -y redis-server`), or run the README's test command, which installs it.";
@@ -60,8 +62,9 @@ fn ping(port: u16) -> bool {
     if s.write_all(b"PING\r\n").is_err() {
         return false;
     }
-    let mut buf = [0u8; 7];
-    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    // `+PONG`, or `-NOAUTH ..` from a server that wants a password: it answers.
+    let mut buf = [0u8; 1];
+    s.read_exact(&mut buf).is_ok() && matches!(&buf, b"+" | b"-")
 }
 
 impl RedisServer {
@@ -82,16 +85,25 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// Starts a server that requires `password` (`--requirepass`).
+    pub fn start_with_password(password: &str) -> Self {
+        Self::start_with_args(false, &["--requirepass", password])
+    }
+
     fn start_with(tls: bool) -> Self {
+        Self::start_with_args(tls, &[])
+    }
+
+    fn start_with_args(tls: bool, args: &[&str]) -> Self {
         for _ in 0..5 {
-            if let Some(s) = Self::try_start(free_port(), tls) {
+            if let Some(s) = Self::try_start(free_port(), tls, args) {
                 return s;
             }
         }
         panic!("redis-server did not start after 5 attempts");
     }
 
-    fn try_start(port: u16, tls: bool) -> Option<Self> {
+    fn try_start(port: u16, tls: bool, args: &[&str]) -> Option<Self> {
         let dir =
             std::env::temp_dir().join(format!("tg-cache-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("cannot create a temp dir for redis-server");
@@ -101,6 +113,7 @@ impl RedisServer {
             port,
             dir,
             tls,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.launch().then_some(server)
     }
@@ -155,6 +168,7 @@ impl RedisServer {
             cmd.args(["--enable-debug-command", "local"]);
         }
         let child = match cmd
+            .args(&self.args)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&dir)
@@ -214,7 +228,7 @@ impl RedisServer {
     pub fn start_on_port(port: u16) -> Self {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(s) = Self::try_start(port, false) {
+            if let Some(s) = Self::try_start(port, false, &[]) {
                 return s;
             }
             assert!(
@@ -279,12 +293,17 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>/0` (`rediss://...#insecure` for a TLS server).
+    /// `redis://127.0.0.1:<port>/0` (`rediss://...#insecure` for a TLS
+    /// server; with `:<password>@` for a server that requires one).
     pub fn url(&self) -> String {
+        let auth = match self.args.iter().position(|a| a == "--requirepass") {
+            Some(i) => format!(":{}@", self.args[i + 1]),
+            None => String::new(),
+        };
         if self.tls {
-            format!("rediss://127.0.0.1:{}/0#insecure", self.port)
+            format!("rediss://{auth}127.0.0.1:{}/0#insecure", self.port)
         } else {
-            format!("redis://127.0.0.1:{}/0", self.port)
+            format!("redis://{auth}127.0.0.1:{}/0", self.port)
         }
     }
 

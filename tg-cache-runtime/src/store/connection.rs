@@ -43,6 +43,8 @@ pub(crate) struct ConnectionSettings {
 }
 
 pub(crate) struct Connections {
+    /// `host:port` of the server, for errors (never a password).
+    addr: String,
     pool: Vec<ConnectionManager>,
     next: AtomicUsize,
     /// In-flight commands; FIFO for the waiters.
@@ -61,7 +63,12 @@ impl Connections {
             // application's if it installed one.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = redis::Client::open(s.url.expose())?;
+        let addr = s.url.address();
+        let failed = |source| Error::Redis {
+            addr: addr.clone(),
+            source,
+        };
+        let client = redis::Client::open(s.url.expose()).map_err(failed)?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(s.connect_timeout))
             .set_response_timeout(Some(s.response_timeout))
@@ -73,8 +80,10 @@ impl Connections {
         let _guard = io_runtime().enter();
         let pool = (0..s.pool_size.max(1))
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), cfg.clone()))
-            .collect::<redis::RedisResult<Vec<_>>>()?;
+            .collect::<redis::RedisResult<Vec<_>>>()
+            .map_err(failed)?;
         Ok(Self {
+            addr,
             pool,
             next: AtomicUsize::new(0),
             permits: Arc::new(Semaphore::new(s.max_connections.max(1))),
@@ -101,7 +110,13 @@ impl Connections {
         Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
         T: Send + 'static,
     {
-        let probe = self.breaker.admit()?;
+        let probe = self
+            .breaker
+            .admit()
+            .map_err(|retry_in| Error::Unavailable {
+                addr: self.addr.clone(),
+                retry_in,
+            })?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let permits = self.permits.clone();
         // Timers are created inside `in_io`, on tg-cache's runtime.
@@ -125,7 +140,10 @@ impl Connections {
                 self.breaker.success(probe);
                 return Ok(v);
             }
-            Ok(Err(e)) => Error::Redis(e),
+            Ok(Err(source)) => Error::Redis {
+                addr: self.addr.clone(),
+                source,
+            },
             // Most of the deadline went to the queue: load, not a failure.
             Err(_) if slice < self.timeout / 2 => {
                 drop(probe);
@@ -138,9 +156,9 @@ impl Connections {
             // if Redis does not answer it either. The probe decides at once.
             Err(_) if probe.0.is_none() => {
                 self.check_in_background();
-                return Err(Error::Timeout(self.timeout));
+                return Err(self.timed_out());
             }
-            Err(_) => Error::Timeout(self.timeout),
+            Err(_) => self.timed_out(),
         };
         if err.is_unreachable() {
             self.breaker.failure(probe);
@@ -153,6 +171,13 @@ impl Connections {
 }
 
 impl Connections {
+    fn timed_out(&self) -> Error {
+        Error::Timeout {
+            addr: self.addr.clone(),
+            after: self.timeout,
+        }
+    }
+
     /// After a command timed out: checks with a `PING` (within the response
     /// timeout) whether Redis answers at all, and opens the breaker if not.
     fn check_in_background(&self) {
@@ -204,8 +229,9 @@ fn now_nanos() -> u64 {
 }
 
 impl Breaker {
-    /// Lets a call through (closed, or as the one probe), or fails it fast.
-    fn admit(&self) -> Result<Probe<'_>> {
+    /// Lets a call through (closed, or as the one probe), or fails it fast
+    /// (with the time until the next probe).
+    fn admit(&self) -> std::result::Result<Probe<'_>, Duration> {
         let until = self.open_until.load(Relaxed);
         if until == 0 {
             return Ok(Probe(None));
@@ -219,9 +245,7 @@ impl Breaker {
         {
             return Ok(Probe(Some(self)));
         }
-        Err(Error::Unavailable {
-            retry_in: Duration::from_nanos(until.saturating_sub(now)).max(self.cooldown / 4),
-        })
+        Err(Duration::from_nanos(until.saturating_sub(now)).max(self.cooldown / 4))
     }
 
     fn success(&self, probe: Probe<'_>) {

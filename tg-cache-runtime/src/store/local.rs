@@ -109,10 +109,6 @@ pub(crate) struct LocalStore {
     max_entries: u64,
     /// The largest value, as JSON bytes.
     max_value_bytes: usize,
-    /// Inserts since moka last ran its maintenance (which applies the
-    /// bound): while `entry_count() + pending` may exceed the bound, every
-    /// insert runs it, so no write returns with the store over its bound.
-    pending: AtomicU64,
     /// When a sweep was last scheduled by a write or a bump ([`clock`] ms + 1).
     last_sweep: AtomicU64,
 }
@@ -204,7 +200,6 @@ impl LocalStore {
             leases: Mutex::new(HashMap::new()),
             max_entries,
             max_value_bytes,
-            pending: AtomicU64::new(0),
             last_sweep: AtomicU64::new(0),
         }
     }
@@ -247,15 +242,14 @@ impl LocalStore {
         self.enforce_bound();
     }
 
-    /// Applies the size bound now if this insert may have exceeded it:
-    /// moka evicts the least recently used entries (after applying the
-    /// reads it recorded) in its maintenance, which otherwise runs later.
+    /// Runs moka's maintenance now, which applies the recorded reads and
+    /// writes and then the bound, evicting the least recently used entries:
+    /// so no write returns with the store over its bound, and the order is
+    /// recency (a read recorded before moka applied its entry's insert
+    /// would be dropped). It costs about 0.2 µs per insert; hits are
+    /// untouched.
     fn enforce_bound(&self) {
-        let pending = self.pending.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.cache.entry_count() + pending > self.max_entries {
-            self.pending.store(0, Ordering::Relaxed);
-            self.cache.run_pending_tasks();
-        }
+        self.cache.run_pending_tasks();
     }
 
     /// Has moka drop, in its background maintenance, every entry that is

@@ -14,7 +14,6 @@
 //! Values are refused at write time when their JSON is over the store's
 //! value cap ([`crate::Error::ValueTooLarge`]).
 
-pub(crate) mod broken;
 pub(crate) mod connection;
 pub(crate) mod dummy;
 pub(crate) mod local;

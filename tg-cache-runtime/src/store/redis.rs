@@ -508,7 +508,7 @@ impl RedisStore {
         match self.invoke::<Option<String>>(call).await {
             Ok(Some(n)) => Ok(n.parse().map_or(Incr::NotAnInteger, Incr::Done)),
             Ok(None) => Ok(Incr::Missing),
-            Err(Error::Redis(e))
+            Err(Error::Redis { source: e, .. })
                 if e.to_string().contains("not an integer")
                     || e.to_string().contains("overflow") =>
             {
