@@ -404,3 +404,70 @@ async fn rediss_verifies_certificates_by_default() {
     let insecure = redis(&server);
     insecure.set("k", &1, MEDIUM).await.unwrap();
 }
+
+fn pttl(server: &RedisServer, key: &str) -> i64 {
+    server.cmd(&["PTTL", key])
+}
+
+/// A family's epoch lives as long as its longest-lived value, and no
+/// longer: manual families (`tg:session:<sid>`) leave no permanent key.
+#[tokio::test]
+async fn epochs_expire_with_their_familys_values() {
+    let server = RedisServer::start();
+    let cache = redis(&server);
+    let epoch = "#epoch:tg:session:abc";
+    cache
+        .set("tg:session:abc:cart", &1, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let t = pttl(&server, epoch);
+    assert!(
+        (1500..=2000).contains(&t),
+        "epoch PTTL {t} after a 2 s value"
+    );
+    cache
+        .set("tg:session:abc:user", &2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let t = pttl(&server, epoch);
+    assert!(
+        (9000..=10_000).contains(&t),
+        "epoch PTTL {t} after a 10 s value"
+    );
+    // A shorter value never shortens it; a fill extends it like a set.
+    cache
+        .set("tg:session:abc:x", &3, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(pttl(&server, epoch) > 9000);
+    assert_eq!(
+        cache
+            .get_or_set("tg:session:abc:y", Duration::from_secs(20), || async { 4 })
+            .await,
+        4
+    );
+    assert!(pttl(&server, epoch) > 19_000);
+    // A bump keeps the epoch's lifetime.
+    cache.invalidate_family("tg:session:abc").await.unwrap();
+    assert!(pttl(&server, epoch) > 19_000);
+    // A value that never expires keeps its epoch forever.
+    cache
+        .set("tg:session:abc:z", &5, tg_cache::Timeout::Never)
+        .await
+        .unwrap();
+    assert_eq!(pttl(&server, epoch), -1);
+
+    // Invalidating a family that has no epoch writes none.
+    cache.invalidate_family("tg:session:none").await.unwrap();
+    let exists: i64 = server.cmd(&["EXISTS", "#epoch:tg:session:none"]);
+    assert_eq!(exists, 0);
+
+    // Gone with its values.
+    cache
+        .set("tg:session:short:k", &1, Duration::from_millis(300))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let keys: Vec<String> = server.cmd(&["KEYS", "*short*"]);
+    assert!(keys.is_empty(), "left behind: {keys:?}");
+}

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --example chronicle                     # local store, no configuration
-//! TG_CACHE_BACKEND=redis REDIS_URL=redis://127.0.0.1:6379/0 cargo run --example chronicle
+//! TG_CACHE_BACKEND=redis TG_CACHE_REDIS_URL=redis://127.0.0.1:6379/0 cargo run --example chronicle
 //! ```
 //!
 //! `CHRONICLE_DB` (default `chronicle.db`) and `CHRONICLE_ADDR` (default
@@ -26,14 +26,10 @@ async fn run() -> Result<(), app::BoxError> {
     let router = app::build(&db).await?;
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     let cache = tg_cache::cache();
-    let backend = match cache.backend() {
-        tg_cache::Backend::Redis => format!(
-            "redis ({})",
-            std::env::var("REDIS_URL")
-                .map(|u| tg_cache::config::redact(&u))
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-        ),
-        other => other.to_string(),
+    // The URL the cache uses (TG_CACHE_REDIS_URL or REDIS_URL), redacted.
+    let backend = match cache.redis_url() {
+        Some(url) => format!("{} ({url})", cache.backend()),
+        None => cache.backend().to_string(),
     };
     println!(
         "chronicle serving on http://{} (cache backend: {backend}, database: {db})",

@@ -211,6 +211,52 @@ pub async fn cache_status_page() {
         );
     }
     assert!(page.contains("hit ratio"));
+    // One lookup is counted per page request (not one per key read).
+    let lookups = |page: &str| -> u64 {
+        let row = page
+            .split("<code>tg:view:meritflaw_list</code></td>")
+            .nth(1)
+            .expect("the family's row");
+        let cells: Vec<u64> = row
+            .split("<td>")
+            .skip(1)
+            .take(2)
+            .map(|c| c.split('<').next().unwrap().trim().parse().unwrap())
+            .collect();
+        cells[0] + cells[1]
+    };
+    let before = lookups(&page);
+    for _ in 0..3 {
+        app.get("/meritflaws", None).await;
+    }
+    let (_, _, page) = app.get("/cache", None).await;
+    assert_eq!(lookups(&page) - before, 3, "{page}");
+}
+
+/// A database made by an older chronicle (its schema created without
+/// migrations) is refused with a message, never used as it is.
+pub async fn an_old_database_is_refused() {
+    let dir = std::env::temp_dir().join(format!("tg-cache-chronicle-old-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = TempDir(dir.clone());
+    let file = dir.join("chronicle.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&file)
+        .create_if_missing(true);
+    let db = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE chronicles (id INTEGER PRIMARY KEY, name TEXT NOT NULL);")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let Err(err) = app::build(file.to_str().unwrap()).await else {
+        panic!("an old database was accepted");
+    };
+    let msg = err.to_string();
+    assert!(
+        msg.contains("already exists") && msg.contains("older version"),
+        "{msg}"
+    );
 }
 
 /// Session cookies bypass shared pages; a theme cookie does not; the
@@ -254,13 +300,14 @@ pub async fn cookies_and_the_page_cache() {
 /// The scenarios share the process's cache, so they run one after the
 /// other on an emptied cache, each against its own fresh database.
 pub async fn all_scenarios() {
-    for scenario in [0, 1, 2, 3] {
+    for scenario in [0, 1, 2, 3, 4] {
         tg_cache::cache().clear().await.unwrap();
         match scenario {
             0 => every_strategy_and_an_edit().await,
             1 => per_user_page_is_never_shared().await,
             2 => cookies_and_the_page_cache().await,
-            _ => cache_status_page().await,
+            3 => cache_status_page().await,
+            _ => an_old_database_is_refused().await,
         }
     }
 }

@@ -253,6 +253,12 @@ impl Cache {
         self.inner.backend
     }
 
+    /// The Redis URL this cache uses (`None` for other stores); its
+    /// `Display` and `Debug` hide the password.
+    pub fn redis_url(&self) -> Option<&RedisUrl> {
+        self.inner.url.as_ref()
+    }
+
     /// The counters since this cache was created.
     pub fn stats(&self) -> CacheStats {
         self.inner.counters.snapshot(&self.inner.families)
@@ -437,14 +443,14 @@ impl Core {
                 );
                 Err(Undecodable::Corrupt)
             }
-            Stored::Bytes(b) => self.decode_bytes(key, &b).await,
+            Stored::Bytes(b) => self.decode_bytes(key, b).await,
         }
     }
 
     async fn decode_bytes<T: CacheValue>(
         &self,
         key: &str,
-        bytes: &[u8],
+        bytes: Vec<u8>,
     ) -> std::result::Result<T, Undecodable> {
         match codec::decode(bytes, self.max_value_bytes).await {
             Ok(v) => Ok(v),

@@ -83,16 +83,16 @@ const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// ([`INFLATING`]), so concurrent decompression bombs cost about the cap in
 /// memory; no lock is held while inflating or parsing.
 pub(crate) async fn decode<T: DeserializeOwned>(
-    bytes: &[u8],
+    bytes: Vec<u8>,
     max_bytes: usize,
 ) -> Result<T, DecodeError> {
-    if !is_zlib(bytes) {
+    if !is_zlib(&bytes) {
         if bytes.len() > max_bytes {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
-        return serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string()));
+        return serde_json::from_slice(&bytes).map_err(|e| DecodeError::Json(e.to_string()));
     }
-    let typed = digest(bytes, std::any::type_name::<T>());
+    let typed = digest(&bytes, std::any::type_name::<T>());
     if known_bad(typed) {
         return Err(DecodeError::KnownBad);
     }
@@ -119,18 +119,23 @@ static INFLIGHT: std::sync::Mutex<std::collections::BTreeMap<u64, std::sync::Arc
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 /// The JSON text of a zlib payload, inflated once for every concurrent
-/// reader of it.
-async fn inflate(bytes: &[u8], max_bytes: usize) -> Inflated {
-    let key = digest(bytes, "");
+/// reader of it. A reader that waits for another's inflation drops its own
+/// copy of the payload first: many readers of one big payload hold one
+/// copy, not one each.
+async fn inflate(bytes: Vec<u8>, max_bytes: usize) -> Inflated {
+    let key = digest(&bytes, "");
     if known_bad(key) {
         return Err(DecodeError::KnownBad);
     }
     let until = tokio::time::Instant::now() + BUSY_WAIT;
+    let mut bytes = Some(bytes);
     loop {
         let (shared, leads) = {
             let mut map = INFLIGHT.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(&key) {
                 Some(s) => (s.clone(), false),
+                // Without its copy, a reader can only wait.
+                None if bytes.is_none() => return Err(DecodeError::Busy),
                 None => {
                     let s = std::sync::Arc::new(Shared::default());
                     map.insert(key, s.clone());
@@ -139,7 +144,7 @@ async fn inflate(bytes: &[u8], max_bytes: usize) -> Inflated {
             }
         };
         let r = if leads {
-            let r = inflate_now(bytes, max_bytes);
+            let r = inflate_now(bytes.as_deref().unwrap_or_default(), max_bytes);
             if matches!(r, Err(DecodeError::TooLarge(_) | DecodeError::Zlib(_))) {
                 remember_bad(key);
             }
@@ -161,6 +166,11 @@ async fn inflate(bytes: &[u8], max_bytes: usize) -> Inflated {
             let notified = shared.notify.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
+            if shared.done.get().is_none() {
+                // The leader's result will do; it retries only if the
+                // inflation could not run (the budget).
+                bytes = None;
+            }
             match shared.done.get() {
                 Some(r) => r.clone(),
                 None => {
@@ -346,9 +356,12 @@ mod tests {
         assert_eq!(plain[0], b'[');
         let packed = encode(&v, Some(16)).unwrap();
         assert!(is_zlib(&packed) && packed.len() < plain.len());
-        assert_eq!(block_on(decode::<Vec<String>>(&plain, 1 << 20)).unwrap(), v);
         assert_eq!(
-            block_on(decode::<Vec<String>>(&packed, 1 << 20)).unwrap(),
+            block_on(decode::<Vec<String>>(plain.clone(), 1 << 20)).unwrap(),
+            v
+        );
+        assert_eq!(
+            block_on(decode::<Vec<String>>(packed.clone(), 1 << 20)).unwrap(),
             v
         );
         // small values stay readable even with compression on
@@ -365,7 +378,7 @@ mod tests {
             for _ in 0..8 {
                 s.spawn(|| {
                     barrier.wait();
-                    let v: String = block_on(decode(&packed, 64 << 20)).unwrap();
+                    let v: String = block_on(decode(packed.clone(), 64 << 20)).unwrap();
                     assert_eq!(v.len(), 32 << 20);
                 });
             }
@@ -373,14 +386,14 @@ mod tests {
         let n = inflations(&packed);
         assert!(n <= 2, "8 concurrent readers inflated it {n} times");
         // One read, one inflation (the value is never inflated twice).
-        let _: String = block_on(decode(&packed, 64 << 20)).unwrap();
+        let _: String = block_on(decode(packed.clone(), 64 << 20)).unwrap();
         assert_eq!(inflations(&packed), n + 1);
     }
 
     #[test]
     fn corrupt_is_an_error_not_a_panic() {
         for bad in [&b"\x78\x9cgarbage"[..], b"{", b"\"str\"", b""] {
-            assert!(block_on(decode::<i32>(bad, 1 << 20)).is_err());
+            assert!(block_on(decode::<i32>(bad.to_vec(), 1 << 20)).is_err());
         }
     }
 }
@@ -401,11 +414,11 @@ mod bomb {
         let packed = compress(json, Some(1));
         assert!(packed.len() < 1 << 20, "{}", packed.len());
         let start = std::time::Instant::now();
-        assert!(block_on(decode::<Vec<u8>>(&packed, 1 << 20)).is_err());
+        assert!(block_on(decode::<Vec<u8>>(packed.clone(), 1 << 20)).is_err());
         assert!(start.elapsed() < std::time::Duration::from_secs(2));
         // Plain bytes over the cap are refused without parsing.
         assert!(matches!(
-            block_on(decode::<Vec<u8>>(&vec![b' '; 2 << 20], 1 << 20)),
+            block_on(decode::<Vec<u8>>(vec![b' '; 2 << 20], 1 << 20)),
             Err(DecodeError::TooLarge(_))
         ));
     }

@@ -121,9 +121,12 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
     let ItemFn {
         attrs,
         vis,
+        modifiers,
         sig,
         block,
     } = f;
+    // `default fn` (unstable specialization) is kept as written.
+    let modifiers = modifiers.defaultness;
     let name = &sig.ident;
     let name_str = name.unraw().to_string();
     let key_prefix = &plan.key_prefix;
@@ -242,7 +245,7 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
 
     let wrapper = quote! {
         #(#attrs)*
-        #vis #sig {
+        #vis #modifiers #sig {
             ::tg_cache::__private::inventory::submit! {
                 ::tg_cache::CachedFunction {
                     key_prefix: #key_prefix,
