@@ -39,6 +39,8 @@ fn report(name: &str, value: impl std::fmt::Display) {
 /// hundreds of batches (`COUNT 1000`), about a third of a second.
 const FILLER_KEYS: u64 = 300_000;
 const TRIALS: u64 = 24;
+/// Fills in flight in each trial, released together.
+const FILLS: u64 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sweep {
@@ -65,11 +67,12 @@ async fn sweep(cache: &Cache, kind: Sweep) {
     }
 }
 
-/// Process A (a child) holds the lease of cold key `race:k<i>` and computes
-/// from the old data; this process changes the data, then sweeps the whole
-/// database (`delete_pattern("race:*")` or `clear()`) while A's fill is
-/// released at a random moment of the sweep. Returns the fills that
-/// survived (a fresh cache still reads the old value), of [`TRIALS`].
+/// Process A (a child) holds the leases of [`FILLS`] cold keys
+/// `race:k<i>_<j>` and computes them from the old data; this process
+/// changes the data, then sweeps the whole database
+/// (`delete_pattern("race:*")` or `clear()`) while A's fills are released
+/// at a random moment of the sweep. Returns the fills that survived (a
+/// fresh cache still reads the old value), of [`TRIALS`] × [`FILLS`].
 async fn fills_surviving_a_sweep(kind: Sweep) -> u64 {
     let server = RedisServer::start();
     let data = Raw::data(&server.url());
@@ -89,8 +92,7 @@ async fn fills_surviving_a_sweep(kind: Sweep) -> u64 {
         if kind == Sweep::Clear || i == 0 {
             populate(&server);
         }
-        data.wait_for(&format!("race:{i}:read"), Duration::from_secs(20))
-            .await;
+        wait_count(&data, &format!("race:{i}:read"), FILLS).await;
         let () = data.cmd(&["SET", &format!("race:{i}:db"), "new"]);
         let release = sweep_time.mul_f64(rand::random::<f64>());
         let sweeping = {
@@ -100,17 +102,18 @@ async fn fills_surviving_a_sweep(kind: Sweep) -> u64 {
         tokio::time::sleep(release).await;
         let () = data.cmd(&["SET", &format!("race:{i}:release"), "1"]);
         sweeping.await.unwrap();
-        data.wait_for(&format!("race:{i}:filled"), Duration::from_secs(20))
-            .await;
+        wait_count(&data, &format!("race:{i}:filled"), FILLS).await;
         let fresh = build(&server.url());
-        if fresh
-            .get::<String>(&format!("race:k{i}"))
-            .await
-            .unwrap()
-            .as_deref()
-            == Some("old")
-        {
-            stale += 1;
+        for j in 0..FILLS {
+            if fresh
+                .get::<String>(&format!("race:k{i}_{j}"))
+                .await
+                .unwrap()
+                .as_deref()
+                == Some("old")
+            {
+                stale += 1;
+            }
         }
     }
     let (ok, out, err) =
@@ -120,9 +123,18 @@ async fn fills_surviving_a_sweep(kind: Sweep) -> u64 {
     assert!(ok, "child failed:\n{out}\n{err}");
     report(
         &format!("{kind:?}_stale_fills"),
-        format!("{stale}/{TRIALS}"),
+        format!("{stale}/{}", TRIALS * FILLS),
     );
     stale
+}
+
+/// Waits until the counter at `key` reaches `n` (20 s at most).
+async fn wait_count(data: &Raw, key: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while data.get_u64(key).unwrap_or(0) < n {
+        assert!(Instant::now() < deadline, "{key} did not reach {n}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -132,18 +144,27 @@ async fn helper_race_filler() {
     let cache = build(&url);
     let data = Raw::data(&url);
     for i in 0..TRIALS {
-        let d = data.clone();
-        let v = cache
-            .get_or_set(&format!("race:k{i}"), TTL, || async move {
-                let v: String = d.cmd(&["GET", &format!("race:{i}:db")]);
-                let () = d.cmd(&["SET", &format!("race:{i}:read"), "1"]);
-                d.wait_for(&format!("race:{i}:release"), Duration::from_secs(20))
-                    .await;
-                v
+        let fills: Vec<_> = (0..FILLS)
+            .map(|j| {
+                let (cache, d, done) = (cache.clone(), data.clone(), data.clone());
+                tokio::spawn(async move {
+                    let v = cache
+                        .get_or_set(&format!("race:k{i}_{j}"), TTL, || async move {
+                            let v: String = d.cmd(&["GET", &format!("race:{i}:db")]);
+                            let _: u64 = d.incr(&format!("race:{i}:read"));
+                            d.wait_for(&format!("race:{i}:release"), Duration::from_secs(20))
+                                .await;
+                            v
+                        })
+                        .await;
+                    assert_eq!(v, "old");
+                    let _: u64 = done.incr(&format!("race:{i}:filled"));
+                })
             })
-            .await;
-        assert_eq!(v, "old");
-        let () = data.cmd(&["SET", &format!("race:{i}:filled"), "1"]);
+            .collect();
+        for f in fills {
+            f.await.unwrap();
+        }
     }
 }
 
@@ -152,8 +173,10 @@ async fn a_fill_never_survives_a_pattern_delete_over_300k_keys() {
     let _w = watchdog("a_fill_never_survives_a_pattern_delete_over_300k_keys", 120);
     let stale = fills_surviving_a_sweep(Sweep::Pattern).await;
     assert_eq!(
-        stale, 0,
-        "{stale} of {TRIALS} fills released during a delete_pattern over {FILLER_KEYS} keys survived it"
+        stale,
+        0,
+        "{stale} of {} fills released during a delete_pattern over {FILLER_KEYS} keys survived it",
+        TRIALS * FILLS
     );
 }
 
@@ -162,8 +185,10 @@ async fn a_fill_never_survives_a_clear_over_300k_keys() {
     let _w = watchdog("a_fill_never_survives_a_clear_over_300k_keys", 120);
     let stale = fills_surviving_a_sweep(Sweep::Clear).await;
     assert_eq!(
-        stale, 0,
-        "{stale} of {TRIALS} fills released during a clear() over {FILLER_KEYS} keys survived it"
+        stale,
+        0,
+        "{stale} of {} fills released during a clear() over {FILLER_KEYS} keys survived it",
+        TRIALS * FILLS
     );
 }
 
