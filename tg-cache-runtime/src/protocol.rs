@@ -10,8 +10,12 @@
 //!   of a cold key join one flight ([`crate::flight`]); its leader asks the
 //!   store for the key's **lease**, a placeholder written at the key itself
 //!   (`lease.rs`). Only holders compute. A leader that finds the lease held
-//!   by another process waits for that holder (polling, one round trip
-//!   each, backoff 2 ms doubling to 8 ms) until its value appears.
+//!   by another process waits for that holder until its value appears: its
+//!   lease request read the key on a tracking connection, so the server's
+//!   invalidation push for the key (the holder stored, gave up, or the key
+//!   was invalidated) wakes it, and it asks once more (a poll every 250 ms
+//!   is the safety net; stores without tracking poll with a backoff of
+//!   2 ms doubling to 8 ms).
 //! * **Bounded waits.** A waiter remembers the holder it waits on. When that
 //!   holder is gone (it stored nothing it could read: an `Err`, a `None`,
 //!   a value over the cap; or an invalidation ended its lease; or it died
@@ -87,8 +91,9 @@ enum Found<T> {
     /// time. Compute without storing; a check in the background removes
     /// the value if Redis answers otherwise.
     Slow,
-    /// The value could not be decoded now (the process's inflation budget
-    /// is spent by other reads): compute without storing.
+    /// No answer now, not for this value's sake (the connection queue was
+    /// full for the whole deadline, the breaker is open, or the process's
+    /// inflation budget stayed in use): compute without storing.
     Busy,
 }
 
@@ -159,6 +164,12 @@ where
         found => found.fill(),
     };
     core.count_lookup(key, false);
+    if fill == Fill::Skip {
+        // The store did not answer in time: compute now, outside the
+        // flight (waiting for a leader that would meet the same store
+        // could take as long again).
+        return f().await;
+    }
     let miss = Miss {
         core,
         key,
@@ -200,6 +211,9 @@ where
                             Found::Hit(v) => return P::load(v),
                             found => fill = found.fill(),
                         }
+                        if fill == Fill::Skip {
+                            return f.take().expect("computes once")().await;
+                        }
                         continue;
                     }
                 }
@@ -225,6 +239,12 @@ async fn lookup<T: CacheValue>(core: &Core, key: &str, slot: &Slot) -> Found<T> 
             core.report("get", key, &e);
             drop_if_unreadable(core, slot);
             Found::Slow
+        }
+        // Queued for the whole deadline, or the breaker is open: the next
+        // store call would fare no better. Compute without storing.
+        Err(e @ (crate::Error::Saturated { .. } | crate::Error::Unavailable { .. })) => {
+            core.report("get", key, &e);
+            Found::Busy
         }
         Err(e) => {
             core.report("get", key, &e);
@@ -299,6 +319,9 @@ where
         if fill == Fill::Skip {
             break None;
         }
+        // Registered before the request, so that a change right after
+        // the script read the key still wakes this waiter.
+        let watch = core.store.watch(slot);
         match core.store.lease(slot, &token, mode, ttl).await {
             Ok(LeaseOutcome::Granted(lease)) => break Some(lease),
             Ok(LeaseOutcome::Found(stored)) => {
@@ -318,7 +341,12 @@ where
             // Joining found the lease full of co-holders: compute alone.
             Ok(LeaseOutcome::Busy(_)) if mode == LeaseMode::Join => break None,
             Ok(LeaseOutcome::Busy(holders)) => match wait.next(&holders) {
-                Next::Wait => backoff.wait().await,
+                // Woken by the key's invalidation push when the holder
+                // stores or gives up; polling is the safety net.
+                Next::Wait => match &watch {
+                    Some(w) => w.changed(WATCH_NET).await,
+                    None => backoff.wait().await,
+                },
                 Next::Join => mode = LeaseMode::Join,
             },
             Err(e) => {
@@ -395,14 +423,24 @@ where
             }
         }
         Err(e) => {
-            // Maybe stored, maybe refused: the followers look again (the
-            // guard releases the lease if it is still held).
+            // Maybe stored, maybe refused: the followers must not take the
+            // value. They look again, or, when Redis does not answer (their
+            // lookup would wait as long again), compute themselves. The
+            // guard releases the lease if it is still held.
             core.report("set", key, &e);
-            Outcome::Retry
+            if e.is_unreachable() {
+                Outcome::Compute
+            } else {
+                Outcome::Retry
+            }
         }
     };
     (result, outcome)
 }
+
+/// How long a waiter woken by pushes sleeps at most before it asks again,
+/// should a push go astray.
+const WATCH_NET: Duration = Duration::from_millis(250);
 
 /// What a waiter does after finding the lease busy.
 enum Next {

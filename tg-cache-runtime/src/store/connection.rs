@@ -1,7 +1,18 @@
-//! Connections to one Redis server: a small pool of multiplexed,
-//! auto-reconnecting connections, a fair queue in front of them, one
-//! deadline per call, and a circuit breaker.
+//! Connections to one Redis server: a small pool of multiplexed RESP3
+//! connections with client-side tracking, a fair queue in front of them,
+//! one deadline per call, and a circuit breaker.
 //!
+//! * **Tracking in the handshake.** tg-cache owns each connection's
+//!   lifecycle (no `ConnectionManager`, whose reconnects would silently drop
+//!   a tracking mode set by a plain command): a connection is made in
+//!   RESP3, `CLIENT TRACKING ON` is sent, and only then is it used, under a
+//!   new tracking generation (`tracking.rs`). Its push messages (key
+//!   invalidations, in wire order with the replies) go to [`Tracking`].
+//! * **A lost connection is never reused.** A connection that drops (an I/O
+//!   error, a `CLIENT KILL`, a server restart; or the `Disconnection` push
+//!   redis-rs sends) is marked dead, every listener is flushed (its
+//!   invalidations may be lost), and the next call makes a new one. An idle
+//!   connection is `PING`ed every second, so a dead one is noticed.
 //! * **Fair waiting that is not failure.** At most `max_connections`
 //!   commands are in flight; callers beyond that wait in a FIFO queue
 //!   (a fair `tokio` semaphore). A call that is still queued at its deadline
@@ -21,13 +32,14 @@
 //!   fast; its success closes the breaker, its failure opens it again. A
 //!   probe that is cancelled hands the probe to the next caller.
 
+use super::tracking::Tracking;
 use crate::config::RedisUrl;
 use crate::error::{Error, Result};
 use crate::exec::{in_io, io_runtime};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::MultiplexedConnection;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -42,10 +54,15 @@ pub(crate) struct ConnectionSettings {
     pub(crate) breaker_cooldown: Duration,
 }
 
+/// How often an idle connection is checked with a `PING`.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
 pub(crate) struct Connections {
     /// `host:port` of the server, for errors (never a password).
     addr: String,
-    pool: Vec<ConnectionManager>,
+    client: redis::Client,
+    connect_timeout: Duration,
+    slots: Vec<Arc<Slot>>,
     next: AtomicUsize,
     /// In-flight commands; FIFO for the waiters.
     permits: Arc<Semaphore>,
@@ -53,6 +70,31 @@ pub(crate) struct Connections {
     breaker: Arc<Breaker>,
     /// Whether a background check of a timeout is running.
     checking: Arc<AtomicBool>,
+    tracking: Arc<Tracking>,
+}
+
+/// One connection of the pool, made when first needed and again after it
+/// is lost.
+#[derive(Default)]
+struct Slot {
+    link: Mutex<Option<Link>>,
+    /// One connection attempt at a time.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// A live tracking connection.
+#[derive(Clone)]
+struct Link {
+    conn: MultiplexedConnection,
+    /// Set once the connection is lost; it is then never used again.
+    dead: Arc<AtomicBool>,
+}
+
+impl Slot {
+    fn live(&self) -> Option<Link> {
+        let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        link.as_ref().filter(|l| !l.dead.load(Relaxed)).cloned()
+    }
 }
 
 impl Connections {
@@ -68,23 +110,18 @@ impl Connections {
             addr: addr.clone(),
             source,
         };
-        let client = redis::Client::open(s.url.expose()).map_err(failed)?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(s.connect_timeout))
-            .set_response_timeout(Some(s.response_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(50));
-        // Created inside the tg-cache runtime so that their reconnect tasks
-        // live there, not in whichever runtime happens to make the first call.
-        let _guard = io_runtime().enter();
-        let pool = (0..s.pool_size.max(1))
-            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), cfg.clone()))
-            .collect::<redis::RedisResult<Vec<_>>>()
-            .map_err(failed)?;
+        use redis::IntoConnectionInfo;
+        let info = s.url.expose().into_connection_info().map_err(failed)?;
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(resp3)).map_err(failed)?;
         Ok(Self {
             addr,
-            pool,
+            client,
+            connect_timeout: s.connect_timeout,
+            slots: (0..s.pool_size.max(1)).map(|_| Arc::default()).collect(),
             next: AtomicUsize::new(0),
             permits: Arc::new(Semaphore::new(s.max_connections.max(1))),
             timeout: s.response_timeout,
@@ -94,19 +131,83 @@ impl Connections {
                 cooldown: s.breaker_cooldown,
             }),
             checking: Arc::new(AtomicBool::new(false)),
+            tracking: Arc::default(),
         })
     }
 
-    fn connection(&self) -> ConnectionManager {
-        let i = self.next.fetch_add(1, Relaxed) % self.pool.len();
-        self.pool[i].clone()
+    /// The invalidations of this store's connections.
+    pub(crate) fn tracking(&self) -> &Arc<Tracking> {
+        &self.tracking
+    }
+
+    fn slot(&self) -> &Arc<Slot> {
+        let i = self.next.fetch_add(1, Relaxed) % self.slots.len();
+        &self.slots[i]
+    }
+
+    /// The slot's live connection, made (tracking on) if there is none.
+    async fn link(&self, slot: &Arc<Slot>) -> redis::RedisResult<Link> {
+        if let Some(l) = slot.live() {
+            return Ok(l);
+        }
+        let _one = slot.connecting.lock().await;
+        if let Some(l) = slot.live() {
+            return Ok(l);
+        }
+        let link = self.connect(slot).await?;
+        *slot.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.clone());
+        Ok(link)
+    }
+
+    /// A new connection: RESP3, its pushes to [`Tracking`], tracking on,
+    /// and a `PING` every second while it is the slot's.
+    async fn connect(&self, slot: &Arc<Slot>) -> redis::RedisResult<Link> {
+        let dead = Arc::new(AtomicBool::new(false));
+        let (tracking, gone) = (self.tracking.clone(), dead.clone());
+        // A closure as the push sender (portable to redis-rs 2.0): it runs
+        // in the connection's reader task, in wire order.
+        let pushes = move |info: redis::PushInfo| -> std::result::Result<(), ()> {
+            if info.kind == redis::PushKind::Disconnection {
+                if !gone.swap(true, Relaxed) {
+                    tracking.flushed();
+                }
+            } else {
+                tracking.push(info, !gone.load(Relaxed));
+            }
+            Ok(())
+        };
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(None)
+            .set_push_sender(pushes);
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?;
+        redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .query_async::<()>(&mut conn)
+            .await?;
+        // Whatever was read on an earlier connection is not tracked here.
+        self.tracking.flushed();
+        let link = Link { conn, dead };
+        spawn_pinger(Arc::downgrade(slot), link.clone(), self.tracking.clone());
+        Ok(link)
+    }
+
+    /// Marks `link` lost: never used again, and every listener flushed.
+    fn lost(&self, link: &Link) {
+        if !link.dead.swap(true, Relaxed) {
+            self.tracking.flushed();
+        }
     }
 
     /// Runs one Redis operation within the call's deadline, behind the fair
     /// queue and the breaker.
     pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
         T: Send + 'static,
     {
@@ -132,9 +233,22 @@ impl Connections {
                 });
             }
         };
-        let op = op(self.connection());
         let slice = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let res = in_io(async move { tokio::time::timeout_at(deadline, op).await }).await;
+        let slot = self.slot().clone();
+        let res = in_io(async move {
+            tokio::time::timeout_at(deadline, async {
+                let link = self.link(&slot).await?;
+                let r = op(link.conn.clone()).await;
+                if let Err(e) = &r
+                    && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
+                {
+                    self.lost(&link);
+                }
+                r
+            })
+            .await
+        })
+        .await;
         let err = match res {
             Ok(Ok(v)) => {
                 self.breaker.success(probe);
@@ -170,6 +284,40 @@ impl Connections {
     }
 }
 
+/// `PING`s `link` every [`PING_EVERY`] while it is its slot's live
+/// connection; a `PING` that fails or goes unanswered for a second marks
+/// it lost (and flushes the listeners).
+fn spawn_pinger(slot: Weak<Slot>, link: Link, tracking: Arc<Tracking>) {
+    io_runtime().spawn(async move {
+        loop {
+            tokio::time::sleep(PING_EVERY).await;
+            let Some(slot) = slot.upgrade() else { return };
+            if link.dead.load(Relaxed) {
+                return;
+            }
+            let current = slot
+                .link
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|l| Arc::ptr_eq(&l.dead, &link.dead));
+            if !current {
+                return;
+            }
+            drop(slot);
+            let mut conn = link.conn.clone();
+            let cmd = redis::cmd("PING");
+            let ping = cmd.query_async::<String>(&mut conn);
+            if !matches!(tokio::time::timeout(PING_EVERY, ping).await, Ok(Ok(_))) {
+                if !link.dead.swap(true, Relaxed) {
+                    tracking.flushed();
+                }
+                return;
+            }
+        }
+    });
+}
+
 impl Connections {
     fn timed_out(&self) -> Error {
         Error::Timeout {
@@ -184,11 +332,12 @@ impl Connections {
         if self.checking.swap(true, Relaxed) {
             return;
         }
-        let (mut conn, breaker, checking) = (
-            self.connection(),
-            self.breaker.clone(),
-            self.checking.clone(),
-        );
+        let Some(link) = self.slots.iter().find_map(|s| s.live()) else {
+            self.checking.store(false, Relaxed);
+            return;
+        };
+        let (mut conn, breaker, checking) =
+            (link.conn, self.breaker.clone(), self.checking.clone());
         let timeout = self.timeout;
         io_runtime().spawn(async move {
             let cmd = redis::cmd("PING");

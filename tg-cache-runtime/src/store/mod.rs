@@ -19,6 +19,7 @@ pub(crate) mod dummy;
 pub(crate) mod local;
 pub(crate) mod redis;
 pub(crate) mod scripts;
+pub(crate) mod tracking;
 
 use crate::error::Result;
 use crate::generation::Epoch;
@@ -290,6 +291,14 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Checks that the store answers.
     fn ping<'a>(&'a self) -> StoreFuture<'a, ()>;
+
+    /// Interest in changes of `slot`'s key, registered before a lease
+    /// request reads it: [`tracking::Watch::changed`] then wakes when any
+    /// client changes the key (a fill, a release, an invalidation, an
+    /// expiry). `None` for stores without tracking (waiters poll).
+    fn watch(&self, _slot: &Slot) -> Option<tracking::Watch> {
+        None
+    }
 
     /// Deletes the value at `slot` if it is (still) over the value cap;
     /// returns whether it did. Only stores with a cap have such values.

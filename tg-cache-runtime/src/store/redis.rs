@@ -13,7 +13,7 @@ use crate::generation::{self, Epoch};
 use crate::key::glob_match;
 use crate::lease::{self, HEAD_BYTES, Holders};
 use crate::timeout::Ttl;
-use redis::aio::ConnectionManager;
+use redis::aio::MultiplexedConnection;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,7 +148,7 @@ impl RedisStore {
 
     async fn run<T, F, Fut>(&self, op: F) -> Result<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
         T: Send + 'static,
     {
@@ -527,6 +527,10 @@ impl RedisStore {
 impl Store for RedisStore {
     fn renew_every(&self) -> Option<Duration> {
         Some(self.lease_timeout / 3)
+    }
+
+    fn watch(&self, slot: &Slot) -> Option<super::tracking::Watch> {
+        Some(self.conns.tracking().watch(&slot.key))
     }
 
     fn get<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, Option<Stored>> {
