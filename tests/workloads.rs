@@ -620,3 +620,106 @@ async fn a_big_inflation_does_not_hold_up_other_compressed_hits() {
         "a small compressed hit took {slowest:?} while a big value ({big_read:?} to read) was inflated"
     );
 }
+
+// ---------------------------------------------------------------------------
+// 7. A computation that outlives its family's values is stored; a refresh
+//    keeps the value readable, and loses to any write that comes first
+// ---------------------------------------------------------------------------
+
+/// A key of a family that has no epoch yet, with a 1 s timeout, computed
+/// for 2.5 s (lease timeout 300 ms): the epoch the lease made would expire
+/// with the value's timeout, but the lease keeps it alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_family_computation_longer_than_its_timeout_is_stored() {
+    let _w = watchdog("a_family_computation_longer_than_its_timeout_is_stored", 60);
+    let server = RedisServer::start();
+    let a = CacheConfig::redis(&server.url())
+        .lease_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let key = "tg:fn:slow_report:id=1";
+    let v = a
+        .get_or_set(key, Duration::from_secs(1), || async {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            "report".to_owned()
+        })
+        .await;
+    assert_eq!(v, "report");
+    let fresh = build(&server.url());
+    assert_eq!(
+        fresh.get::<String>(key).await.unwrap().as_deref(),
+        Some("report"),
+        "a 2.5 s computation of a key with a 1 s timeout was refused"
+    );
+}
+
+static REFRESH_DB: AtomicU64 = AtomicU64::new(0);
+static REFRESH_FAIL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[tg_cache::cache_function(key_prefix = "wl_refresh", cache = "refreshing")]
+async fn refreshed(id: u64) -> Result<u64, String> {
+    let v = REFRESH_DB.load(SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if REFRESH_FAIL.load(SeqCst) {
+        return Err("the database is down".into());
+    }
+    Ok(id * 1000 + v)
+}
+
+/// While `refresh_async` recomputes a key, other caches keep reading the
+/// current value; a failing refresh leaves it in place; a delete or a set
+/// during a refresh wins over the refresh's (older) result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_keeps_the_value_readable_and_loses_to_writes() {
+    let _w = watchdog("a_refresh_keeps_the_value_readable_and_loses_to_writes", 60);
+    let server = RedisServer::start();
+    tg_cache::configure(
+        tg_cache::Caches::new(CacheConfig::local())
+            .with("refreshing", CacheConfig::redis(&server.url())),
+    )
+    .unwrap();
+    let other = build(&server.url());
+    let key = refreshed_cache_key(&1);
+    REFRESH_DB.store(1, SeqCst);
+    assert_eq!(refreshed(1).await, Ok(1001));
+    // Readable during a refresh, replaced after it.
+    REFRESH_DB.store(2, SeqCst);
+    let r = tokio::spawn(tg_cache::refresh_async(refreshed(1)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    assert_eq!(other.get::<u64>(&key).await.unwrap(), Some(1001));
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "the read waited for the refresh"
+    );
+    assert_eq!(r.await.unwrap(), Ok(1002));
+    assert_eq!(other.get::<u64>(&key).await.unwrap(), Some(1002));
+    // A failing refresh leaves the value.
+    REFRESH_FAIL.store(true, SeqCst);
+    assert!(tg_cache::refresh_async(refreshed(1)).await.is_err());
+    assert_eq!(other.get::<u64>(&key).await.unwrap(), Some(1002));
+    REFRESH_FAIL.store(false, SeqCst);
+    // A set, and a delete, during a refresh win.
+    for write in ["set", "delete", "pattern"] {
+        REFRESH_DB.store(3, SeqCst);
+        let r = tokio::spawn(tg_cache::refresh_async(refreshed(1)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match write {
+            "set" => other.set(&key, &7777u64, TTL).await.unwrap(),
+            "delete" => assert!(other.delete(&key).await.unwrap()),
+            _ => {
+                other.delete_pattern("tg:fn:wl_refresh:*").await.unwrap();
+            }
+        }
+        assert_eq!(r.await.unwrap(), Ok(1003));
+        let now = other.get::<u64>(&key).await.unwrap();
+        let want = if write == "set" { Some(7777) } else { None };
+        assert_eq!(
+            now, want,
+            "a refresh overwrote a {write} that came during it"
+        );
+        other.set(&key, &1002u64, TTL).await.unwrap();
+    }
+    let left: Vec<String> = server.cmd(&["KEYS", "*#refresh*"]);
+    assert!(left.is_empty(), "refresh leases left behind: {left:?}");
+}

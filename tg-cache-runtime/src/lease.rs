@@ -65,6 +65,17 @@ impl Holders {
     }
 }
 
+/// Where a refresh of `key` keeps its lease: `<key>:#refresh` (a reserved
+/// segment: no public key can name it).
+pub(crate) fn sidecar(key: &str) -> String {
+    format!("{key}:#refresh")
+}
+
+/// Whether a stored key is a refresh's sidecar.
+pub(crate) fn is_sidecar(key: &str) -> bool {
+    key.ends_with(":#refresh")
+}
+
 /// Whether stored bytes are a placeholder.
 pub(crate) fn is_placeholder(bytes: &[u8]) -> bool {
     bytes.starts_with(PREFIX.as_bytes())
@@ -85,9 +96,10 @@ end
 local function is_lease(h)
   return h ~= nil and string.sub(h, 1, #LEASE) == LEASE
 end
--- A placeholder's epoch ('' for a key outside any family) and holders.
+-- A placeholder's epoch ('' for a key outside any family) and holders
+-- (a refresh's placeholder has a fingerprint line after them).
 local function lease_parts(h)
-  local e, list = string.match(h, '^#!lease:([^:]*):(.*)$')
+  local e, list = string.match(h, '^#!lease:([^:]*):([^\n]*)')
   if e == '-' then e = '' end
   return e, list or ''
 end

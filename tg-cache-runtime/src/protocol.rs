@@ -325,10 +325,12 @@ where
         match core.store.lease(slot, &token, mode, ttl).await {
             Ok(LeaseOutcome::Granted(lease)) => break Some(lease),
             Ok(LeaseOutcome::Found(stored)) => {
+                let seen = stored.seen();
                 match core.decode::<P::Stored>(&slot.key, stored).await {
                     Ok(v) => return (P::load(v.clone()), handoff::<P, R>(Handoff::Stored(v))),
-                    // Corrupt or foreign bytes: fill over them.
-                    Err(crate::cache::Undecodable::Corrupt) => mode = LeaseMode::Repair,
+                    // Corrupt or foreign bytes: fill over them (over those
+                    // only: a value stored since is taken instead).
+                    Err(crate::cache::Undecodable::Corrupt) => mode = LeaseMode::Repair(seen),
                     Err(crate::cache::Undecodable::Busy) => break None,
                 }
             }
@@ -359,6 +361,7 @@ where
                     Lease {
                         token: token.clone(),
                         epoch: generation::Epoch::None,
+                        refresh: mode == LeaseMode::Refresh,
                     },
                     false,
                 ));

@@ -57,6 +57,7 @@ impl Store for DummyStore {
         ready(Ok(LeaseOutcome::Granted(Lease {
             token: token.to_owned(),
             epoch: Epoch::None,
+            refresh: false,
         })))
     }
     fn renew<'a>(&'a self, _: &'a Slot, _: &'a Lease) -> StoreFuture<'a, bool> {

@@ -480,6 +480,7 @@ impl Store for LocalStore {
         let granted = Lease {
             token: token.to_owned(),
             epoch: Epoch::Local(epoch),
+            refresh: mode == LeaseMode::Refresh,
         };
         if mode != LeaseMode::Refresh
             && let Some(held) = leases.get_mut(&slot.key)
@@ -493,10 +494,6 @@ impl Store for LocalStore {
                 return ready(Ok(LeaseOutcome::Granted(granted)));
             }
             return ready(Ok(LeaseOutcome::Busy(Holders::new(held.tokens.clone()))));
-        }
-        if mode == LeaseMode::Refresh {
-            // As on Redis, where the lease takes the value's place.
-            self.cache.invalidate(&slot.key);
         }
         leases.insert(
             slot.key.clone(),

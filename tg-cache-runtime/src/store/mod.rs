@@ -122,6 +122,38 @@ pub(crate) struct Lease {
     pub(crate) token: String,
     /// The family epoch when the lease was granted.
     pub(crate) epoch: Epoch,
+    /// A refresh's lease, held beside the value (`lease::sidecar`), which
+    /// stays readable meanwhile.
+    pub(crate) refresh: bool,
+}
+
+/// What a caller saw of bytes it could not decode, so that a repair
+/// replaces those bytes only, never a value stored since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// A value over the cap (never read).
+    Big,
+    /// A payload: its length and first bytes (after any family header).
+    Bytes { len: usize, head: [u8; 64], n: u8 },
+}
+
+impl Stored {
+    /// What a caller saw of these bytes ([`Seen`]).
+    pub(crate) fn seen(&self) -> Seen {
+        match self {
+            Stored::Bytes(b) => {
+                let n = b.len().min(64);
+                let mut head = [0u8; 64];
+                head[..n].copy_from_slice(&b[..n]);
+                Seen::Bytes {
+                    len: b.len(),
+                    head,
+                    n: n as u8,
+                }
+            }
+            _ => Seen::Big,
+        }
+    }
 }
 
 /// How [`Store::lease`] treats what the key holds.
@@ -129,11 +161,12 @@ pub(crate) struct Lease {
 pub(crate) enum LeaseMode {
     /// A miss: a live value is returned, a held lease is waited for.
     Fresh,
-    /// Over bytes that could not be decoded: anything but a held lease is
-    /// replaced.
-    Repair,
-    /// A refresh: anything is replaced, a held lease included (its holder's
-    /// fill is then refused, as after an invalidation).
+    /// Over bytes that could not be decoded, if the key still holds them
+    /// (else as `Fresh`).
+    Repair(Seen),
+    /// A refresh: the lease is held beside the value, which stays readable
+    /// while the refresh computes; the fill replaces it only if it is
+    /// unchanged. An earlier refresh's lease is superseded.
     Refresh,
     /// As a co-holder: a live value is returned, a held lease is shared
     /// (the first holder to store wins).

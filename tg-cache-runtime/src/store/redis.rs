@@ -6,11 +6,11 @@
 use super::connection::{ConnectionSettings, Connections};
 use super::scripts::Scripts;
 use super::{
-    Family, Filled, Incr, Lease, LeaseMode, LeaseOutcome, Slot, Store, StoreFuture, Stored, Value,
+    Family, Filled, Incr, Lease, LeaseMode, LeaseOutcome, Seen, Slot, Store, StoreFuture, Stored,
+    Value,
 };
 use crate::error::{Error, Result};
 use crate::generation::{self, Epoch};
-use crate::key::glob_match;
 use crate::lease::{self, HEAD_BYTES, Holders};
 use crate::timeout::Ttl;
 use redis::aio::MultiplexedConnection;
@@ -68,6 +68,24 @@ impl Call {
         }
     }
 
+    /// A call of `script` on `slot`'s key, its refresh sidecar and, if it
+    /// has a family, its epoch key (`KEYS[3]`).
+    fn with_sidecar(script: &Arc<redis::Script>, slot: &Slot) -> Self {
+        let mut call = Self::on(script, slot);
+        call.keys.insert(1, lease::sidecar(&slot.key));
+        call
+    }
+
+    /// A call of `script` on the key that holds `lease`: the slot's key, or
+    /// for a refresh its sidecar; and the epoch key.
+    fn on_lease(script: &Arc<redis::Script>, slot: &Slot, lease: &Lease) -> Self {
+        let mut call = Self::on(script, slot);
+        if lease.refresh {
+            call.keys[0] = lease::sidecar(&slot.key);
+        }
+        call
+    }
+
     fn arg(&mut self, a: impl redis::ToRedisArgs) -> &mut Self {
         self.args.extend(a.to_redis_args());
         self
@@ -93,7 +111,7 @@ fn epoch_arg(e: &Epoch) -> &str {
 fn mode_arg(mode: LeaseMode) -> &'static str {
     match mode {
         LeaseMode::Fresh => "fresh",
-        LeaseMode::Repair => "repair",
+        LeaseMode::Repair(_) => "repair",
         LeaseMode::Refresh => "refresh",
         LeaseMode::Join => "join",
     }
@@ -296,7 +314,7 @@ impl RedisStore {
     }
 
     async fn set_now(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>) -> Result<()> {
-        let mut call = Call::on(&self.scripts.set, slot);
+        let mut call = Call::with_sidecar(&self.scripts.set, slot);
         call.arg(self.encode(slot, value)?)
             .arg(ttl_arg(ttl))
             .arg(generation::new_token())
@@ -318,7 +336,7 @@ impl RedisStore {
         let fresh = generation::new_token();
         let mut pipe = redis::pipe();
         for (slot, value) in items {
-            let mut keys = vec![slot.key.clone()];
+            let mut keys = vec![slot.key.clone(), lease::sidecar(&slot.key)];
             keys.extend(slot.family.as_ref().map(|f| f.epoch_key.clone()));
             pipe.cmd("EVALSHA")
                 .arg(self.scripts.set.get_hash())
@@ -340,7 +358,7 @@ impl RedisStore {
     }
 
     async fn add_now(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>) -> Result<bool> {
-        let mut call = Call::on(&self.scripts.add, slot);
+        let mut call = Call::with_sidecar(&self.scripts.add, slot);
         call.arg(self.encode(slot, value)?)
             .arg(ttl_arg(ttl))
             .arg(generation::new_token())
@@ -357,14 +375,32 @@ impl RedisStore {
         mode: LeaseMode,
         ttl: Option<Duration>,
     ) -> Result<LeaseOutcome> {
-        let mut call = Call::on(&self.scripts.lease, slot);
-        call.arg(token)
-            .arg(px(self.lease_timeout))
-            .arg(mode_arg(mode))
-            .arg(generation::new_token())
-            .arg(ttl_arg(ttl))
-            .arg("");
-        let reply: Vec<redis::Value> = self.invoke(call).await?;
+        let reply: Vec<redis::Value> = if mode == LeaseMode::Refresh {
+            let mut call = Call::with_sidecar(&self.scripts.refresh, slot);
+            call.arg(token)
+                .arg(px(self.lease_timeout))
+                .arg(generation::new_token())
+                .arg(ttl_arg(ttl))
+                .arg("");
+            self.invoke(call).await?
+        } else {
+            let mut call = Call::on(&self.scripts.lease, slot);
+            call.arg(token)
+                .arg(px(self.lease_timeout))
+                .arg(mode_arg(mode))
+                .arg(generation::new_token())
+                .arg(ttl_arg(ttl))
+                .arg("");
+            match mode {
+                LeaseMode::Repair(Seen::Bytes { len, head, n }) => {
+                    call.arg(len).arg(&head[..usize::from(n)]);
+                }
+                _ => {
+                    call.arg("big").arg("");
+                }
+            }
+            self.invoke(call).await?
+        };
         match int(reply.first()) {
             4 => Ok(LeaseOutcome::Found(Stored::Oversized)),
             1 => {
@@ -386,6 +422,7 @@ impl RedisStore {
                     } else {
                         Epoch::None
                     },
+                    refresh: mode == LeaseMode::Refresh,
                 }))
             }
             _ => {
@@ -419,7 +456,11 @@ impl RedisStore {
             v.extend_from_slice(&payload);
             v
         };
-        let mut call = Call::on(&self.scripts.fill, slot);
+        let mut call = if lease.refresh {
+            Call::with_sidecar(&self.scripts.refresh_fill, slot)
+        } else {
+            Call::on(&self.scripts.fill, slot)
+        };
         call.arg(stored)
             .arg(ttl_arg(ttl))
             .arg(&lease.token)
@@ -432,25 +473,31 @@ impl RedisStore {
     }
 
     async fn release_now(&self, slot: &Slot, lease: &Lease) -> Result<bool> {
-        let mut call = Call::on(&self.scripts.release, slot);
+        let mut call = Call::on_lease(&self.scripts.release, slot, lease);
         call.arg(&lease.token).arg(epoch_arg(&lease.epoch));
         Ok(self.invoke::<i64>(call).await? == 1)
     }
 
     async fn renew_now(&self, slot: &Slot, lease: &Lease) -> Result<bool> {
-        let mut call = Call::on(&self.scripts.renew, slot);
+        let mut call = Call::on_lease(&self.scripts.renew, slot, lease);
         call.arg(&lease.token).arg(px(self.lease_timeout));
         Ok(self.invoke::<i64>(call).await? == 1)
     }
 
-    /// Deletes `keys` (values or placeholders); returns how many existed.
+    /// Deletes `keys` (values or placeholders) and their refreshes'
+    /// sidecars; returns how many keys existed.
     async fn delete_now(&self, keys: &[String]) -> Result<usize> {
         if keys.is_empty() {
             return Ok(0);
         }
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(keys);
-        self.cmd(cmd).await
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(keys);
+        let sidecars: Vec<String> = keys.iter().map(|k| lease::sidecar(k)).collect();
+        pipe.cmd("DEL").arg(sidecars).ignore();
+        let (n,): (usize,) = self
+            .run(move |mut c| async move { pipe.query_async(&mut c).await })
+            .await?;
+        Ok(n)
     }
 
     /// Deletes every key `pattern` matches with `SCAN` in batches (never
@@ -477,17 +524,28 @@ impl RedisStore {
                         .await
                 })
                 .await?;
-            let keys: Vec<String> = keys
+            // Values (counted) with their refreshes' sidecars, and the
+            // sidecars the scan found itself.
+            let (sidecars, values): (Vec<String>, Vec<String>) = keys
                 .into_iter()
                 .filter(|k| epochs || !generation::is_epoch_key(k))
-                // Redis matched already; the same matcher here keeps the
-                // local and Redis stores identical on hand-written patterns.
-                .filter(|k| glob_match(pattern, k))
-                .collect();
-            if !keys.is_empty() {
-                let mut cmd = redis::cmd("UNLINK");
-                cmd.arg(&keys);
-                deleted += self.cmd::<usize>(cmd).await?;
+                .partition(|k| lease::is_sidecar(k));
+            let mut others: Vec<String> = values.iter().map(|k| lease::sidecar(k)).collect();
+            others.extend(sidecars);
+            if !values.is_empty() || !others.is_empty() {
+                let mut pipe = redis::pipe();
+                if values.is_empty() {
+                    pipe.cmd("ECHO").arg(0);
+                } else {
+                    pipe.cmd("UNLINK").arg(&values);
+                }
+                if !others.is_empty() {
+                    pipe.cmd("UNLINK").arg(&others).ignore();
+                }
+                let (n,): (usize,) = self
+                    .run(move |mut c| async move { pipe.query_async(&mut c).await })
+                    .await?;
+                deleted += n;
             }
             if next == 0 {
                 return Ok(deleted);
@@ -503,7 +561,7 @@ impl RedisStore {
     }
 
     async fn incr_now(&self, slot: &Slot, delta: i128) -> Result<Incr> {
-        let mut call = Call::on(&self.scripts.incr, slot);
+        let mut call = Call::with_sidecar(&self.scripts.incr, slot);
         call.arg(delta.to_string()).arg("");
         match self.invoke::<Option<String>>(call).await {
             Ok(Some(n)) => Ok(n.parse().map_or(Incr::NotAnInteger, Incr::Done)),

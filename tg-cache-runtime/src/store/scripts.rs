@@ -59,10 +59,36 @@ local function epoch_is(ek, e)
   if not ek then return true end
   return read_epoch(ek) == e
 end
+local function strlen(k)
+  local ok, n = pcall(redis.call, 'STRLEN', k)
+  if ok then return n end
+  return -1
+end
+-- Whether the key still holds the bytes a caller found undecodable: their
+-- length and first bytes (after the family header), or 'big' for a value
+-- over the read limit (never read).
+local function still_seen(k, h, e, len, seen)
+  if len == 'big' then return strlen(k) > READ_LIMIT end
+  if h == nil or h == '' then return false end
+  local hdr = 0
+  if e ~= nil and e ~= '' then
+    local pre = '#' .. e .. ':'
+    if string.sub(h, 1, #pre) ~= pre then return false end
+    hdr = #pre
+  end
+  if strlen(k) - hdr ~= tonumber(len) then return false end
+  return string.sub(h, hdr + 1, hdr + #seen) == seen
+end
+-- What a refresh will replace: its length and a digest of its head.
+local function fingerprint(k)
+  return strlen(k) .. ' ' .. redis.sha1hex(head(k) or '')
+end
 ";
 
 /// KEYS: key, [epoch key]. ARGV: token, lease px, mode, fresh epoch,
-/// value px, epoch belief. `{4}` when the live value is over the read limit. Modes (`protocol.rs`): `fresh` (a miss), `repair`
+/// value px, epoch belief, and for `repair` the length and first bytes of
+/// the undecodable payload seen (`big` for one over the read limit).
+/// `{4}` when the live value is over the read limit. Modes (`protocol.rs`): `fresh` (a miss), `repair`
 /// (over bytes that could not be decoded), `refresh` (over anything), `join`
 /// (as a co-holder). Replies: `{1, value, epoch, made}` when a live value
 /// is there (`fresh`, `join`); `{2, epoch, made}` when the caller holds
@@ -72,11 +98,15 @@ local e, made = family_epoch(KEYS[2], ARGV[6], ARGV[4], ARGV[5])
 local h = head(KEYS[1])
 local s = state(h, e)
 local mode = ARGV[3]
+-- Repair only the bytes the caller saw: a value stored since is taken.
+if mode == 'repair' and s ~= 'lease' and not still_seen(KEYS[1], h, e, ARGV[7], ARGV[8]) then
+  mode = 'fresh'
+end
 if s == 'live' and (mode == 'fresh' or mode == 'join') then
   if redis.call('STRLEN', KEYS[1]) > READ_LIMIT then return {4} end
   return {1, redis.call('GET', KEYS[1]), e, made}
 end
-if s == 'lease' and mode ~= 'refresh' then
+if s == 'lease' then
   local _, list = lease_parts(h)
   if mode == 'join' then
     if holds(list, ARGV[1]) then return {2, e, made} end
@@ -88,11 +118,15 @@ if s == 'lease' and mode ~= 'refresh' then
   return {3, list}
 end
 redis.call('SET', KEYS[1], placeholder(e or '', ARGV[1]), 'PX', ARGV[2])
+-- The epoch outlives the lease: a long computation is not refused
+-- because its family's values (and so its epoch) expired meanwhile.
+keep_epoch(KEYS[2], ARGV[2])
 return {2, e or '', made}
 ";
 
-/// KEYS: key, [epoch key]. ARGV: token, px. Extends a lease its holder
-/// still holds, in an epoch that is still current; 0 if it was lost.
+/// KEYS: key (or a refresh's sidecar), [epoch key]. ARGV: token, px.
+/// Extends a lease its holder still holds, in an epoch that is still
+/// current (and the epoch with it); 0 if it was lost.
 const RENEW: &str = r"
 local h = head(KEYS[1])
 if not is_lease(h) then return 0 end
@@ -100,6 +134,7 @@ local le, list = lease_parts(h)
 if not holds(list, ARGV[1]) then return 0 end
 if not epoch_is(KEYS[2], le) then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+keep_epoch(KEYS[2], ARGV[2])
 return 1
 ";
 
@@ -125,7 +160,8 @@ keep_epoch(KEYS[2], ARGV[2])
 return 1
 ";
 
-/// KEYS: key, [epoch key]. ARGV: token, lease epoch. Gives a lease up
+/// KEYS: key (or a refresh's sidecar), [epoch key]. ARGV: token, lease
+/// epoch. Gives a lease up
 /// (the key is deleted when no holder is left); 1 if it was still held and
 /// its epoch is still current (no invalidation since it was taken).
 const RELEASE: &str = r"
@@ -143,24 +179,63 @@ if le ~= ARGV[2] or not epoch_is(KEYS[2], le) then return 0 end
 return 1
 ";
 
-/// KEYS: key, [epoch key]. ARGV: payload, px, fresh epoch, epoch belief.
-/// Writes in the current epoch; any fill in progress is cancelled (its
-/// placeholder is overwritten). Returns whether the epoch was made.
+/// KEYS: key, its refresh sidecar, [epoch key]. ARGV: payload, px, fresh
+/// epoch, epoch belief. Writes in the current epoch; any fill in progress
+/// is cancelled (its placeholder is overwritten, a refresh's sidecar
+/// deleted). Returns whether the epoch was made.
 const SET: &str = r"
-local e, made = family_epoch(KEYS[2], ARGV[4], ARGV[3], ARGV[2])
+local e, made = family_epoch(KEYS[3], ARGV[4], ARGV[3], ARGV[2])
 put(KEYS[1], with_epoch(ARGV[1], e), ARGV[2])
-keep_epoch(KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[2])
+keep_epoch(KEYS[3], ARGV[2])
 return made
 ";
 
-/// KEYS: key, [epoch key]. ARGV as [`SET`]. Writes only if no live value
-/// is there: `{1, made}` if it wrote (cancelling any fill), `{0, made}`.
+/// KEYS: key, its refresh sidecar, [epoch key]. ARGV as [`SET`]. Writes
+/// only if no live value is there: `{1, made}` if it wrote (cancelling any
+/// fill), `{0, made}`.
 const ADD: &str = r"
-local e, made = family_epoch(KEYS[2], ARGV[4], ARGV[3], ARGV[2])
+local e, made = family_epoch(KEYS[3], ARGV[4], ARGV[3], ARGV[2])
 if state(head(KEYS[1]), e) == 'live' then return {0, made} end
 put(KEYS[1], with_epoch(ARGV[1], e), ARGV[2])
-keep_epoch(KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[2])
+keep_epoch(KEYS[3], ARGV[2])
 return {1, made}
+";
+
+/// KEYS: key, its refresh sidecar, [epoch key]. ARGV: token, lease px,
+/// fresh epoch, value px, epoch belief. A refresh's lease, in the sidecar:
+/// the value stays readable while the refresh computes. The sidecar holds
+/// the placeholder and the fingerprint of the value (length, digest of its
+/// head) that the fill will replace. Any earlier refresh of the key is
+/// superseded. `{2, epoch, made}`.
+const REFRESH: &str = r"
+local e, made = family_epoch(KEYS[3], ARGV[5], ARGV[3], ARGV[4])
+local lease = placeholder(e or '', ARGV[1]) .. '\n' .. fingerprint(KEYS[1])
+redis.call('SET', KEYS[2], lease, 'PX', ARGV[2])
+keep_epoch(KEYS[3], ARGV[2])
+return {2, e or '', made}
+";
+
+/// KEYS: key, its refresh sidecar, [epoch key]. ARGV: value (with its
+/// header), px, token, lease epoch. A refresh's fill: 1 stored; 2 the value
+/// changed since the refresh began and is live (kept); 0 the lease was
+/// lost, the epoch changed, or the value changed (nothing stored).
+const REFRESH_FILL: &str = r"
+local l = head(KEYS[2])
+if not is_lease(l) then return 0 end
+local le, list = lease_parts(l)
+if le ~= ARGV[4] or not holds(list, ARGV[3]) then return 0 end
+redis.call('DEL', KEYS[2])
+if not epoch_is(KEYS[3], le) then return 0 end
+if string.match(l, '\n(.*)$') ~= fingerprint(KEYS[1]) then
+  local h = head(KEYS[1])
+  if h ~= nil and h ~= '' and not is_lease(h) and live(h, le) then return 2 end
+  return 0
+end
+put(KEYS[1], ARGV[1], ARGV[2])
+keep_epoch(KEYS[3], ARGV[2])
+return 1
 ";
 
 /// KEYS: key. The whole value if it is a string no longer than the read
@@ -183,14 +258,14 @@ redis.call('DEL', KEYS[1])
 return 1
 ";
 
-/// KEYS: key, [epoch key]. ARGV: delta (decimal; any value in i64 ± 2^63),
-/// epoch belief. Nil when missing, else the new value as decimal text. The
+/// KEYS: key, its refresh sidecar, [epoch key]. ARGV: delta (decimal; any
+/// value in i64 ± 2^63), epoch belief. A refresh in progress is cancelled. Nil when missing, else the new value as decimal text. The
 /// arithmetic is exact over the whole i64 range: it works on decimal digit
 /// strings, never on Lua numbers (doubles, exact only up to 2^53). The
 /// result must fit an i64, else nothing is written and an overflow error
 /// is returned.
 const INCR: &str = r"
-local e = family_epoch(KEYS[2], ARGV[2])
+local e = family_epoch(KEYS[3], ARGV[2])
 local h = head(KEYS[1])
 if state(h, e) ~= 'live' then return false end
 local cur = h
@@ -257,6 +332,7 @@ if mag == '0' then neg = false end
 if not fits(neg, mag) then return redis.error_reply('ERR increment would overflow') end
 local out = (neg and '-' or '') .. mag
 redis.call('SET', KEYS[1], with_epoch(out, e), 'KEEPTTL')
+redis.call('DEL', KEYS[2])
 return out
 ";
 
@@ -283,6 +359,8 @@ pub(crate) struct Scripts {
     pub(crate) release: Arc<redis::Script>,
     pub(crate) set: Arc<redis::Script>,
     pub(crate) add: Arc<redis::Script>,
+    pub(crate) refresh: Arc<redis::Script>,
+    pub(crate) refresh_fill: Arc<redis::Script>,
     pub(crate) drop_oversized: Arc<redis::Script>,
     pub(crate) read_big: Arc<redis::Script>,
     pub(crate) incr: Arc<redis::Script>,
@@ -307,6 +385,8 @@ impl Scripts {
             release: script(RELEASE),
             set: script(SET),
             add: script(ADD),
+            refresh: script(REFRESH),
+            refresh_fill: script(REFRESH_FILL),
             drop_oversized: script(DROP_OVERSIZED),
             read_big: script(READ_BIG),
             incr: script(INCR),
