@@ -499,6 +499,43 @@ async fn values_over_the_cap_are_refused_on_redis() {
     assert_eq!(exists, 0);
 }
 
+/// Bytes Redis has sent to its clients so far.
+fn sent_bytes(server: &RedisServer) -> u64 {
+    let info: String = server.cmd(&["INFO", "stats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_net_output_bytes in INFO stats")
+}
+
+/// A 16 MiB value of a family whose epoch moved on is a miss read from its
+/// first megabyte: the rest never crosses the network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_big_value_is_never_fetched_whole() {
+    let server = RedisServer::start();
+    let cache = CacheConfig::redis(&server.url())
+        .max_value_bytes(32 << 20)
+        .build()
+        .unwrap();
+    let key = "tg:queryset:Scene:id=1";
+    let big = "x".repeat(16 << 20);
+    cache.set(key, &big, TTL).await.unwrap();
+    let before = sent_bytes(&server);
+    assert_eq!(
+        cache.get::<String>(key).await.unwrap().map(|v| v.len()),
+        Some(16 << 20)
+    );
+    let live = sent_bytes(&server) - before;
+    assert!(live > 16 << 20, "a live read sent {live} bytes");
+    // The family's epoch moves on (as an invalidation does before its
+    // SCAN reaches the key): the value is dead where it stands.
+    let _: () = server.cmd(&["SET", "#epoch:tg:queryset:Scene", "movedon"]);
+    let before = sent_bytes(&server);
+    assert_eq!(cache.get::<String>(key).await.unwrap(), None);
+    let dead = sent_bytes(&server) - before;
+    assert!(dead < 2 << 20, "a dead read sent {dead} bytes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn values_over_the_cap_are_refused_on_the_local_store() {
     let cache = CacheConfig::local().max_value_bytes(4096).build().unwrap();

@@ -90,14 +90,15 @@ pub(crate) async fn decode<T: DeserializeOwned>(
         if bytes.len() > max_bytes {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
-        return serde_json::from_slice(&bytes).map_err(|e| DecodeError::Json(e.to_string()));
+        return crate::exec::heavy(bytes.len(), || serde_json::from_slice(&bytes))
+            .map_err(|e| DecodeError::Json(e.to_string()));
     }
-    let typed = digest(&bytes, std::any::type_name::<T>());
+    let typed = digest(&bytes, std::any::type_name::<T>(), max_bytes);
     if known_bad(typed) {
         return Err(DecodeError::KnownBad);
     }
     let json = inflate(bytes, max_bytes).await?;
-    serde_json::from_slice(&json).map_err(|e| {
+    crate::exec::heavy(json.len(), || serde_json::from_slice(&json)).map_err(|e| {
         remember_bad(typed);
         DecodeError::Json(e.to_string())
     })
@@ -123,7 +124,7 @@ static INFLIGHT: std::sync::Mutex<std::collections::BTreeMap<u64, std::sync::Arc
 /// copy of the payload first: many readers of one big payload hold one
 /// copy, not one each.
 async fn inflate(bytes: Vec<u8>, max_bytes: usize) -> Inflated {
-    let key = digest(&bytes, "");
+    let key = digest(&bytes, "", max_bytes);
     if known_bad(key) {
         return Err(DecodeError::KnownBad);
     }
@@ -144,7 +145,11 @@ async fn inflate(bytes: Vec<u8>, max_bytes: usize) -> Inflated {
             }
         };
         let r = if leads {
-            let r = inflate_now(bytes.as_deref().unwrap_or_default(), max_bytes);
+            let payload = bytes.as_deref().unwrap_or_default();
+            // A payload a quarter of the threshold may well inflate past it.
+            let r = crate::exec::heavy(payload.len().saturating_mul(4), || {
+                inflate_now(payload, max_bytes)
+            });
             if matches!(r, Err(DecodeError::TooLarge(_) | DecodeError::Zlib(_))) {
                 remember_bad(key);
             }
@@ -203,7 +208,7 @@ static INFLATIONS: std::sync::Mutex<std::collections::BTreeMap<u64, usize>> =
 #[cfg(test)]
 fn inflations(bytes: &[u8]) -> usize {
     let map = INFLATIONS.lock().unwrap();
-    map.get(&digest(bytes, "")).copied().unwrap_or(0)
+    map.get(&digest(bytes, "", 0)).copied().unwrap_or(0)
 }
 
 /// Inflates into one buffer, bounded by the cap and by the budget.
@@ -213,7 +218,7 @@ fn inflate_now(bytes: &[u8], max_bytes: usize) -> Inflated {
         *INFLATIONS
             .lock()
             .unwrap()
-            .entry(digest(bytes, ""))
+            .entry(digest(bytes, "", 0))
             .or_default() += 1;
     }
     // One more byte than the cap, to tell "at the cap" from "over it".
@@ -337,11 +342,15 @@ impl<R> Drop for Budgeted<R> {
     }
 }
 
-fn digest(bytes: &[u8], type_name: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (bytes, type_name).hash(&mut h);
-    h.finish()
+/// Names a payload read with a type and a cap: two reads share an
+/// inflation, or a verdict, only if all three match. The hash keys are
+/// drawn once per process, so a writer cannot craft two payloads that
+/// share a digest.
+fn digest(bytes: &[u8], type_name: &str, max_bytes: usize) -> u64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+        std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
+    KEYS.hash_one((bytes, type_name, max_bytes))
 }
 
 #[cfg(test)]
@@ -388,6 +397,38 @@ mod tests {
         // One read, one inflation (the value is never inflated twice).
         let _: String = block_on(decode(packed.clone(), 64 << 20)).unwrap();
         assert_eq!(inflations(&packed), n + 1);
+    }
+
+    #[test]
+    fn a_verdict_under_one_cap_is_not_reused_under_another() {
+        let packed = compress(serde_json::to_vec(&"y".repeat(8192)).unwrap(), Some(1));
+        for _ in 0..2 {
+            let small = block_on(decode::<String>(packed.clone(), 1024));
+            let refused = matches!(small, Err(DecodeError::TooLarge(_) | DecodeError::KnownBad));
+            assert!(refused, "{small:?}");
+        }
+        let big: String = block_on(decode(packed, 1 << 20)).unwrap();
+        assert_eq!(big.len(), 8192);
+    }
+
+    #[test]
+    fn a_big_value_decodes_on_a_multi_thread_runtime() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let value = "z".repeat(1 << 20);
+        let packed = compress(serde_json::to_vec(&value).unwrap(), Some(1));
+        let plain = serde_json::to_vec(&value).unwrap();
+        let (a, b): (String, String) = rt.block_on(async {
+            let a = tokio::spawn(decode(packed, 4 << 20))
+                .await
+                .unwrap()
+                .unwrap();
+            let b = tokio::spawn(decode(plain, 4 << 20)).await.unwrap().unwrap();
+            (a, b)
+        });
+        assert_eq!((a.len(), b.len()), (1 << 20, 1 << 20));
     }
 
     #[test]

@@ -104,3 +104,23 @@ fn park_on<F: Future>(fut: F) -> F::Output {
         }
     })
 }
+
+/// Work this big or bigger (in bytes) runs as blocking work: see [`heavy`].
+pub(crate) const HEAVY_BYTES: usize = 64 * 1024;
+
+/// Runs CPU-bound `work` (inflating or parsing a big value) without
+/// stalling the caller's runtime: on a worker of a multi-thread tokio
+/// runtime it runs through [`tokio::task::block_in_place`], so the
+/// runtime hands that worker's other tasks to another thread meanwhile.
+/// Elsewhere (no runtime, a current-thread runtime, where there is no
+/// other thread to hand tasks to) it simply runs.
+pub(crate) fn heavy<R>(size: usize, work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if size < HEAVY_BYTES {
+        return work();
+    }
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}

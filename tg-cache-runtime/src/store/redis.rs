@@ -232,6 +232,20 @@ impl RedisStore {
         Some(Stored::Bytes(payload))
     }
 
+    /// Whether the first bytes of a value may belong to a live one: not a
+    /// placeholder, and for a family, stamped with its current epoch.
+    fn may_be_live(&self, head: &[u8], epoch: Option<Option<&[u8]>>) -> bool {
+        if lease::is_placeholder(head) {
+            return false;
+        }
+        match epoch {
+            None => true,
+            Some(None) => false,
+            Some(Some(token)) => std::str::from_utf8(token)
+                .is_ok_and(|token| generation::strip_header(head, token).is_some()),
+        }
+    }
+
     /// The values at `slots`, each with its family epoch, in one round trip
     /// of plain reads: a `GETRANGE` of the first [`FIRST_READ_BYTES`] per
     /// key, and one per distinct epoch key. A value longer than that is
@@ -278,7 +292,18 @@ impl RedisStore {
                     continue;
                 }
             };
+            let epoch = slot.family.as_ref().map(|f| {
+                let i = epoch_keys.binary_search(&f.epoch_key.as_str()).ok()?;
+                valid(bytes(epochs.get(i)))
+            });
             if raw.len() == self.first_read && self.first_read <= self.read_limit {
+                // A dead value (its family's epoch moved on) is a miss
+                // whatever its length: its header, in the first read, says
+                // so, and its bulk is never fetched.
+                if !self.may_be_live(&raw, epoch) {
+                    out.push(None);
+                    continue;
+                }
                 match self.read_big(slot).await? {
                     Some(Some(whole)) => raw = whole,
                     Some(None) => {
@@ -291,10 +316,6 @@ impl RedisStore {
                     }
                 }
             }
-            let epoch = slot.family.as_ref().map(|f| {
-                let i = epoch_keys.binary_search(&f.epoch_key.as_str()).ok()?;
-                valid(bytes(epochs.get(i)))
-            });
             out.push(self.classify(raw, epoch));
         }
         Ok(out)
