@@ -87,6 +87,18 @@ fn local_store_is_bounded() {
     assert!(n <= 50, "{n} entries held with max_entries 50");
 }
 
+/// An `@` in a query value is not the end of a password: such a URL is
+/// accepted, addressed by its host, and shown with the value hidden.
+#[test]
+fn an_at_sign_in_a_query_value_is_part_of_the_value() {
+    let u = tg_cache::config::RedisUrl::parse("redis://127.0.0.1:6380/0?password=p@ss").unwrap();
+    assert_eq!(u.address(), "127.0.0.1:6380");
+    assert_eq!(u.to_string(), "redis://127.0.0.1:6380/0?password=***");
+    let u = tg_cache::config::RedisUrl::parse("redis://u:pw@h/1?password=p@ss").unwrap();
+    assert_eq!(u.address(), "h:6379");
+    assert_eq!(u.to_string(), "redis://u:***@h/1?password=***");
+}
+
 /// No password, in any URL form redis-rs accepts (or a user may write),
 /// appears in the `Debug` of a configuration or a cache, in a URL's
 /// display, or in a configuration error.
@@ -106,6 +118,10 @@ fn no_password_appears_in_any_output() {
         format!("redis://:{secret}@127.0.0.1:63z9/0"),
         format!("redis://:{secret}@127.0.0.1/db"),
         format!("http://:{secret}@127.0.0.1/0"),
+        format!("redis://127.0.0.1/0?password=a@{secret}"),
+        format!("redis://127.0.0.1:6380/0?user=u&password={secret}@x#y"),
+        format!("unix://u:{secret}@/run/redis.sock"),
+        format!("redis+unix://:{secret}@/run/a@b.sock?db=1"),
     ];
     for url in &urls {
         let cfg = tg_cache::CacheConfig::redis(url);

@@ -79,8 +79,9 @@ fn a_bad_env_stops_the_program_at_first_use_with_the_message() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
         );
-        assert!(
-            !out.status.success(),
+        assert_eq!(
+            out.status.code(),
+            Some(tg_cache::EX_CONFIG),
             "{env:?}: the program went on:\n{stdout}"
         );
         assert!(
@@ -104,12 +105,17 @@ fn child_reports_default_backend() {
     if !in_child() {
         return;
     }
-    let cache = tg_cache::cache();
-    match tg_cache::cache().blocking().set("k", &1, MEDIUM) {
-        Ok(()) => println!("backend={}", cache.backend()),
-        Err(e) => println!("error={e}"),
-    }
-    let v = cache.blocking().get_or_set("k", MEDIUM, || 42);
+    // The first use is on another thread: a bad configuration must stop
+    // the whole process, not just that thread.
+    let first = std::thread::spawn(|| {
+        let cache = tg_cache::cache();
+        match cache.blocking().set("k", &1, MEDIUM) {
+            Ok(()) => println!("backend={}", cache.backend()),
+            Err(e) => println!("error={e}"),
+        }
+    });
+    let _ = first.join();
+    let v = tg_cache::cache().blocking().get_or_set("k", MEDIUM, || 42);
     println!("computed={v}");
 }
 

@@ -74,31 +74,22 @@ impl RedisUrl {
         if rest.is_empty() && !scheme.ends_with("unix") {
             return Err(bad("no host; expected redis://host[:port][/db]"));
         }
+        let parts = Parts::split(scheme, rest);
+        if !parts.well_formed() && parts.stray_at() {
+            return Err(bad(
+                "the password (or user name) holds a raw `/`, `?` or `#`; percent-encode it (`%2F`, `%3F`, `%23`)",
+            ));
+        }
         if !scheme.ends_with("unix") {
-            if let Some((userinfo, _)) = rest.rsplit_once('@')
-                && userinfo.contains(['/', '?', '#'])
-            {
-                return Err(bad(
-                    "the password (or user name) holds a raw `/`, `?` or `#`; percent-encode it (`%2F`, `%3F`, `%23`)",
-                ));
-            }
-            let after_userinfo = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-            let authority_end = after_userinfo
-                .find(['/', '?', '#'])
-                .unwrap_or(after_userinfo.len());
-            let (authority, tail) = after_userinfo.split_at(authority_end);
-            let port = match authority.rsplit_once(']') {
-                Some((_, after)) => after.strip_prefix(':'),
-                None => authority.rsplit_once(':').map(|(_, p)| p),
-            };
-            if let Some(port) = port
+            if let Some(port) = parts.port()
                 && port.parse::<u16>().is_err()
             {
                 return Err(bad(&format!(
                     "the port `{port}` is not a number from 1 to 65535"
                 )));
             }
-            let db = tail
+            let db = parts
+                .tail
                 .strip_prefix('/')
                 .map(|p| p.split(['?', '#']).next().unwrap_or(""));
             if let Some(db) = db.filter(|d| !d.is_empty())
@@ -125,24 +116,91 @@ impl RedisUrl {
         let Some((scheme, rest)) = self.0.split_once("://") else {
             return redact(&self.0);
         };
-        let after_userinfo = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let parts = Parts::split(scheme, rest);
         if scheme.ends_with("unix") {
-            return after_userinfo
-                .split(['?', '#'])
+            return parts.host.to_owned();
+        }
+        if parts.port().is_some() {
+            parts.host.to_owned()
+        } else {
+            format!("{}:6379", parts.host)
+        }
+    }
+}
+
+/// A URL after its `scheme://`, split where a well-formed URL splits: the
+/// user information ends at the last `@` of the authority, the authority
+/// at the first `/`, `?` or `#` (a socket path at the first `?` or `#`).
+struct Parts<'a> {
+    unix: bool,
+    userinfo: Option<&'a str>,
+    /// `host[:port]`, or a socket path.
+    host: &'a str,
+    /// `[/db][?query][#fragment]`; empty for a socket.
+    tail: &'a str,
+}
+
+impl<'a> Parts<'a> {
+    fn split(scheme: &str, rest: &'a str) -> Self {
+        let unix = scheme.ends_with("unix");
+        let end = if unix {
+            rest.find(['?', '#'])
+        } else {
+            rest.find(['/', '?', '#'])
+        }
+        .unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        // A socket path may hold an `@`; its user information cannot
+        // hold a `/`.
+        let userinfo_end = if unix {
+            authority.split('/').next().and_then(|seg| seg.rfind('@'))
+        } else {
+            authority.rfind('@')
+        };
+        let (userinfo, host) = match userinfo_end {
+            Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+            None => (None, authority),
+        };
+        Self {
+            unix,
+            userinfo,
+            host,
+            tail,
+        }
+    }
+
+    /// The port as written, if there is one.
+    fn port(&self) -> Option<&'a str> {
+        if self.unix {
+            return None;
+        }
+        match self.host.rsplit_once(']') {
+            Some((_, after)) => after.strip_prefix(':'),
+            None => self.host.rsplit_once(':').map(|(_, p)| p),
+        }
+    }
+
+    /// Whether the split is the one a URL parser makes: a host (with a
+    /// numeric port, if any) and no `@` past the user information but in
+    /// a query value.
+    fn well_formed(&self) -> bool {
+        let path = self.tail.split('?').next().unwrap_or("");
+        let query_ok = self.tail.split_once('?').is_none_or(|(_, q)| {
+            q.split('#')
                 .next()
                 .unwrap_or("")
-                .to_owned();
-        }
-        let authority = after_userinfo.split(['/', '?', '#']).next().unwrap_or("");
-        let has_port = match authority.rsplit_once(']') {
-            Some((_, after)) => after.starts_with(':'),
-            None => authority.contains(':'),
-        };
-        if has_port {
-            authority.to_owned()
-        } else {
-            format!("{authority}:6379")
-        }
+                .split('&')
+                .all(|pair| !pair.split_once('=').map_or(pair, |(k, _)| k).contains('@'))
+        });
+        let host_ok = self.unix
+            || (!self.host.is_empty() && self.port().is_none_or(|p| p.parse::<u16>().is_ok()));
+        host_ok && !path.contains('@') && query_ok
+    }
+
+    /// Whether an `@` follows the user information: a password that holds
+    /// a raw `/`, `?` or `#` splits there.
+    fn stray_at(&self) -> bool {
+        self.host.contains('@') || self.tail.contains('@')
     }
 }
 
@@ -156,9 +214,10 @@ impl KindName for redis::RedisError {
     }
 }
 
-/// Replaces every secret of a Redis URL by `***`: the password (everything
-/// between `://` and the last `@`, but for a user name before a `:`, so a
-/// password holding `@`, `/`, `?` or `#` is hidden whole), and the value of
+/// Replaces every secret of a Redis URL by `***`: the password (the user
+/// information but for a user name before a `:`; where a raw `/`, `?` or
+/// `#` in the password makes the URL ambiguous, everything between `://`
+/// and the last `@`, so such a password is hidden whole), and the value of
 /// every query parameter but `db` and `protocol` (redis-rs reads a unix
 /// socket's password from `?pass=`).
 ///
@@ -171,28 +230,36 @@ impl KindName for redis::RedisError {
 ///     "redis+unix:///run/redis.sock?db=1&pass=***"
 /// );
 /// assert_eq!(redact("redis://h/0?password=s3cret"), "redis://h/0?password=***");
+/// assert_eq!(redact("redis://h/0?password=a@b"), "redis://h/0?password=***");
+/// assert_eq!(redact("unix://u:s3cret@/run/redis.sock"), "unix://u:***@/run/redis.sock");
 /// ```
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return redact_query(url);
     };
-    // A socket path may hold an `@`; its password is in the query.
-    let userinfo = if scheme.ends_with("unix") {
-        None
+    let parts = Parts::split(scheme, rest);
+    let (userinfo, after) = if parts.well_formed() || !parts.stray_at() {
+        let after = &rest[rest.len() - parts.host.len() - parts.tail.len()..];
+        (parts.userinfo, after)
     } else {
-        rest.rsplit_once('@')
+        // Not a URL a parser would split this way: everything up to the
+        // last `@` may be a password.
+        match rest.rsplit_once('@') {
+            Some((userinfo, after)) => (Some(userinfo), after),
+            None => (None, rest),
+        }
     };
-    let rest = match userinfo {
-        Some((userinfo, host)) => {
+    let shown = match userinfo {
+        Some(userinfo) => {
             let user = match userinfo.split_once(':') {
                 Some((user, _pw)) if !user.contains(['/', '?', '#']) => format!("{user}:***"),
                 _ => "***".to_owned(),
             };
-            format!("{user}@{host}")
+            format!("{user}@{after}")
         }
-        None => rest.to_owned(),
+        None => after.to_owned(),
     };
-    format!("{scheme}://{}", redact_query(&rest))
+    format!("{scheme}://{}", redact_query(&shown))
 }
 
 /// Every query value but `db`'s and `protocol`'s replaced by `***`.

@@ -46,7 +46,8 @@ pub use function::{
 pub use invalidate::{Batch, Event, Invalidate, ReceiverId, Target, connect, disconnect};
 pub use key::{CacheKeyGenerator, KeyBuilder, KeyPart, KeyPattern};
 pub use registry::{
-    Caches, DEFAULT_ALIAS, all_caches, cache, caches, check_caches, configure, init_from_env,
+    Caches, DEFAULT_ALIAS, EX_CONFIG, all_caches, cache, caches, check_caches, configure,
+    init_from_env,
 };
 pub use stats::CacheStats;
 pub use timeout::{Timeout, Ttl};

@@ -112,14 +112,26 @@ pub fn check_caches() -> Result<()> {
     Ok(())
 }
 
+/// The exit status of a program stopped by a bad cache configuration
+/// (`EX_CONFIG` of BSD's `sysexits.h`).
+pub const EX_CONFIG: i32 = 78;
+
 fn registry() -> &'static Registry {
     REGISTRY.get_or_init(|| match Caches::from_env().map_err(Error::Config).and_then(|c| c.build()) {
         Ok(r) => r,
         // As Django refuses to start on a bad setting: a program whose
         // caching is misconfigured stops here, saying what is wrong.
-        Err(e) => panic!(
-            "tg-cache: the cache configuration from the environment is invalid: {e} (call tg_cache::init_from_env() at startup to handle this error there)"
-        ),
+        // A panic would only end the task or thread that happened to look
+        // first, and the rest of the program would run uncached: the
+        // process ends, with exit status 78 (`EX_CONFIG`).
+        Err(e) => {
+            let message = format!(
+                "tg-cache: the cache configuration from the environment is invalid: {e} (call tg_cache::init_from_env() at startup to handle this error there)"
+            );
+            tracing::error!("{message}");
+            eprintln!("{message}");
+            std::process::exit(EX_CONFIG)
+        }
     })
 }
 
@@ -128,10 +140,12 @@ fn registry() -> &'static Registry {
 /// Configured from the environment on first use, unless [`configure`] (or
 /// [`init_from_env`]) ran first.
 ///
-/// # Panics
-/// If the environment's configuration is invalid (the message names the
-/// variable and what is wrong with it): call [`init_from_env`] at startup
-/// to get that error there instead.
+/// # Exits
+/// If the environment's configuration is invalid, the process stops with
+/// exit status [`EX_CONFIG`] after printing what is wrong (the message
+/// names the variable), as Django refuses to start on a bad setting; a
+/// panic would end only the task that looked first. Call
+/// [`init_from_env`] at startup to get that error as a `Result` instead.
 pub fn cache() -> &'static Cache {
     &registry().default
 }
