@@ -422,6 +422,60 @@ async fn a_hung_holder_is_taken_over_after_max_wait() {
     hung.abort();
 }
 
+/// The same, in one process: a follower of a hung in-process leader waits
+/// `max_wait`, then computes as a co-holder of the leader's lease, and its
+/// value is stored (on every store).
+async fn hung_in_process_leader(cache: Cache, reader: Cache) {
+    let hung = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_set("hung:p", TTL, std::future::pending::<String>)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let v = cache
+        .get_or_set("hung:p", TTL, || async { "follower".to_owned() })
+        .await;
+    let took = t.elapsed();
+    assert_eq!(v, "follower");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "the follower computed after {took:?} (max_wait 1 s)"
+    );
+    assert_eq!(
+        reader.get::<String>("hung:p").await.unwrap().as_deref(),
+        Some("follower")
+    );
+    hung.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_in_process_leader_is_taken_over_on_redis() {
+    let _w = watchdog("a_hung_in_process_leader_is_taken_over_on_redis", 60);
+    let server = RedisServer::start();
+    let cache = CacheConfig::redis(&server.url())
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    hung_in_process_leader(cache, build(&server.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_in_process_leader_is_taken_over_on_the_local_store() {
+    let _w = watchdog(
+        "a_hung_in_process_leader_is_taken_over_on_the_local_store",
+        60,
+    );
+    let cache = CacheConfig::local()
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    hung_in_process_leader(cache.clone(), cache).await;
+}
+
 // ---------------------------------------------------------------------------
 // 4. Values over the cap are refused at write time, on every store
 // ---------------------------------------------------------------------------

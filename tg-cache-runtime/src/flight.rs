@@ -3,7 +3,12 @@
 //! never wait on each other.
 //!
 //! The map lock is held only to join or leave a flight, never while
-//! computing. A leader that panics or whose future is dropped ends its
+//! computing.
+//!
+//! A value the leader *read* from the store (another process stored it)
+//! goes only to the followers that joined before that read was sent: a
+//! follower that began later may have begun after an invalidation that
+//! the read predates, and looks again instead ([`Follower::wait`]). A leader that panics or whose future is dropped ends its
 //! flight with [`Outcome::Retry`] (through `Drop`), and one follower takes
 //! over.
 
@@ -16,7 +21,7 @@ use tokio::sync::Notify;
 #[derive(Clone)]
 pub(crate) enum Outcome {
     /// A result to return, type-erased (the protocol knows its type).
-    Value(Arc<dyn Any + Send + Sync>),
+    Value(Handed),
     /// The result cannot be shared (it is not `Clone`): each follower runs
     /// the body itself, concurrently, without storing.
     Compute,
@@ -25,9 +30,20 @@ pub(crate) enum Outcome {
     Retry,
 }
 
+/// A leader's value, and whether it was read from the store.
+#[derive(Clone)]
+pub(crate) struct Handed {
+    pub(crate) value: Arc<dyn Any + Send + Sync>,
+    /// The number of the leader's store read it came from ([`Leader::reading`]),
+    /// or `None` for a value the leader computed.
+    pub(crate) read: Option<u64>,
+}
+
 #[derive(Default)]
 struct State {
     done: Option<Outcome>,
+    /// Store reads the leader has sent so far.
+    reads: u64,
 }
 
 pub(crate) struct Flight {
@@ -39,15 +55,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Flight {
-    /// Waits for the leader's outcome.
+/// A follower's hold on a flight it joined.
+pub(crate) struct Follower {
+    flight: Arc<Flight>,
+    /// The leader's store reads sent before this follower joined.
+    joined_after: u64,
+}
+
+impl Follower {
+    /// Waits for the leader's outcome. A value the leader read from the
+    /// store with a read sent after this follower joined is
+    /// [`Outcome::Retry`] for it.
     pub(crate) async fn wait(&self) -> Outcome {
         loop {
-            let notified = self.notify.notified();
+            let notified = self.flight.notify.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            if let Some(o) = &lock(&self.state).done {
-                return o.clone();
+            if let Some(o) = &lock(&self.flight.state).done {
+                return match o {
+                    Outcome::Value(Handed {
+                        read: Some(read), ..
+                    }) if *read <= self.joined_after => Outcome::Retry,
+                    o => o.clone(),
+                };
             }
             notified.await;
         }
@@ -61,10 +91,14 @@ pub(crate) struct Flights {
 
 impl Flights {
     /// Joins the flight for `key`, or starts one (then the caller leads).
-    pub(crate) fn join<'a>(&'a self, key: &str) -> Result<Leader<'a>, Arc<Flight>> {
+    pub(crate) fn join<'a>(&'a self, key: &str) -> Result<Leader<'a>, Follower> {
         let mut map = lock(&self.map);
         if let Some(f) = map.get(key) {
-            return Err(f.clone());
+            let joined_after = lock(&f.state).reads;
+            return Err(Follower {
+                flight: f.clone(),
+                joined_after,
+            });
         }
         let flight = Arc::new(Flight {
             state: Mutex::new(State::default()),
@@ -104,6 +138,14 @@ impl Leader<'_> {
         }
     }
 
+    /// Numbers a store read the leader is about to send: a value it reads
+    /// goes to the followers that joined before (see [`Handed::read`]).
+    pub(crate) fn reading(&self) -> u64 {
+        let mut state = lock(&self.flight.state);
+        state.reads += 1;
+        state.reads
+    }
+
     /// Hands `outcome` to the followers and ends the flight.
     pub(crate) fn finish(mut self, outcome: Outcome) {
         self.outcome = outcome;
@@ -117,5 +159,58 @@ impl Drop for Leader<'_> {
         let outcome = std::mem::replace(&mut self.outcome, Outcome::Retry);
         lock(&self.flight.state).done = Some(outcome);
         self.flight.notify.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::block_on;
+
+    fn read_value(n: u64, read: Option<u64>) -> Outcome {
+        Outcome::Value(Handed {
+            value: Arc::new(n),
+            read,
+        })
+    }
+
+    fn got(o: Outcome) -> Option<u64> {
+        match o {
+            Outcome::Value(h) => h.value.downcast_ref::<u64>().copied(),
+            _ => None,
+        }
+    }
+
+    /// A value the leader read goes only to the followers that joined
+    /// before the read was sent; a computed one goes to every follower.
+    #[test]
+    fn a_read_value_reaches_only_the_followers_that_joined_before_the_read() {
+        let flights = Flights::default();
+        let leader = flights.join("k").ok().unwrap();
+        let early = flights.join("k").err().unwrap();
+        let read = leader.reading();
+        let late = flights.join("k").err().unwrap();
+        leader.finish(read_value(7, Some(read)));
+        assert_eq!(got(block_on(early.wait())), Some(7));
+        assert!(matches!(block_on(late.wait()), Outcome::Retry));
+
+        let leader = flights.join("k").ok().unwrap();
+        leader.reading();
+        let late = flights.join("k").err().unwrap();
+        leader.finish(read_value(8, None));
+        assert_eq!(got(block_on(late.wait())), Some(8));
+    }
+
+    /// A second read numbers after the first: a follower that joined
+    /// between them gets the second read's value.
+    #[test]
+    fn a_later_read_serves_the_followers_that_joined_before_it() {
+        let flights = Flights::default();
+        let leader = flights.join("k").ok().unwrap();
+        leader.reading();
+        let between = flights.join("k").err().unwrap();
+        let second = leader.reading();
+        leader.finish(read_value(9, Some(second)));
+        assert_eq!(got(block_on(between.wait())), Some(9));
     }
 }

@@ -25,7 +25,12 @@
 //!   round trips, whatever the other processes do meanwhile. A holder that
 //!   computes longer than `max_wait` (default 30 s, a hung body) gets
 //!   co-holders: each waiting process computes too, and the first value
-//!   stored wins.
+//!   stored wins. A follower of the in-process flight does the same after
+//!   `max_wait`: it computes as a co-holder of its leader's lease.
+//! * **No stale hand-off.** A value the leader *read* (another process
+//!   stored it first) goes only to the followers that joined before that
+//!   read was sent; a follower that joined later looks again, since it may
+//!   have begun after an invalidation the read predates.
 //! * **Any computation length.** A holder renews its lease every third of
 //!   the lease timeout (default 3 s) for as long as it computes, so a
 //!   computation of any length is stored when nothing invalidated it. If
@@ -55,7 +60,7 @@
 
 use crate::cache::{CachePolicy, CacheValue, Core};
 use crate::exec::{in_io, io_runtime, must_not_wait};
-use crate::flight::{Leader, Outcome};
+use crate::flight::{Handed, Leader, Outcome};
 use crate::generation;
 use crate::lease::Holders;
 use crate::store::{Filled, Lease, LeaseMode, LeaseOutcome, Slot, Store};
@@ -187,8 +192,18 @@ where
                     warn_once_sole_thread(key);
                     return f.take().expect("computes once")().await;
                 }
-                match flight.wait().await {
-                    Outcome::Value(v) => {
+                let Ok(outcome) = in_io(tokio::time::timeout(core.max_wait, flight.wait())).await
+                else {
+                    // The leader has computed for `max_wait` (a hung
+                    // body?): compute too, as a co-holder of its lease, so
+                    // the first value stored serves both.
+                    let f = f.take().expect("computes once");
+                    let join = Fill::Lease(LeaseMode::Join);
+                    return lead::<P, R, F, Fut>(&miss, join, None, share, f).await.0;
+                };
+                match outcome {
+                    Outcome::Value(handed) => {
+                        let v = handed.value;
                         if let Some(h) = v.downcast_ref::<Handoff<P::Stored, R>>() {
                             match h {
                                 Handoff::Stored(s) => return P::load(s.clone()),
@@ -322,12 +337,21 @@ where
         // Registered before the request, so that a change right after
         // the script read the key still wakes this waiter.
         let watch = core.store.watch(slot);
+        let read = flight.map(Leader::reading);
         match core.store.lease(slot, &token, mode, ttl).await {
             Ok(LeaseOutcome::Granted(lease)) => break Some(lease),
             Ok(LeaseOutcome::Found(stored)) => {
                 let seen = stored.seen();
                 match core.decode::<P::Stored>(&slot.key, stored).await {
-                    Ok(v) => return (P::load(v.clone()), handoff::<P, R>(Handoff::Stored(v))),
+                    Ok(v) => {
+                        // Only for the followers that joined before this
+                        // read was sent.
+                        let handed = Handed {
+                            value: Arc::new(Handoff::<P::Stored, R>::Stored(v.clone())),
+                            read,
+                        };
+                        return (P::load(v), Outcome::Value(handed));
+                    }
                     // Corrupt or foreign bytes: fill over them (over those
                     // only: a value stored since is taken instead).
                     Err(crate::cache::Undecodable::Corrupt) => mode = LeaseMode::Repair(seen),
@@ -488,8 +512,12 @@ impl Wait {
     }
 }
 
+/// A value the leader computed, for every follower.
 fn handoff<P: CachePolicy<R>, R: Send + 'static>(h: Handoff<P::Stored, R>) -> Outcome {
-    Outcome::Value(Arc::new(h))
+    Outcome::Value(Handed {
+        value: Arc::new(h),
+        read: None,
+    })
 }
 
 /// What followers get for a result that is not stored.
