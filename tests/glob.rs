@@ -57,8 +57,14 @@ fn text(alphabet: &'static [char], max: usize) -> impl Strategy<Value = String> 
         .prop_map(|cs| cs.into_iter().collect())
 }
 
-const PATTERN_CHARS: &[char] = &['a', 'b', 'c', '-', '[', ']', '^', '\\', '*', '?', ':'];
-const KEY_CHARS: &[char] = &['a', 'b', 'c', '-', '[', ']', '^', '\\', '*', '?', ':', 'z'];
+// Non-ASCII characters are bytes from 0x80 up, which Redis' ranges
+// compare as signed C chars.
+const PATTERN_CHARS: &[char] = &[
+    'a', 'b', 'c', '-', '[', ']', '^', '\\', '*', '?', ':', 'é', '€',
+];
+const KEY_CHARS: &[char] = &[
+    'a', 'b', 'c', '-', '[', ']', '^', '\\', '*', '?', ':', 'z', 'é', '€',
+];
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
@@ -76,13 +82,15 @@ proptest! {
 fn odd_hand_written_patterns_agree_with_redis() {
     let keys: BTreeSet<String> = [
         "a", "b", "ab", "a]", "]", "^", "-", "\\", "a-", "a\\", "ab]", "x", "a*", "[", "a[b", "abc",
+        "é", "aé", "€", "\u{7f}", "ÿ",
     ]
     .into_iter()
     .map(str::to_owned)
     .collect();
     for pattern in [
         "[]", "a[]", "[^]", "[", "a[", "a[b", "[a-]", "[a-]]", "[\\a-c]", "[a-\\c]", "[]a]",
-        "[^a-]", "a\\", "\\", "[\\]]", "[c-a]", "*[", "**", "?", "[!a]", "a[^]b",
+        "[^a-]", "a\\", "\\", "[\\]]", "[c-a]", "*[", "**", "?", "[!a]", "a[^]b", "[a-é]*",
+        "[é-a]*", "[\u{7f}-é]*", "[^a-é]*", "?[\u{80}-\u{bf}]", "[é]*",
     ] {
         assert_eq!(
             ours(&keys, pattern),

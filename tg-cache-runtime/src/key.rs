@@ -607,8 +607,10 @@ pub fn glob_escape_into(s: &str, out: &mut String) {
 /// Whether `key` matches the glob `pattern` exactly as Redis' `SCAN MATCH`
 /// and `KEYS` decide it (`*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\x`, with
 /// Redis' own reading of odd patterns: `[]` matches nothing, an unclosed
-/// `[` runs to the end, `[a-]` is a range ending at `]`): a port of
-/// `stringmatchlen` from Redis' `util.c`. The local store's pattern deletes
+/// `[` runs to the end, `[a-]` is a range ending at `]`, and range bounds
+/// compare as signed bytes, so `[a-é]` holds every byte from 0x80 up to
+/// `a`, as Redis on x86-64 reads it): a port of `stringmatchlen` from
+/// Redis' `util.c`. The local store's pattern deletes
 /// use it, so both stores delete the same keys.
 pub fn glob_match(pattern: &str, key: &str) -> bool {
     // `SCAN` and `KEYS` do not match a lone `*` at all: every key.
@@ -683,12 +685,16 @@ fn string_match(
                         pi -= 1;
                         break;
                     } else if left >= 3 && at(pi + 1) == b'-' {
-                        let (mut lo, mut hi) = (at(pi), at(pi + 2));
+                        // Redis compares C `char`s, signed on the x86-64
+                        // and most other builds: a byte from 0x80 up sorts
+                        // below every ASCII byte in a range.
+                        let signed = |b: u8| b as i8;
+                        let (mut lo, mut hi) = (signed(at(pi)), signed(at(pi + 2)));
                         if lo > hi {
                             std::mem::swap(&mut lo, &mut hi);
                         }
                         pi += 2;
-                        if (lo..=hi).contains(&s[si]) {
+                        if (lo..=hi).contains(&signed(s[si])) {
                             matched = true;
                         }
                     } else if at(pi) == s[si] {
