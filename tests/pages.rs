@@ -330,6 +330,34 @@ async fn a_304_gets_the_cache_headers_and_is_not_stored() {
     assert!(keys.iter().all(|k| !k.ends_with(":page")), "{keys:?}");
 }
 
+/// A private 304 is passed on as it is: no max-age, no Expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_private_304_gets_no_cache_headers() {
+    LazyLock::force(&SETUP);
+    let router = Router::new().route(
+        "/private304",
+        get(|| {
+            std::future::ready(
+                (
+                    StatusCode::NOT_MODIFIED,
+                    [(header::CACHE_CONTROL, "private")],
+                )
+                    .into_response(),
+            )
+        })
+        .layer(cache_page(LONG).view("private304").cache("redis")),
+    );
+    let app = App {
+        base: serve(router).await,
+        runs: Arc::new(AtomicUsize::new(0)),
+        client: reqwest::Client::new(),
+    };
+    let r = app.get("/private304").await;
+    assert_eq!(r.status(), 304);
+    assert_eq!(r.headers()[header::CACHE_CONTROL], "private");
+    assert!(r.headers().get(header::EXPIRES).is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_page_hit_is_one_round_trip_and_one_lookup() {
     let app = posts_app_on("counted").await;

@@ -872,10 +872,13 @@ fn internal_error() -> Response {
 /// its `Vary` list is the one the key was computed with.
 ///
 /// As Django's `UpdateCacheMiddleware`: only a 200 is stored; a 304 gets
-/// the cache headers but is not stored; `Cache-Control: private` (and
-/// `no-store`, `no-cache`) or `max-age=0` is not cached; the response's own
-/// `s-maxage`/`max-age`, when shorter than the route's timeout, is the
-/// entry's timeout.
+/// the cache headers but is not stored; `Cache-Control: private` is not
+/// cached and gets no cache headers, 304 included. Two deliberate
+/// differences, both toward caching less: `no-store`, `no-cache` and
+/// `max-age=0` are not cached either (Django's `cache_page` caches them for
+/// its `page_timeout`), and the response's own `s-maxage`/`max-age`, when
+/// shorter than the route's timeout, is the entry's timeout (Django's
+/// `page_timeout` takes precedence over it).
 async fn fresh(
     cfg: &PageConfig,
     vary: &[String],
@@ -892,12 +895,18 @@ async fn fresh(
     let Some(directives) = cache_control(resp.headers()) else {
         return uncacheable(resp);
     };
+    let own = response_max_age(&directives);
     if resp.status() == StatusCode::NOT_MODIFIED {
+        // A private (or uncacheable) 304 is passed on untouched: adding a
+        // max-age would let shared caches keep it.
+        if cache_control_forbids(&directives) || own.is_some_and(|d| d.is_zero()) {
+            return uncacheable(resp);
+        }
         let (mut parts, body) = resp.into_parts();
-        patch_response_headers(&mut parts.headers, max_age);
+        let lifetime = own.filter(|d| *d < max_age).unwrap_or(max_age);
+        patch_response_headers(&mut parts.headers, lifetime);
         return uncacheable(Response::from_parts(parts, body));
     }
-    let own = response_max_age(&directives);
     if resp.status() != StatusCode::OK
         || resp.headers().contains_key(header::SET_COOKIE)
         || cache_control_forbids(&directives)
