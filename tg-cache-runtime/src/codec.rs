@@ -194,10 +194,7 @@ async fn inflate(bytes: Vec<u8>, max_bytes: usize) -> Inflated {
 /// Waits for `f`, at most until `until` (on tg-cache's runtime, whose
 /// timers work under any executor).
 async fn wait_until<F: std::future::Future>(until: tokio::time::Instant, f: F) {
-    crate::exec::in_io(async move {
-        let _ = tokio::time::timeout_at(until, f).await;
-    })
-    .await;
+    let _ = crate::exec::timeout_at(until, f).await;
 }
 
 /// Inflations started, by payload digest, for tests.

@@ -38,6 +38,32 @@ pub(crate) async fn in_io<F: Future>(fut: F) -> F::Output {
     .await
 }
 
+/// [`tokio::time::timeout`] with its timer on tg-cache's runtime, so it works
+/// under any executor (a plain thread has no tokio context). The only
+/// timeout the runtime uses (`clippy.toml` disallows tokio's own).
+#[allow(clippy::disallowed_methods)]
+pub(crate) async fn timeout<F: Future>(
+    after: std::time::Duration,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    in_io(async move { tokio::time::timeout(after, fut).await }).await
+}
+
+/// [`tokio::time::timeout_at`], made like [`timeout`].
+#[allow(clippy::disallowed_methods)]
+pub(crate) async fn timeout_at<F: Future>(
+    deadline: tokio::time::Instant,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    in_io(async move { tokio::time::timeout_at(deadline, fut).await }).await
+}
+
+/// [`tokio::time::sleep`], made like [`timeout`].
+#[allow(clippy::disallowed_methods)]
+pub(crate) async fn sleep(for_: std::time::Duration) {
+    in_io(async move { tokio::time::sleep(for_).await }).await
+}
+
 struct ThreadWaker(Thread);
 
 impl Wake for ThreadWaker {

@@ -59,7 +59,7 @@
 //!   result is returned, not stored; the error is logged and counted.
 
 use crate::cache::{CachePolicy, CacheValue, Core};
-use crate::exec::{in_io, io_runtime, must_not_wait};
+use crate::exec::{io_runtime, must_not_wait};
 use crate::flight::{Handed, Leader, Outcome};
 use crate::generation;
 use crate::lease::Holders;
@@ -192,8 +192,7 @@ where
                     warn_once_sole_thread(key);
                     return f.take().expect("computes once")().await;
                 }
-                let Ok(outcome) = in_io(tokio::time::timeout(core.max_wait, flight.wait())).await
-                else {
+                let Ok(outcome) = crate::exec::timeout(core.max_wait, flight.wait()).await else {
                     // The leader has computed for `max_wait` (a hung
                     // body?): compute too, as a co-holder of its lease, so
                     // the first value stored serves both.
@@ -544,11 +543,7 @@ impl Backoff {
     const MAX: Duration = Duration::from_millis(8);
 
     async fn wait(&mut self) {
-        // The timer lives on tg-cache's runtime, so this works for blocking
-        // callers and under any executor.
-        // (created inside `in_io`, where that runtime is the context).
-        let delay = self.0;
-        in_io(async move { tokio::time::sleep(delay).await }).await;
+        crate::exec::sleep(self.0).await;
         self.0 = (self.0 * 2).min(Self::MAX);
     }
 }
@@ -576,7 +571,7 @@ impl LeaseGuard {
                 // lease is lost; a failed renewal (Redis slow or busy) is
                 // tried again next time.
                 loop {
-                    tokio::time::sleep(every).await;
+                    crate::exec::sleep(every).await;
                     if let Ok(false) = store.renew(&slot, &lease).await {
                         return;
                     }

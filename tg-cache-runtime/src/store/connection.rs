@@ -220,10 +220,7 @@ impl Connections {
             })?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let permits = self.permits.clone();
-        // Timers are created inside `in_io`, on tg-cache's runtime.
-        let permit =
-            in_io(async move { tokio::time::timeout_at(deadline, permits.acquire_owned()).await })
-                .await;
+        let permit = crate::exec::timeout_at(deadline, permits.acquire_owned()).await;
         let _permit = match permit {
             Ok(Ok(p)) => p,
             // Queued for the whole deadline: load, not a Redis failure.
@@ -236,7 +233,7 @@ impl Connections {
         let slice = deadline.saturating_duration_since(tokio::time::Instant::now());
         let slot = self.slot().clone();
         let res = in_io(async move {
-            tokio::time::timeout_at(deadline, async {
+            crate::exec::timeout_at(deadline, async {
                 let link = self.link(&slot).await?;
                 let r = op(link.conn.clone()).await;
                 if let Err(e) = &r
@@ -290,7 +287,7 @@ impl Connections {
 fn spawn_pinger(slot: Weak<Slot>, link: Link, tracking: Arc<Tracking>) {
     io_runtime().spawn(async move {
         loop {
-            tokio::time::sleep(PING_EVERY).await;
+            crate::exec::sleep(PING_EVERY).await;
             let Some(slot) = slot.upgrade() else { return };
             if link.dead.load(Relaxed) {
                 return;
@@ -308,7 +305,7 @@ fn spawn_pinger(slot: Weak<Slot>, link: Link, tracking: Arc<Tracking>) {
             let mut conn = link.conn.clone();
             let cmd = redis::cmd("PING");
             let ping = cmd.query_async::<String>(&mut conn);
-            if !matches!(tokio::time::timeout(PING_EVERY, ping).await, Ok(Ok(_))) {
+            if !matches!(crate::exec::timeout(PING_EVERY, ping).await, Ok(Ok(_))) {
                 if !link.dead.swap(true, Relaxed) {
                     tracking.flushed();
                 }
@@ -342,7 +339,7 @@ impl Connections {
         io_runtime().spawn(async move {
             let cmd = redis::cmd("PING");
             let ping = cmd.query_async::<String>(&mut conn);
-            if !matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(_))) {
+            if !matches!(crate::exec::timeout(timeout, ping).await, Ok(Ok(_))) {
                 breaker.failure(Probe(None));
             }
             checking.store(false, Relaxed);

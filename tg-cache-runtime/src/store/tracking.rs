@@ -49,11 +49,7 @@ impl Watch {
     /// Completes when the key changes or tracking lapses, or after `at_most`
     /// (a safety net: a wake-up is never missed for long).
     pub(crate) async fn changed(&self, at_most: std::time::Duration) {
-        let notified = self.notify.notified();
-        let wait = async move {
-            let _ = tokio::time::timeout(at_most, notified).await;
-        };
-        crate::exec::in_io(wait).await;
+        let _ = crate::exec::timeout(at_most, self.notify.notified()).await;
     }
 }
 
