@@ -5,7 +5,9 @@
 //! a fill stores a 1 KiB value under a held lease. Both run with a 1 KiB
 //! and a 16 MiB value at the key (written, then outdated by a family
 //! invalidation, so that it is dead), against a `PING` round trip measured
-//! in the same run. `cargo bench --bench lease`; see BENCHMARKS.md.
+//! in the same run. Also: the grant that replaces a dead value by the
+//! lease placeholder, and a plain `get` of a dead value.
+//! `cargo bench --bench lease`; see BENCHMARKS.md.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::sync::LazyLock;
@@ -79,6 +81,41 @@ fn bench(c: &mut Criterion) {
             b.to_async(&rt).iter(|| async {
                 let (p, _) = protocol_ops::lease(&cache, &key, "poller").await;
                 assert_eq!(p, Poll::Busy);
+            })
+        });
+    }
+
+    // The lease request that finds the dead value and puts its
+    // placeholder there (the dead value is freed by that write).
+    for (name, size) in sizes() {
+        let key = format!("{FAMILY}:grant_{name}");
+        g.bench_function(BenchmarkId::new("grant_over_dead", name), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (cache, key) = (&cache, &key);
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        dead_value(cache, key, size).await;
+                        let start = std::time::Instant::now();
+                        let (p, held) = protocol_ops::lease(cache, key, "granted").await;
+                        total += start.elapsed();
+                        assert_eq!(p, Poll::Granted);
+                        std::mem::forget(held);
+                    }
+                    total
+                }
+            })
+        });
+    }
+
+    // A plain read of a key whose value is dead: a miss, decided from the
+    // value's first bytes (the first read is at most 1 MiB).
+    for (name, size) in sizes() {
+        let key = format!("{FAMILY}:get_{name}");
+        rt.block_on(dead_value(&cache, &key, size));
+        g.bench_function(BenchmarkId::new("get_dead", name), |b| {
+            b.to_async(&rt).iter(|| async {
+                assert_eq!(cache.get::<String>(&key).await.unwrap(), None);
             })
         });
     }

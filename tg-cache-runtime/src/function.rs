@@ -178,6 +178,12 @@ pub fn uncached<R>(f: impl FnOnce() -> R) -> R {
 
 /// Runs `f`; cached functions called directly inside it recompute their
 /// result and store it, replacing what was cached.
+///
+/// While a refresh computes, other callers (in every process) keep reading
+/// the old value: the refresh's lease lives beside the key, not at it. A
+/// refresh that outlasts its lease timeout keeps its lease by renewing it.
+/// Any write or invalidation of the key during the refresh wins over it:
+/// the refreshed result is then returned to its caller but not stored.
 pub fn refresh<R>(f: impl FnOnce() -> R) -> R {
     scoped(CallMode::Refresh, f)
 }
