@@ -72,6 +72,26 @@ impl Raw {
             .unwrap_or_else(|e| panic!("redis {args:?} failed: {e}"))
     }
 
+    /// [`Raw::cmd`] that reports a failure (Redis down, a connection
+    /// broken by a restart) instead of panicking; a failed connection is
+    /// dropped.
+    pub fn try_cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let idle = self.1.lock().unwrap().pop();
+        let mut con = match idle {
+            Some(c) => c,
+            None => redis::Client::open(self.0.as_str())?.get_connection()?,
+        };
+        let r = cmd.query(&mut con);
+        if r.is_ok() {
+            self.1.lock().unwrap().push(con);
+        }
+        r
+    }
+
     pub fn set_bytes(&self, key: &str, value: &[u8]) {
         let () = self
             .with(|con| redis::cmd("SET").arg(key).arg(value).query(con))

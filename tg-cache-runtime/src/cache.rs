@@ -12,6 +12,7 @@ use crate::stats::{CacheStats, Counters, Families, FamilyStats};
 use crate::store::connection::ConnectionSettings;
 use crate::store::dummy::DummyStore;
 use crate::store::local::LocalStore;
+use crate::store::near::NearStore;
 use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::{Family, Incr, Slot, Store, Stored};
 use crate::timeout::{Timeout, Ttl};
@@ -203,7 +204,7 @@ impl Cache {
                 let url = cfg.redis_url.clone().ok_or_else(|| {
                     crate::ConfigError::new("REDIS_URL", "", "the redis backend needs a URL")
                 })?;
-                Arc::new(RedisStore::new(&RedisSettings {
+                let redis = RedisStore::new(&RedisSettings {
                     connection: ConnectionSettings {
                         url,
                         pool_size: cfg.pool_size,
@@ -215,7 +216,11 @@ impl Cache {
                     lease_timeout: cfg.lease_timeout,
                     compress_min: cfg.compress_min_bytes,
                     max_value_bytes: cfg.max_value_bytes,
-                })?)
+                })?;
+                match cfg.near_cache {
+                    Some(n) => Arc::new(NearStore::new(redis, n)),
+                    None => Arc::new(redis),
+                }
             }
         };
         Ok(Self::with_store(alias, cfg, store))
@@ -281,9 +286,17 @@ impl Cache {
         self.inner.created.elapsed()
     }
 
-    /// Entries held by a local store (`None` for other stores).
+    /// Entries held by a local store or by the near cache of a Redis store
+    /// (`None` for other stores).
     pub fn local_len(&self) -> Option<u64> {
         self.inner.store.len()
+    }
+
+    /// The near cache's counters by key family (`tg:fn:char_scenes`, ...;
+    /// `other` for keys outside any family), sorted by family; `None`
+    /// without a near cache ([`CacheConfig::near_cache`]).
+    pub fn near_stats(&self) -> Option<Vec<(String, crate::NearStats)>> {
+        self.inner.store.near_stats()
     }
 
     /// The core the miss protocol, adapters and test support work on.
@@ -444,6 +457,11 @@ impl Core {
                 Err(Undecodable::Corrupt)
             }
             Stored::Bytes(b) => self.decode_bytes(key, b).await,
+            Stored::Tracked(b, ticket) => {
+                let v = self.decode_bytes::<T>(key, b).await?;
+                ticket.keep(&v);
+                Ok(v)
+            }
         }
     }
 

@@ -16,6 +16,7 @@
 //! | `TG_CACHE_LEASE_TIMEOUT_MS` | how long a dead filler's Redis lease blocks other processes | `3000` |
 //! | `TG_CACHE_MAX_WAIT_MS` | how long a caller waits for another process's computation before it computes too | `30000` |
 //! | `TG_CACHE_COMPRESS_MIN_BYTES` | zlib-compress values at least this long; `off` | `off` |
+//! | `TG_CACHE_NEAR_CACHE` | entries of the Redis store's near cache ([`CacheConfig::near_cache`]); `0` or `off` disables it | `off` |
 //!
 //! With no variables set the default cache is a local store: zero configuration.
 
@@ -325,6 +326,7 @@ pub struct CacheConfig {
     pub(crate) max_wait: Duration,
     pub(crate) pool_size: usize,
     pub(crate) max_value_bytes: usize,
+    pub(crate) near_cache: Option<u64>,
     pub(crate) error: Option<ConfigError>,
 }
 
@@ -360,6 +362,7 @@ impl CacheConfig {
             max_wait: Duration::from_secs(30),
             pool_size: DEFAULT_POOL_SIZE,
             max_value_bytes: 64 << 20,
+            near_cache: None,
             error: None,
         }
     }
@@ -494,6 +497,25 @@ impl CacheConfig {
         self
     }
 
+    /// Puts a near cache of at most `max_entries` decoded values in front
+    /// of the Redis store (`0`: none, the default; ignored by other
+    /// stores). A hit is then an in-process lookup, as fast as the local
+    /// store's. It is kept coherent by Redis client-side tracking: any
+    /// change of a key by any client (another process, Django,
+    /// `redis-cli`), an expiry, a family invalidation, a `FLUSHDB` or the
+    /// loss of the connection drops what it affects, in every process;
+    /// this process's own writes drop it at once. Figures in
+    /// `BENCHMARKS.md`.
+    pub fn near_cache(mut self, max_entries: u64) -> Self {
+        self.near_cache = (max_entries > 0).then_some(max_entries);
+        self
+    }
+
+    /// The near cache's bound, if it has one ([`CacheConfig::near_cache`]).
+    pub fn near_cache_entries(&self) -> Option<u64> {
+        self.near_cache
+    }
+
     /// The Redis URL, with its password redacted when displayed.
     pub fn redis_url(&self) -> Option<&RedisUrl> {
         self.redis_url.as_ref()
@@ -574,6 +596,18 @@ impl CacheConfig {
                     &v,
                     "a byte count or `off`",
                 )?)
+            };
+        }
+        if let Some(v) = get("TG_CACHE_NEAR_CACHE") {
+            c.near_cache = if v.trim().eq_ignore_ascii_case("off") {
+                None
+            } else {
+                let n: u64 = parse_num(
+                    "TG_CACHE_NEAR_CACHE",
+                    &v,
+                    "a number of entries, or `0`/`off`",
+                )?;
+                (n > 0).then_some(n)
             };
         }
         if backend == Backend::Redis {

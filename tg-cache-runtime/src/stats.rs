@@ -139,6 +139,23 @@ impl CacheStats {
     }
 }
 
+/// The near cache's counters of one key family
+/// ([`crate::Cache::near_stats`]). Near hits are also counted as hits in
+/// [`CacheStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NearStats {
+    /// Lookups answered by the near cache (no Redis round trip).
+    pub hits: u64,
+    /// Lookups that read Redis.
+    pub misses: u64,
+    /// Entries dropped because their key changed (a push from Redis or a
+    /// write of this process), and family-wide invalidations.
+    pub invalidations: u64,
+    /// Times the whole near cache was dropped (a `FLUSHDB`, a lost
+    /// connection): the same for every family.
+    pub flushes: u64,
+}
+
 /// Counters of one key family (see [`crate::key::family_of`]).
 #[derive(Debug, Default)]
 pub(crate) struct FamilyStats {

@@ -15,6 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+/// A near cache built while this variable is set keeps every reply, even
+/// one that an invalidation overtook: its pending-ticket guard broken on
+/// purpose, for the tests that show the guard is needed.
+pub const BREAK_NEAR_GUARD_VAR: &str = "TG_CACHE_TESTING_BREAK_NEAR_GUARD";
+
 /// A `redis-server` process started for a test (`--save ""`, no persistence),
 /// killed when dropped. Its log is printed if the test panics.
 pub struct RedisServer {

@@ -17,6 +17,7 @@
 pub(crate) mod connection;
 pub(crate) mod dummy;
 pub(crate) mod local;
+pub(crate) mod near;
 pub(crate) mod redis;
 pub(crate) mod scripts;
 pub(crate) mod tracking;
@@ -110,6 +111,9 @@ pub(crate) enum Stored {
     Typed(AnyValue, Encoder),
     /// Kept as bytes (Redis): the payload, epoch header removed.
     Bytes(Vec<u8>),
+    /// Bytes read for the near cache: decoded, the value is given to the
+    /// ticket ([`near::Ticket::keep`]).
+    Tracked(Vec<u8>, near::Ticket),
     /// A value over the cap (`CacheConfig::max_value_bytes`), never read:
     /// treated as a corrupt value.
     Oversized,
@@ -141,7 +145,7 @@ impl Stored {
     /// What a caller saw of these bytes ([`Seen`]).
     pub(crate) fn seen(&self) -> Seen {
         match self {
-            Stored::Bytes(b) => {
+            Stored::Bytes(b) | Stored::Tracked(b, _) => {
                 let n = b.len().min(64);
                 let mut head = [0u8; 64];
                 head[..n].copy_from_slice(&b[..n]);
@@ -229,8 +233,13 @@ pub(crate) trait Store: Send + Sync + 'static {
         true
     }
 
-    /// Entries held (local stores only).
+    /// Entries held (local stores and near caches only).
     fn len(&self) -> Option<u64> {
+        None
+    }
+
+    /// The near cache's counters by key family (near caches only).
+    fn near_stats(&self) -> Option<Vec<(String, crate::stats::NearStats)>> {
         None
     }
 

@@ -252,8 +252,32 @@ impl RedisStore {
     /// read again, whole, by [`scripts`]' size-checked `READ_BIG` (a second
     /// round trip, for big values only).
     async fn read(&self, slots: &[Slot]) -> Result<Vec<Option<Stored>>> {
+        Ok(self.read_with(slots, false).await?.0)
+    }
+
+    /// [`RedisStore::read`], with each key's remaining lifetime (`PTTL`, in
+    /// the same round trip) when `lifetimes` is set: the near cache's read.
+    /// Every key read is tracked by the connection that read it
+    /// (`tracking.rs`).
+    pub(crate) async fn read_tracked(
+        &self,
+        slots: &[Slot],
+    ) -> Result<(Vec<Option<Stored>>, Vec<Option<Ttl>>)> {
+        self.read_with(slots, true).await
+    }
+
+    /// The tracking of this store's connections.
+    pub(crate) fn tracking(&self) -> &Arc<super::tracking::Tracking> {
+        self.conns.tracking()
+    }
+
+    async fn read_with(
+        &self,
+        slots: &[Slot],
+        lifetimes: bool,
+    ) -> Result<(Vec<Option<Stored>>, Vec<Option<Ttl>>)> {
         if slots.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let mut epoch_keys: Vec<&str> = slots
             .iter()
@@ -275,13 +299,27 @@ impl RedisStore {
                 .arg(0)
                 .arg(generation::MAX_TOKEN_LEN);
         }
+        if lifetimes {
+            for s in slots {
+                pipe.cmd("PTTL").arg(&s.key);
+            }
+        }
         let reply: Vec<redis::Value> = self
             .run(move |mut c| async move { pipe.query_async(&mut c).await })
             .await?;
         let n = slots.len();
         let mut reply = reply.into_iter();
         let values: Vec<redis::Value> = reply.by_ref().take(n).collect();
-        let epochs: Vec<redis::Value> = reply.collect();
+        let epochs: Vec<redis::Value> = reply.by_ref().take(epoch_keys.len()).collect();
+        let ttls: Vec<Option<Ttl>> = reply
+            .map(|v| match v {
+                redis::Value::Int(-1) => Some(Ttl::Forever),
+                redis::Value::Int(ms) if ms >= 0 => {
+                    Some(Ttl::Remaining(Duration::from_millis(ms as u64)))
+                }
+                _ => None,
+            })
+            .collect();
         let mut out = Vec::with_capacity(n);
         for (slot, v) in slots.iter().zip(values) {
             let mut raw = match v {
@@ -318,7 +356,7 @@ impl RedisStore {
             }
             out.push(self.classify(raw, epoch));
         }
-        Ok(out)
+        Ok((out, ttls))
     }
 
     /// The whole value at a key longer than the first read: `Some(None)`

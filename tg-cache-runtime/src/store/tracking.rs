@@ -55,7 +55,6 @@ impl Watch {
 
 impl Tracking {
     /// The current generation: it changes whenever tracking may have lapsed.
-    #[allow(dead_code)] // used by the near cache (issue 13)
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -66,7 +65,6 @@ impl Tracking {
     }
 
     /// Adds a listener, for as long as it lives.
-    #[allow(dead_code)] // used by the near cache (issue 13)
     pub(crate) fn subscribe(&self, listener: Weak<dyn Listener>) {
         let mut l = self.listeners.write().unwrap_or_else(|p| p.into_inner());
         l.retain(|w| w.strong_count() > 0);
