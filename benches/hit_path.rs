@@ -33,6 +33,11 @@ fn local_scenes(character_id: i64) -> Arc<Vec<Scene>> {
     Arc::new(scenes(character_id))
 }
 
+#[cache_function(key_prefix = "char_scenes_near", cache = "near")]
+fn near_scenes(character_id: i64) -> Arc<Vec<Scene>> {
+    Arc::new(scenes(character_id))
+}
+
 #[cache_function(key_prefix = "char_scenes_redis", cache = "redis")]
 async fn redis_scenes(character_id: i64) -> Arc<Vec<Scene>> {
     Arc::new(scenes(character_id))
@@ -41,7 +46,9 @@ async fn redis_scenes(character_id: i64) -> Arc<Vec<Scene>> {
 static SERVER: LazyLock<RedisServer> = LazyLock::new(|| {
     let server = RedisServer::start();
     tg_cache::configure(
-        Caches::new(CacheConfig::local()).with("redis", CacheConfig::redis(&server.url())),
+        Caches::new(CacheConfig::local())
+            .with("redis", CacheConfig::redis(&server.url()))
+            .with("near", CacheConfig::redis(&server.url()).near_cache(1000)),
     )
     .unwrap();
     server
@@ -92,6 +99,12 @@ fn local(c: &mut Criterion) {
     });
     g.bench_function(BenchmarkId::new("cache_function", "arc_value"), |b| {
         b.iter(|| local_scenes(black_box(5)))
+    });
+    // The same function on a Redis cache with a near cache: a near hit.
+    near_scenes(5);
+    near_scenes(5);
+    g.bench_function(BenchmarkId::new("near_cache_function", "arc_value"), |b| {
+        b.iter(|| near_scenes(black_box(5)))
     });
     let cache = tg_cache::cache();
     g.bench_function(BenchmarkId::new("cache_api_get", "clone_vec"), |b| {
