@@ -409,7 +409,20 @@ async fn cache_status(State(state): State<AppState>) -> Response {
                 context! { family, hits => f.hits, misses => f.misses, ratio => ratio(&f), errors => f.errors }
             })
             .collect();
+        // The near cache's own counters (a Redis cache with
+        // TG_CACHE_NEAR_CACHE set): the hits it answered in this process.
+        let near = cache.near_stats().map(|stats| {
+            let flushes = stats.first().map_or(0, |(_, s)| s.flushes);
+            let families: Vec<_> = stats
+                .into_iter()
+                .map(|(family, n)| {
+                    context! { family, hits => n.hits, misses => n.misses, invalidations => n.invalidations }
+                })
+                .collect();
+            context! { entries => cache.local_len().unwrap_or(0), flushes, families }
+        });
         caches.push(context! {
+            near,
             alias => cache.alias(),
             backend => cache.backend().to_string(),
             healthy => health.is_ok(),

@@ -4,6 +4,8 @@
 //! ```sh
 //! cargo run --example chronicle                     # local store, no configuration
 //! TG_CACHE_BACKEND=redis TG_CACHE_REDIS_URL=redis://127.0.0.1:6379/0 cargo run --example chronicle
+//! # several processes on one Redis, each with a near cache of 10,000 entries:
+//! TG_CACHE_BACKEND=redis TG_CACHE_NEAR_CACHE=10000 CHRONICLE_ADDR=127.0.0.1:8001 cargo run --example chronicle
 //! ```
 //!
 //! `CHRONICLE_DB` (default `chronicle.db`) and `CHRONICLE_ADDR` (default
