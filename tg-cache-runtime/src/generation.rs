@@ -49,7 +49,8 @@ pub(crate) fn epoch_key(namespace: &str, family: &str) -> String {
     }
 }
 
-/// Whether a stored key is an epoch key (kept by `clear()`).
+/// Whether a stored key is an epoch key (`#epoch:<family>`, possibly
+/// namespaced).
 pub(crate) fn is_epoch_key(key: &str) -> bool {
     key.starts_with("#epoch:") || key.contains(":#epoch:")
 }

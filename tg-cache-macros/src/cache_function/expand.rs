@@ -4,7 +4,7 @@
 use super::attr::{Args, TimeoutArg};
 use super::check::{Piece, Plan, Policy, PolicySource};
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{FnArg, GenericParam, ItemFn, Type};
@@ -212,8 +212,38 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
     let impl_generic_check = if plan.key_has_self_type {
         quote!()
     } else {
+        // Skipped parameters' types too: a `T` there varies the result as
+        // much as one in a key parameter. (Not those that name the fn's own
+        // generics or an `impl Trait`, which a nested item cannot name
+        // either, and which are keyed or refused elsewhere.)
+        let own: Vec<String> = sig
+            .generics
+            .params
+            .iter()
+            .filter_map(|g| match g {
+                syn::GenericParam::Type(t) => Some(t.ident.to_string()),
+                syn::GenericParam::Const(c) => Some(c.ident.to_string()),
+                syn::GenericParam::Lifetime(_) => None,
+            })
+            .collect();
+        let key_types: Vec<String> = plan
+            .key_params
+            .iter()
+            .map(|p| p.ty.to_token_stream().to_string())
+            .collect();
+        let params = sig
+            .inputs
+            .iter()
+            .filter_map(|a| match a {
+                syn::FnArg::Typed(t) => Some((*t.ty).clone()),
+                syn::FnArg::Receiver(_) => None,
+            })
+            .filter(|ty| {
+                !key_types.contains(&ty.to_token_stream().to_string())
+                    && !names_any(ty.to_token_stream(), &own)
+            });
         let types = std::iter::once(ret.clone())
-            .chain(plan.key_params.iter().map(|p| p.ty.clone()))
+            .chain(params)
             .map(static_lifetimes);
         let checks = types.map(|ty| {
             let sp = ty.span();
@@ -407,4 +437,13 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
             #family
         }
     }
+}
+
+/// Whether `tokens` hold `impl` or one of `idents` (a fn's own generics).
+fn names_any(tokens: TokenStream, idents: &[String]) -> bool {
+    tokens.into_iter().any(|t| match t {
+        proc_macro2::TokenTree::Ident(i) => i == "impl" || idents.iter().any(|n| i == n),
+        proc_macro2::TokenTree::Group(g) => names_any(g.stream(), idents),
+        _ => false,
+    })
 }
