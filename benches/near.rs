@@ -432,12 +432,16 @@ fn main() {
         .build()
         .unwrap();
     if std::env::var_os("NEAR_PROFILE").is_some() {
-        // For a profiler: Redis hits only, one task.
+        // For a profiler: Redis hits only, `NEAR_TASKS` tasks (default 1).
         rt.block_on(async {
             for i in 0..KEYS {
                 redis_scenes(i).await;
             }
-            let n = throughput(1, secs, |i| async move {
+            let tasks = std::env::var("NEAR_TASKS")
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(1);
+            let n = throughput(tasks, secs, |i| async move {
                 std::hint::black_box(redis_scenes(i).await);
             })
             .await;

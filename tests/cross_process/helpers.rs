@@ -241,6 +241,7 @@ pub struct Proxy {
     pub port: u16,
     cuts: Arc<std::sync::atomic::AtomicUsize>,
     turns: Arc<std::sync::atomic::AtomicUsize>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -255,11 +256,14 @@ impl Proxy {
         let cuts2 = cuts.clone();
         let turns = Arc::new(AtomicUsize::new(0));
         let turns2 = turns.clone();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let accepted2 = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
+                accepted2.fetch_add(1, SeqCst);
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
                 else {
                     continue;
@@ -323,6 +327,7 @@ impl Proxy {
             port,
             cuts,
             turns,
+            accepted,
             task,
         }
     }
@@ -331,6 +336,11 @@ impl Proxy {
     /// after the server had answered it.
     pub fn round_trips(&self) -> usize {
         self.turns.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many connections clients opened.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many connections were cut.

@@ -1,8 +1,11 @@
 //! Where Redis I/O runs, and how blocking calls wait.
 //!
-//! Connections live on one small runtime owned by tg-cache ("tg-cache-io"),
-//! so they survive the caller's runtimes (each `#[tokio::test]` has its own)
-//! and blocking calls never need, or disturb, the caller's runtime.
+//! A caller on a multi-thread tokio runtime has its connections driven by
+//! that runtime ([`caller_runtime`], `store/connection.rs`). Everything
+//! else (connections of other callers, timers, background tasks) lives on
+//! one small runtime owned by tg-cache ("tg-cache-io"), so it survives the
+//! caller's runtimes (each `#[tokio::test]` has its own), and blocking calls
+//! never need, or disturb, the caller's runtime.
 
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
@@ -13,14 +16,81 @@ static IO_RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("tg-cache-io")
+        .on_thread_start(|| {
+            let _ = OWN.try_with(|c| c.set(1));
+        })
         .enable_all()
         .build()
         .expect("tg-cache: cannot start its I/O runtime thread")
 });
 
-/// The runtime that owns tg-cache's connections.
+/// The runtime that owns tg-cache's connections made outside a
+/// multi-thread tokio runtime, and its background tasks.
 pub(crate) fn io_runtime() -> &'static tokio::runtime::Runtime {
     &IO_RUNTIME
+}
+
+/// What this thread's runtime can do for tg-cache (see [`caller_runtime`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// Not tried yet.
+    Unknown,
+    /// It drove a connection: it has I/O and timers.
+    Verified,
+    /// It could not (built without I/O or timers).
+    Unusable,
+}
+
+thread_local! {
+    static CALLER: std::cell::Cell<Caller> = const { std::cell::Cell::new(Caller::Unknown) };
+    /// Non-zero on tg-cache's own threads and inside [`in_io`]: work for
+    /// tg-cache's runtime, which uses its pool.
+    static OWN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+fn own() -> bool {
+    OWN.try_with(std::cell::Cell::get).unwrap_or(1) != 0
+}
+
+fn caller() -> Caller {
+    CALLER
+        .try_with(std::cell::Cell::get)
+        .unwrap_or(Caller::Unusable)
+}
+
+fn multi_thread_runtime() -> Option<tokio::runtime::Handle> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let h = Handle::try_current().ok()?;
+    (h.runtime_flavor() == RuntimeFlavor::MultiThread).then_some(h)
+}
+
+/// The caller's runtime, if tg-cache can drive this thread's connections
+/// on it: a multi-thread tokio runtime (whose workers drive them even while
+/// this thread blocks), not found unusable on this thread. A connection
+/// driven by the caller's runtime costs a hit no hop to tg-cache's I/O
+/// thread and back (`BENCHMARKS.md`).
+pub(crate) fn caller_runtime() -> Option<tokio::runtime::Handle> {
+    if own() || caller() == Caller::Unusable {
+        return None;
+    }
+    multi_thread_runtime()
+}
+
+/// Records whether this thread's runtime could drive a connection.
+pub(crate) fn caller_runtime_usable(usable: bool) {
+    let state = if usable {
+        Caller::Verified
+    } else {
+        Caller::Unusable
+    };
+    let _ = CALLER.try_with(|c| c.set(state));
+}
+
+/// Whether timers can live on the caller's runtime: one that drove a
+/// connection (so it has timers). A timer there costs no wake-up of
+/// tg-cache's I/O thread; elsewhere timers live on tg-cache's runtime.
+fn caller_timers() -> bool {
+    !own() && caller() == Caller::Verified && multi_thread_runtime().is_some()
 }
 
 /// Runs `fut` with the tg-cache runtime as the current tokio context on every
@@ -29,24 +99,46 @@ pub(crate) fn io_runtime() -> &'static tokio::runtime::Runtime {
 /// first used from one `#[tokio::test]` keeps working in the next, and the
 /// future can be polled by any executor (a tokio runtime, a blocking call, or
 /// none at all), without a hop to another thread.
+///
+/// Redis calls made inside it use connections driven by tg-cache's runtime
+/// (never the caller's, see [`caller_runtime`]): a future that starts on a
+/// caller's thread and goes on on tg-cache's runtime (a lease released in
+/// the background) never depends on the caller's runtime.
 pub(crate) async fn in_io<F: Future>(fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
     std::future::poll_fn(move |cx| {
         let _ctx = io_runtime().enter();
+        let _own = OwnScope::enter();
         fut.as_mut().poll(cx)
     })
     .await
 }
 
-/// [`tokio::time::timeout`] with its timer on tg-cache's runtime, so it works
-/// under any executor (a plain thread has no tokio context). The only
+/// Marks the thread as working for tg-cache's runtime while it lives.
+struct OwnScope;
+
+impl OwnScope {
+    fn enter() -> Self {
+        let _ = OWN.try_with(|c| c.set(c.get() + 1));
+        Self
+    }
+}
+
+impl Drop for OwnScope {
+    fn drop(&mut self) {
+        let _ = OWN.try_with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
+/// [`tokio::time::timeout`] that works under any executor (a plain thread
+/// has no tokio context): its timer lives on the caller's runtime when
+/// that can hold it ([`caller_timers`]), else on tg-cache's. The only
 /// timeout the runtime uses (`clippy.toml` disallows tokio's own).
-#[allow(clippy::disallowed_methods)]
 pub(crate) async fn timeout<F: Future>(
     after: std::time::Duration,
     fut: F,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
-    in_io(async move { tokio::time::timeout(after, fut).await }).await
+    timeout_at(tokio::time::Instant::now() + after, fut).await
 }
 
 /// [`tokio::time::timeout_at`], made like [`timeout`].
@@ -55,13 +147,21 @@ pub(crate) async fn timeout_at<F: Future>(
     deadline: tokio::time::Instant,
     fut: F,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
-    in_io(async move { tokio::time::timeout_at(deadline, fut).await }).await
+    if caller_timers() {
+        tokio::time::timeout_at(deadline, fut).await
+    } else {
+        in_io(async move { tokio::time::timeout_at(deadline, fut).await }).await
+    }
 }
 
 /// [`tokio::time::sleep`], made like [`timeout`].
 #[allow(clippy::disallowed_methods)]
 pub(crate) async fn sleep(for_: std::time::Duration) {
-    in_io(async move { tokio::time::sleep(for_).await }).await
+    if caller_timers() {
+        tokio::time::sleep(for_).await
+    } else {
+        in_io(async move { tokio::time::sleep(for_).await }).await
+    }
 }
 
 struct ThreadWaker(Thread);

@@ -617,9 +617,11 @@ impl Drop for LeaseGuard {
             return;
         }
         let (store, slot, lease) = (self.store.clone(), self.slot.clone(), self.lease.clone());
-        let release = async move {
+        // On tg-cache's connections (`in_io`): polled first here, it may
+        // go on on tg-cache's runtime, after the caller's runtime ended.
+        let release = crate::exec::in_io(async move {
             let _ = store.release(&slot, &lease).await;
-        };
+        });
         // A local store releases synchronously; a remote one on tg-cache's
         // runtime, so that a dropped holder frees its key at once.
         let mut release = Box::pin(release);

@@ -1,6 +1,15 @@
-//! Connections to one Redis server: a small pool of multiplexed RESP3
-//! connections with client-side tracking, a fair queue in front of them,
-//! one deadline per call, and a circuit breaker.
+//! Connections to one Redis server: multiplexed RESP3 connections with
+//! client-side tracking, a fair queue in front of them, one deadline per
+//! call, and a circuit breaker.
+//!
+//! * **Driven where the caller runs.** A caller on a multi-thread tokio
+//!   runtime uses its thread's own connection, driven by that runtime
+//!   (`exec::caller_runtime`): a command then costs no hop to another
+//!   thread and back. Such a connection ends with its runtime (a
+//!   `#[tokio::test]`'s) or its thread, and is then replaced; its end
+//!   flushes the listeners, as any lost connection's does. Other callers
+//!   (plain threads, current-thread runtimes, runtimes without I/O) use the
+//!   pool of `pool_size` connections driven by tg-cache's own runtime.
 //!
 //! * **Tracking in the handshake.** tg-cache owns each connection's
 //!   lifecycle (no `ConnectionManager`, whose reconnects would silently drop
@@ -71,6 +80,8 @@ pub(crate) struct Connections {
     /// Whether a background check of a timeout is running.
     checking: Arc<AtomicBool>,
     tracking: Arc<Tracking>,
+    /// Alive as long as these connections: the key of their thread slots.
+    alive: Arc<()>,
 }
 
 /// One connection of the pool, made when first needed and again after it
@@ -87,14 +98,82 @@ struct Slot {
 struct Link {
     conn: MultiplexedConnection,
     /// Set once the connection is lost; it is then never used again.
-    dead: Arc<AtomicBool>,
+    dead: Arc<Death>,
+    /// For a connection driven by a caller's runtime: alive while that
+    /// runtime runs (a task of it holds the other end). `None`: driven by
+    /// tg-cache's own runtime.
+    owner: Option<Weak<()>>,
+}
+
+/// A connection's end: once set, never unset.
+#[derive(Default)]
+struct Death {
+    flag: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Death {
+    fn is_set(&self) -> bool {
+        self.flag.load(Relaxed)
+    }
+
+    /// Sets it; true the first time.
+    fn set(&self) -> bool {
+        let first = !self.flag.swap(true, Relaxed);
+        if first {
+            self.notify.notify_one();
+        }
+        first
+    }
+}
+
+impl Link {
+    /// Whether the runtime that drives it is gone.
+    fn orphaned(&self) -> bool {
+        self.owner.as_ref().is_some_and(|o| o.strong_count() == 0)
+    }
 }
 
 impl Slot {
     fn live(&self) -> Option<Link> {
         let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
-        link.as_ref().filter(|l| !l.dead.load(Relaxed)).cloned()
+        link.as_ref().filter(|l| !l.dead.is_set()).cloned()
     }
+}
+
+/// Ends a connection driven by a caller's runtime when dropped (the runtime
+/// shut down, or the connection ended): every listener is flushed if it was
+/// still live, since its invalidations stop.
+struct Ended(Arc<Death>, Arc<Tracking>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if self.0.set() {
+            self.1.flushed();
+        }
+    }
+}
+
+/// A failed command, and whether the runtime that drove its connection
+/// ended under it.
+struct Failed {
+    source: redis::RedisError,
+    orphaned: bool,
+}
+
+/// Whether a connection is driven by tg-cache's runtime or by a caller's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    Own,
+    Caller,
+}
+
+thread_local! {
+    /// The connection slots of this thread, one per store, for callers on a
+    /// multi-thread tokio runtime: connections driven by that runtime
+    /// (`exec::caller_runtime`). Each entry lives while its store does.
+    static THREAD_SLOTS: std::cell::RefCell<Vec<(Weak<()>, Arc<Slot>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Connections {
@@ -132,6 +211,7 @@ impl Connections {
             }),
             checking: Arc::new(AtomicBool::new(false)),
             tracking: Arc::default(),
+            alive: Arc::new(()),
         })
     }
 
@@ -140,39 +220,68 @@ impl Connections {
         &self.tracking
     }
 
-    fn slot(&self) -> &Arc<Slot> {
+    /// The slot the next command goes through: this thread's own, driven
+    /// by the caller's runtime, when there is one; else one of the pool,
+    /// driven by tg-cache's runtime.
+    fn slot(&self, driver: Driver) -> Arc<Slot> {
+        if driver == Driver::Caller {
+            let mine = THREAD_SLOTS.try_with(|t| {
+                let mut t = t.borrow_mut();
+                t.retain(|(store, _)| store.strong_count() > 0);
+                let me = Arc::downgrade(&self.alive);
+                if let Some((_, s)) = t.iter().find(|(store, _)| Weak::ptr_eq(store, &me)) {
+                    return s.clone();
+                }
+                let s = Arc::new(Slot::default());
+                t.push((me, s.clone()));
+                s
+            });
+            if let Ok(s) = mine {
+                return s;
+            }
+        }
         let i = self.next.fetch_add(1, Relaxed) % self.slots.len();
-        &self.slots[i]
+        self.slots[i].clone()
     }
 
     /// The slot's live connection, made (tracking on) if there is none.
-    async fn link(&self, slot: &Arc<Slot>) -> redis::RedisResult<Link> {
+    async fn link(
+        &self,
+        slot: &Arc<Slot>,
+        caller: Option<&tokio::runtime::Handle>,
+    ) -> redis::RedisResult<Link> {
         if let Some(l) = slot.live() {
-            return Ok(l);
+            if !l.orphaned() {
+                return Ok(l);
+            }
+            // Its runtime shut down (a `#[tokio::test]` ended): replaced.
+            self.lost(&l);
         }
         let _one = slot.connecting.lock().await;
         if let Some(l) = slot.live() {
             return Ok(l);
         }
-        let link = self.connect(slot).await?;
+        let link = self.connect(slot, caller).await?;
         *slot.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.clone());
         Ok(link)
     }
 
-    /// A new connection: RESP3, its pushes to [`Tracking`], tracking on,
-    /// and a `PING` every second while it is the slot's.
-    async fn connect(&self, slot: &Arc<Slot>) -> redis::RedisResult<Link> {
-        let dead = Arc::new(AtomicBool::new(false));
-        let (tracking, gone) = (self.tracking.clone(), dead.clone());
+    /// What opens one connection: RESP3, its pushes to [`Tracking`],
+    /// tracking on.
+    fn opener(
+        &self,
+        dead: Arc<Death>,
+    ) -> impl Future<Output = redis::RedisResult<MultiplexedConnection>> + Send + 'static {
+        let (tracking, client) = (self.tracking.clone(), self.client.clone());
         // A closure as the push sender (portable to redis-rs 2.0): it runs
         // in the connection's reader task, in wire order.
         let pushes = move |info: redis::PushInfo| -> std::result::Result<(), ()> {
             if info.kind == redis::PushKind::Disconnection {
-                if !gone.swap(true, Relaxed) {
+                if dead.set() {
                     tracking.flushed();
                 }
             } else {
-                tracking.push(info, !gone.load(Relaxed));
+                tracking.push(info, !dead.is_set());
             }
             Ok(())
         };
@@ -180,25 +289,75 @@ impl Connections {
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(None)
             .set_push_sender(pushes);
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?;
-        redis::cmd("CLIENT")
-            .arg("TRACKING")
-            .arg("ON")
-            .query_async::<()>(&mut conn)
-            .await?;
-        // Whatever was read on an earlier connection is not tracked here.
-        self.tracking.flushed();
-        let link = Link { conn, dead };
+        async move {
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await?;
+            redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .query_async::<()>(&mut conn)
+                .await?;
+            Ok(conn)
+        }
+    }
+
+    /// A new connection (see [`Connections::opener`]), driven by `caller`'s
+    /// runtime if given (falling back to tg-cache's own if that runtime
+    /// cannot drive one), and a `PING` every second while it is the slot's.
+    async fn connect(
+        &self,
+        slot: &Arc<Slot>,
+        caller: Option<&tokio::runtime::Handle>,
+    ) -> redis::RedisResult<Link> {
+        let dead = Arc::new(Death::default());
+        let mut owner = None;
+        let mut conn = None;
+        if let Some(h) = caller {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let alive = Arc::new(());
+            let weak = Arc::downgrade(&alive);
+            let open = self.opener(dead.clone());
+            // Dropped when the connection ends, or with the runtime, which
+            // takes the connection with it: then its invalidations stop.
+            let end = Ended(dead.clone(), self.tracking.clone());
+            h.spawn(async move {
+                let r = open.await;
+                let ok = r.is_ok();
+                if tx.send(r).is_ok() && ok {
+                    end.0.notify.notified().await;
+                }
+                drop((alive, end));
+            });
+            match rx.await {
+                Ok(r) => {
+                    conn = Some(r?);
+                    owner = Some(weak);
+                    crate::exec::caller_runtime_usable(true);
+                }
+                Err(_) => {
+                    // The task panicked: a runtime without I/O or timers.
+                    crate::exec::caller_runtime_usable(false);
+                    tracing::warn!(
+                        "tg-cache: this tokio runtime cannot drive a Redis connection (built without enable_io or enable_time?); using tg-cache's own I/O thread for this thread's calls"
+                    );
+                }
+            }
+        }
+        let conn = match conn {
+            Some(c) => c,
+            None => in_io(self.opener(dead.clone())).await?,
+        };
+        // A new connection loses nothing: a connection it replaces was
+        // marked lost (and the listeners flushed) when it was found dead.
+        let link = Link { conn, dead, owner };
         spawn_pinger(Arc::downgrade(slot), link.clone(), self.tracking.clone());
         Ok(link)
     }
 
     /// Marks `link` lost: never used again, and every listener flushed.
     fn lost(&self, link: &Link) {
-        if !link.dead.swap(true, Relaxed) {
+        if link.dead.set() {
             self.tracking.flushed();
         }
     }
@@ -231,27 +390,52 @@ impl Connections {
             }
         };
         let slice = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let slot = self.slot().clone();
-        let res = in_io(async move {
-            crate::exec::timeout_at(deadline, async {
-                let link = self.link(&slot).await?;
-                let r = op(link.conn.clone()).await;
-                if let Err(e) = &r
-                    && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
-                {
-                    self.lost(&link);
-                }
-                r
-            })
-            .await
-        })
-        .await;
+        // Chosen before `in_io`, which makes tg-cache's runtime current.
+        let caller = crate::exec::caller_runtime();
+        let slot = self.slot(if caller.is_some() {
+            Driver::Caller
+        } else {
+            Driver::Own
+        });
+        let used = slot.clone();
+        // The deadline's timer outside `in_io`, so that it can live on the
+        // caller's runtime (`exec::timeout_at`).
+        let op = in_io(async move {
+            let link = self
+                .link(&slot, caller.as_ref())
+                .await
+                .map_err(|source| Failed {
+                    source,
+                    orphaned: false,
+                })?;
+            let r = op(link.conn.clone()).await;
+            let mut orphaned = false;
+            if let Err(e) = &r
+                && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
+            {
+                self.lost(&link);
+                // Its runtime ended under it: no sign that Redis is down.
+                orphaned = link.orphaned();
+            }
+            r.map_err(|source| Failed { source, orphaned })
+        });
+        let res = crate::exec::timeout_at(deadline, op).await;
         let err = match res {
             Ok(Ok(v)) => {
                 self.breaker.success(probe);
                 return Ok(v);
             }
-            Ok(Err(source)) => Error::Redis {
+            Ok(Err(Failed {
+                source,
+                orphaned: true,
+            })) => {
+                drop(probe);
+                return Err(Error::Redis {
+                    addr: self.addr.clone(),
+                    source,
+                });
+            }
+            Ok(Err(Failed { source, .. })) => Error::Redis {
                 addr: self.addr.clone(),
                 source,
             },
@@ -266,7 +450,7 @@ impl Connections {
             // a PING in the background decides, and opens the breaker only
             // if Redis does not answer it either. The probe decides at once.
             Err(_) if probe.0.is_none() => {
-                self.check_in_background();
+                self.check_in_background(&used);
                 return Err(self.timed_out());
             }
             Err(_) => self.timed_out(),
@@ -288,8 +472,15 @@ fn spawn_pinger(slot: Weak<Slot>, link: Link, tracking: Arc<Tracking>) {
     io_runtime().spawn(async move {
         loop {
             crate::exec::sleep(PING_EVERY).await;
-            let Some(slot) = slot.upgrade() else { return };
-            if link.dead.load(Relaxed) {
+            let Some(slot) = slot.upgrade() else {
+                // Its slot is gone (the thread that owned it exited): so is
+                // the connection, and what it tracked.
+                if link.dead.set() {
+                    tracking.flushed();
+                }
+                return;
+            };
+            if link.dead.is_set() {
                 return;
             }
             let current = slot
@@ -306,7 +497,7 @@ fn spawn_pinger(slot: Weak<Slot>, link: Link, tracking: Arc<Tracking>) {
             let cmd = redis::cmd("PING");
             let ping = cmd.query_async::<String>(&mut conn);
             if !matches!(crate::exec::timeout(PING_EVERY, ping).await, Ok(Ok(_))) {
-                if !link.dead.swap(true, Relaxed) {
+                if link.dead.set() {
                     tracking.flushed();
                 }
                 return;
@@ -325,11 +516,14 @@ impl Connections {
 
     /// After a command timed out: checks with a `PING` (within the response
     /// timeout) whether Redis answers at all, and opens the breaker if not.
-    fn check_in_background(&self) {
+    fn check_in_background(&self, used: &Slot) {
         if self.checking.swap(true, Relaxed) {
             return;
         }
-        let Some(link) = self.slots.iter().find_map(|s| s.live()) else {
+        let live = used
+            .live()
+            .or_else(|| self.slots.iter().find_map(|s| s.live()));
+        let Some(link) = live else {
             self.checking.store(false, Relaxed);
             return;
         };
