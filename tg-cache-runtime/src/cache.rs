@@ -218,7 +218,7 @@ impl Cache {
                     max_value_bytes: cfg.max_value_bytes,
                 })?;
                 match cfg.near_cache {
-                    Some(n) => Arc::new(NearStore::new(redis, n)),
+                    Some(n) => Arc::new(NearStore::new(redis, n, cfg.near_ignores_pushes)),
                     None => Arc::new(redis),
                 }
             }

@@ -327,6 +327,8 @@ pub struct CacheConfig {
     pub(crate) pool_size: usize,
     pub(crate) max_value_bytes: usize,
     pub(crate) near_cache: Option<u64>,
+    /// Test support: the near cache ignores invalidation pushes.
+    pub(crate) near_ignores_pushes: bool,
     pub(crate) error: Option<ConfigError>,
 }
 
@@ -363,6 +365,7 @@ impl CacheConfig {
             pool_size: DEFAULT_POOL_SIZE,
             max_value_bytes: 64 << 20,
             near_cache: None,
+            near_ignores_pushes: false,
             error: None,
         }
     }
@@ -508,6 +511,16 @@ impl CacheConfig {
     /// `BENCHMARKS.md`.
     pub fn near_cache(mut self, max_entries: u64) -> Self {
         self.near_cache = (max_entries > 0).then_some(max_entries);
+        self
+    }
+
+    /// Test support: the near cache ignores the server's invalidation
+    /// pushes (not the loss of tracking), so that a test sees what this
+    /// process's own writes do by themselves.
+    #[cfg(feature = "test-support")]
+    #[doc(hidden)]
+    pub fn testing_near_ignores_pushes(mut self) -> Self {
+        self.near_ignores_pushes = true;
         self
     }
 

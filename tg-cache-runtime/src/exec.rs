@@ -65,8 +65,8 @@ fn multi_thread_runtime() -> Option<tokio::runtime::Handle> {
 }
 
 /// The caller's runtime, if tg-cache can drive this thread's connections
-/// on it: a multi-thread tokio runtime (whose workers drive them even while
-/// this thread blocks), not found unusable on this thread. A connection
+/// on it: a multi-thread tokio runtime, not found unusable on this thread,
+/// outside blocking calls and [`in_io`] (which use tg-cache's own). A connection
 /// driven by the caller's runtime costs a hit no hop to tg-cache's I/O
 /// thread and back (`BENCHMARKS.md`).
 pub(crate) fn caller_runtime() -> Option<tokio::runtime::Handle> {
@@ -219,6 +219,10 @@ pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
 }
 
 fn park_on<F: Future>(fut: F) -> F::Output {
+    // A blocking call uses tg-cache's own connections: the thread may be a
+    // short-lived one (tokio's blocking pool retires idle threads), whose
+    // own connection would come and go, and flush the near cache with it.
+    let _own = OwnScope::enter();
     let mut fut = std::pin::pin!(fut);
     WAKER.with(|waker| {
         let mut cx = Context::from_waker(waker);

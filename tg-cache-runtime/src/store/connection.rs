@@ -8,8 +8,9 @@
 //!   thread and back. Such a connection ends with its runtime (a
 //!   `#[tokio::test]`'s) or its thread, and is then replaced; its end
 //!   flushes the listeners, as any lost connection's does. Other callers
-//!   (plain threads, current-thread runtimes, runtimes without I/O) use the
-//!   pool of `pool_size` connections driven by tg-cache's own runtime.
+//!   (blocking calls, plain threads, current-thread runtimes, runtimes
+//!   without I/O or timers) use the pool of `pool_size` connections driven
+//!   by tg-cache's own runtime.
 //!
 //! * **Tracking in the handshake.** tg-cache owns each connection's
 //!   lifecycle (no `ConnectionManager`, whose reconnects would silently drop
@@ -99,10 +100,10 @@ struct Link {
     conn: MultiplexedConnection,
     /// Set once the connection is lost; it is then never used again.
     dead: Arc<Death>,
-    /// For a connection driven by a caller's runtime: alive while that
-    /// runtime runs (a task of it holds the other end). `None`: driven by
-    /// tg-cache's own runtime.
-    owner: Option<Weak<()>>,
+    /// For a connection driven by a caller's runtime: set once that runtime
+    /// ended (its task holding the connection was dropped unfinished).
+    /// `None`: driven by tg-cache's own runtime.
+    owner: Option<Arc<AtomicBool>>,
 }
 
 /// A connection's end: once set, never unset.
@@ -130,7 +131,7 @@ impl Death {
 impl Link {
     /// Whether the runtime that drives it is gone.
     fn orphaned(&self) -> bool {
-        self.owner.as_ref().is_some_and(|o| o.strong_count() == 0)
+        self.owner.as_ref().is_some_and(|o| o.load(Relaxed))
     }
 }
 
@@ -150,6 +151,18 @@ impl Drop for Ended {
     fn drop(&mut self) {
         if self.0.set() {
             self.1.flushed();
+        }
+    }
+}
+
+/// Set when dropped while still holding its flag: the task that holds it
+/// was dropped with its runtime, before its connection ended.
+struct RuntimeEnd(Option<Arc<AtomicBool>>);
+
+impl Drop for RuntimeEnd {
+    fn drop(&mut self) {
+        if let Some(f) = &self.0 {
+            f.store(true, Relaxed);
         }
     }
 }
@@ -310,37 +323,45 @@ impl Connections {
         slot: &Arc<Slot>,
         caller: Option<&tokio::runtime::Handle>,
     ) -> redis::RedisResult<Link> {
-        let dead = Arc::new(Death::default());
+        let mut dead = Arc::new(Death::default());
         let mut owner = None;
         let mut conn = None;
         if let Some(h) = caller {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let alive = Arc::new(());
-            let weak = Arc::downgrade(&alive);
+            let ended = Arc::new(AtomicBool::new(false));
             let open = self.opener(dead.clone());
             // Dropped when the connection ends, or with the runtime, which
             // takes the connection with it: then its invalidations stop.
             let end = Ended(dead.clone(), self.tracking.clone());
-            h.spawn(async move {
+            let runtime_end = RuntimeEnd(Some(ended.clone()));
+            let task = h.spawn(async move {
+                let mut runtime_end = runtime_end;
                 let r = open.await;
                 let ok = r.is_ok();
                 if tx.send(r).is_ok() && ok {
                     end.0.notify.notified().await;
                 }
-                drop((alive, end));
+                // The connection ended; its runtime did not.
+                runtime_end.0 = None;
+                drop(end);
             });
             match rx.await {
                 Ok(r) => {
                     conn = Some(r?);
-                    owner = Some(weak);
+                    owner = Some(ended);
                     crate::exec::caller_runtime_usable(true);
                 }
                 Err(_) => {
-                    // The task panicked: a runtime without I/O or timers.
-                    crate::exec::caller_runtime_usable(false);
-                    tracing::warn!(
-                        "tg-cache: this tokio runtime cannot drive a Redis connection (built without enable_io or enable_time?); using tg-cache's own I/O thread for this thread's calls"
-                    );
+                    if task.await.is_err_and(|e| e.is_panic()) {
+                        // A runtime without I/O or timers.
+                        crate::exec::caller_runtime_usable(false);
+                        tracing::warn!(
+                            "tg-cache: this tokio runtime cannot drive a Redis connection (built without enable_io or enable_time?); using tg-cache's own I/O thread for this thread's calls"
+                        );
+                    }
+                    // (Else the runtime is shutting down.) A fresh state for
+                    // the connection made instead: the failed one's is over.
+                    dead = Arc::new(Death::default());
                 }
             }
         }

@@ -7,7 +7,9 @@
 //!   epoch compare and an `Arc` clone; no decoding, no await point.
 //! * **What it holds comes from tracked reads only.** A miss reads Redis
 //!   with plain commands (`GETRANGE` of the value and of its family's epoch
-//!   key, and `PTTL`) on a connection with `CLIENT TRACKING ON`, so the
+//!   key, and `PTTL`; a value over 1 MiB is then read whole by a
+//!   size-checked read-only script) on a connection with `CLIENT TRACKING
+//!   ON`, so the
 //!   server will push an invalidation for each of those keys when any
 //!   client changes it (a write, delete, expiry, eviction; a family
 //!   invalidation changes the epoch key). The value is kept after the
@@ -19,8 +21,8 @@
 //!   flush removes the key's ticket; and a reply is kept only if its ticket
 //!   is still there, checked and inserted under the lock invalidations
 //!   take. Redis' client-side-caching documentation calls this the
-//!   placeholder technique. Tracking's generation (a connection made, lost
-//!   or replaced) is checked too.
+//!   placeholder technique. Tracking's generation (it changes whenever
+//!   tracking may have lapsed: a connection lost, a flush) is checked too.
 //! * **Own writes are immediate**: every write, delete, fill or
 //!   invalidation through this store forgets the keys it touched when it
 //!   returns, without waiting for the server's push.
@@ -95,6 +97,8 @@ pub(crate) struct Near {
     tracking: Arc<Tracking>,
     /// Whole-cache drops (flushes, lost connections).
     flushes: AtomicU64,
+    /// Test support (`CacheConfig::testing_near_ignores_pushes`).
+    ignores_pushes: bool,
     /// Test hook: keep replies whatever happened since their read (the
     /// guard broken on purpose, to show the tests catch it).
     #[cfg(feature = "test-support")]
@@ -296,6 +300,9 @@ impl Near {
 
 impl Listener for Near {
     fn invalidated(&self, key: &[u8]) {
+        if self.ignores_pushes {
+            return;
+        }
         let Ok(key) = std::str::from_utf8(key) else {
             return;
         };
@@ -323,7 +330,7 @@ pub(crate) struct NearStore {
 }
 
 impl NearStore {
-    pub(crate) fn new(inner: RedisStore, max_entries: u64) -> Self {
+    pub(crate) fn new(inner: RedisStore, max_entries: u64, ignores_pushes: bool) -> Self {
         clock::start();
         let tracking = inner.tracking().clone();
         let near = Arc::new(Near {
@@ -338,6 +345,7 @@ impl NearStore {
             next_ticket: AtomicU64::new(0),
             tracking: tracking.clone(),
             flushes: AtomicU64::new(0),
+            ignores_pushes,
             #[cfg(feature = "test-support")]
             unguarded: std::sync::atomic::AtomicBool::new(
                 std::env::var_os(crate::testing::BREAK_NEAR_GUARD_VAR).is_some(),

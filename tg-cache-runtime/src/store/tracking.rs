@@ -59,7 +59,7 @@ impl Tracking {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Starts a new generation (a connection made, lost or replaced).
+    /// Starts a new generation (tracking may have lapsed: a connection lost, a flush).
     pub(crate) fn next_generation(&self) -> u64 {
         self.generation.fetch_add(1, Ordering::AcqRel) + 1
     }
