@@ -33,6 +33,10 @@
 //!   `CLIENT KILL`ed, a `FLUSHDB`/`FLUSHALL` (a null invalidation), and
 //!   every pending ticket is void.
 //! * **Expiry** is the value's own: its `PTTL`, read with it.
+//! * **One type per entry**: it keeps the value as its first reader decoded
+//!   it. A reader of another type gets that value's JSON re-encoded (as from
+//!   the local store): a type that drops fields it does not know loses them
+//!   for the other type's readers until the entry goes.
 
 use super::redis::RedisStore;
 use super::tracking::{Listener, Tracking, Watch};
@@ -126,6 +130,15 @@ impl Ticket {
         if !self.timed {
             return;
         }
+        // Made before the lock that every invalidation takes; only the
+        // check and the insert are under it.
+        let entry = Entry {
+            value: value.to_any(),
+            json: value.encoder(),
+            expires_at: self.expires_at,
+            epoch: self.epoch,
+            family: self.family.clone(),
+        };
         let near = self.near.clone();
         let mut pending = near.pending();
         #[cfg(feature = "test-support")]
@@ -140,16 +153,7 @@ impl Ticket {
             pending.remove(&self.key);
         }
         self.id = 0;
-        near.entries.insert(
-            std::mem::take(&mut self.key),
-            Entry {
-                value: value.to_any(),
-                json: value.encoder(),
-                expires_at: self.expires_at,
-                epoch: self.epoch,
-                family: self.family.clone(),
-            },
-        );
+        near.entries.insert(std::mem::take(&mut self.key), entry);
     }
 
     fn lifetime(&mut self, ttl: Option<Ttl>) {
