@@ -108,35 +108,13 @@ where
     calls.load(Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Every command's call count (`INFO commandstats`).
-fn command_calls(server: &RedisServer) -> std::collections::BTreeMap<String, u64> {
-    let info: String = server.cmd(&["INFO", "commandstats"]);
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
-}
-
+/// Script calls so far (`EVAL`, `EVALSHA`, `FCALL` and their `_RO` forms).
 fn script_calls(server: &RedisServer) -> u64 {
-    let info: String = server.cmd(&["INFO", "commandstats"]);
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_eval") || l.starts_with("cmdstat_fcall"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
+    server
+        .command_calls()
+        .iter()
+        .filter(|(name, _)| name.starts_with("eval") || name.starts_with("fcall"))
+        .map(|(_, n)| n)
         .sum()
 }
 
@@ -196,14 +174,15 @@ async fn hits(server: &RedisServer, secs: f64) {
         })
         .await;
         let scripts = script_calls(server);
-        let before = command_calls(server);
+        let before = server.command_calls();
         let start = Instant::now();
         let redis = throughput(tasks, secs, |i| async move {
             std::hint::black_box(redis_scenes(i).await);
         })
         .await;
         let calls = redis * start.elapsed().as_secs_f64();
-        let per_hit: Vec<String> = command_calls(server)
+        let per_hit: Vec<String> = server
+            .command_calls()
             .into_iter()
             .filter_map(|(name, n)| {
                 let d = n - before.get(&name).copied().unwrap_or(0);

@@ -355,18 +355,9 @@ async fn rediss_urls_connect_over_tls() {
 
 /// Commands the server ran since `CONFIG RESETSTAT`, by name.
 fn commands(server: &RedisServer) -> Vec<(String, u64)> {
-    let info: String = server.cmd(&["INFO", "commandstats"]);
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
+    server
+        .command_calls()
+        .into_iter()
         .filter(|(name, _)| !name.starts_with("config") && name != "info")
         .collect()
 }

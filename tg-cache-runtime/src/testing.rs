@@ -329,6 +329,20 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("redis {args:?} failed: {e}"))
     }
 
+    /// How many times the server ran each command (`INFO commandstats`,
+    /// lowercase names, `client|tracking` for subcommands), since it started
+    /// or since `CONFIG RESETSTAT`.
+    pub fn command_calls(&self) -> std::collections::BTreeMap<String, u64> {
+        let info: String = self.cmd(&["INFO", "commandstats"]);
+        info.lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest.strip_prefix("calls=")?.split(',').next()?;
+                Some((name.to_owned(), calls.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()

@@ -205,13 +205,21 @@ impl Near {
             .current(slot.family.as_ref().map(|f| f.name.as_str()))
     }
 
-    /// The live entry at `slot`, counted.
-    fn typed(&self, slot: &Slot) -> Option<Stored> {
-        let e = self.entries.get(&slot.key)?;
-        if !e.live(self.epoch(slot)) {
+    /// The entry at `key` if it is live in `epoch`, its hit counted: the
+    /// one lookup of both hit paths ([`Store::peek`] and reads).
+    #[inline]
+    fn hit(&self, key: &str, epoch: u64) -> Option<Entry> {
+        let e = self.entries.get(key)?;
+        if !e.live(epoch) {
             return None;
         }
         e.family.hits.bump();
+        Some(e)
+    }
+
+    /// The live entry at `slot`, counted.
+    fn typed(&self, slot: &Slot) -> Option<Stored> {
+        let e = self.hit(&slot.key, self.epoch(slot))?;
         Some(Stored::Typed(e.value, e.json))
     }
 
@@ -437,12 +445,7 @@ impl NearStore {
 impl Store for NearStore {
     #[inline]
     fn peek(&self, key: &str, epoch: u64) -> Option<AnyValue> {
-        let e = self.near.entries.get(key)?;
-        if !e.live(epoch) {
-            return None;
-        }
-        e.family.hits.bump();
-        Some(e.value)
+        self.near.hit(key, epoch).map(|e| e.value)
     }
 
     fn epoch_handle(&self, family: &str) -> Option<Arc<AtomicU64>> {
