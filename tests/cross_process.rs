@@ -1519,3 +1519,123 @@ async fn guarded_store_keeps_a_foreign_write_to_a_family_key() {
     assert_eq!(fill.await.unwrap(), "old");
     assert_eq!(raw.get_bytes(key).as_deref(), Some(&br#""django""#[..]));
 }
+
+// ---------------------------------------------------------------------------
+// A family hit never serves a value its family's invalidation killed
+// ---------------------------------------------------------------------------
+
+/// The family whose epoch readers learn and keep per connection.
+const EPOCH_FAMILY: &str = "tg:fn:xp_epoch";
+const EPOCH_KEYS: u64 = 8;
+
+fn epoch_key(i: u64) -> String {
+    format!("{EPOCH_FAMILY}:id={i}")
+}
+
+/// 8 tasks `get` the family's keys as fast as they can. Before each read a
+/// task reads the floor `xp:dead` (raw, set after an `invalidate_family`
+/// returned): a hit at or below it is a value that invalidation killed,
+/// served by a read that started after it. Returns (stale, reads, hits).
+async fn read_family(
+    cache: &Cache,
+    raw: &Raw,
+    until: impl Fn() -> bool + Clone + Send + 'static,
+) -> (u64, u64, u64) {
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let (cache, raw, counts, until) =
+            (cache.clone(), raw.clone(), counts.clone(), until.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = t;
+            while !until() {
+                i = (i + 1) % EPOCH_KEYS;
+                let floor = raw.get_u64("xp:dead").unwrap_or(0);
+                let v = cache.get::<u64>(&epoch_key(i)).await.unwrap();
+                counts[1].fetch_add(1, SeqCst);
+                if let Some(v) = v {
+                    counts[2].fetch_add(1, SeqCst);
+                    if v <= floor {
+                        counts[0].fetch_add(1, SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (
+        counts[0].load(SeqCst),
+        counts[1].load(SeqCst),
+        counts[2].load(SeqCst),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper: runs only as a child process"]
+async fn helper_family_reader() {
+    let Some(url) = child_url() else { return };
+    let cache = build(&url);
+    let raw = Raw::data(&url);
+    let _: () = raw.cmd(&["SET", "xp:reading", "1"]);
+    let stop = raw.clone();
+    let (stale, reads, hits) = read_family(&cache, &raw, move || stop.exists("xp:stop")).await;
+    println!("XP stale={stale}");
+    println!("XP reads={reads}");
+    println!("XP hits={hits}");
+}
+
+/// Randomised across processes, with many hits: the parent writes round `r`
+/// of the family's values, lets them be read, invalidates the family
+/// (through one of two caches) and publishes `xp:dead = r`, while a child
+/// process and a third cache in the parent read. A read checks the value
+/// against the family epoch its connection knows (`store/epochs.rs`) instead
+/// of reading the epoch key each time: no read may serve a dead value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_family_hit_never_serves_a_value_killed_before_it_started() {
+    let _w = watchdog("a_family_hit_never_serves_a_value_killed_before_it_started");
+    let server = RedisServer::start();
+    let url = server.url();
+    let raw = Raw::data(&url);
+    let child = spawn_child("helper_family_reader", &url, &[]);
+    raw.wait_for("xp:reading", Duration::from_secs(20)).await;
+    let (a, b) = two_caches(&server);
+    let reader = build(&url);
+    let stop = Instant::now() + Duration::from_secs(3);
+    let parent = {
+        let raw = raw.clone();
+        tokio::spawn(
+            async move { read_family(&reader, &raw, move || Instant::now() >= stop).await },
+        )
+    };
+    let mut rounds = 0u64;
+    while Instant::now() < stop {
+        rounds += 1;
+        let items: Vec<(String, u64)> = (0..EPOCH_KEYS).map(|i| (epoch_key(i), rounds)).collect();
+        a.set_many(&items, TTL).await.unwrap();
+        tokio::time::sleep(jitter(2)).await;
+        let by = if rounds.is_multiple_of(2) { &a } else { &b };
+        by.invalidate_family(EPOCH_FAMILY).await.unwrap();
+        let _: () = raw.cmd(&["SET", "xp:dead", &rounds.to_string()]);
+        tokio::time::sleep(jitter(1)).await;
+    }
+    let (p_stale, p_reads, p_hits) = parent.await.unwrap();
+    let _: () = raw.cmd(&["SET", "xp:stop", "1"]);
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || finish(child, Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert!(ok, "child failed:\n{out}\n{err}");
+    let get = |name| reported(&out, name).unwrap().parse::<u64>().unwrap();
+    let (c_stale, c_reads, c_hits) = (get("stale"), get("reads"), get("hits"));
+    eprintln!(
+        "family race: {rounds} invalidations; child: {c_stale} stale of {c_reads} reads ({c_hits} hits); parent: {p_stale} stale of {p_reads} reads ({p_hits} hits)"
+    );
+    assert!(
+        c_hits > 1000 && p_hits > 1000,
+        "too few hits to race: {c_hits}, {p_hits}"
+    );
+    assert!(rounds > 100, "only {rounds} invalidations");
+    assert_eq!((c_stale, p_stale), (0, 0), "dead values served");
+}

@@ -114,6 +114,42 @@ pub(crate) async fn in_io<F: Future>(fut: F) -> F::Output {
     .await
 }
 
+/// [`in_io`] and [`timeout_at`] in one, for a future its caller pinned:
+/// polls `fut` as [`in_io`] does until `deadline` (`None` once it passed).
+/// Nothing is moved or nested, so a hot path's future stays as small as
+/// its own state (a nest of async wrappers doubles a future's size at each
+/// level, and every `Box::pin` of it copies all of it).
+pub(crate) async fn in_io_until<F: Future>(
+    deadline: tokio::time::Instant,
+    mut fut: std::pin::Pin<&mut F>,
+) -> Option<F::Output> {
+    let mut timer = std::pin::pin!(timer_until(deadline));
+    std::future::poll_fn(move |cx| {
+        {
+            let _ctx = io_runtime().enter();
+            let _own = OwnScope::enter();
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
+/// A timer for `deadline`, made where a reactor exists: on the caller's
+/// runtime when it can have timers ([`caller_timers`]), else on tg-cache's.
+/// It can be polled from anywhere.
+#[allow(clippy::disallowed_methods)]
+fn timer_until(deadline: tokio::time::Instant) -> tokio::time::Sleep {
+    if caller_timers() {
+        tokio::time::sleep_until(deadline)
+    } else {
+        let _ctx = io_runtime().enter();
+        tokio::time::sleep_until(deadline)
+    }
+}
+
 /// Marks the thread as working for tg-cache's runtime while it lives.
 struct OwnScope;
 

@@ -42,6 +42,7 @@
 //!   fast; its success closes the breaker, its failure opens it again. A
 //!   probe that is cancelled hands the probe to the next caller.
 
+use super::epochs::KnownEpochs;
 use super::tracking::Tracking;
 use crate::config::RedisUrl;
 use crate::error::{Error, Result};
@@ -98,6 +99,8 @@ struct Slot {
 #[derive(Clone)]
 struct Link {
     conn: MultiplexedConnection,
+    /// The family epochs it read and still tracks (`epochs.rs`).
+    epochs: Arc<KnownEpochs>,
     /// Set once the connection is lost; it is then never used again.
     dead: Arc<Death>,
     /// For a connection driven by a caller's runtime: set once that runtime
@@ -274,7 +277,9 @@ impl Connections {
         if let Some(l) = slot.live() {
             return Ok(l);
         }
-        let link = self.connect(slot, caller).await?;
+        // Boxed: connecting (TLS included) is a big future that every
+        // command's future would otherwise carry, and copy, for nothing.
+        let link = Box::pin(self.connect(slot, caller)).await?;
         *slot.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.clone());
         Ok(link)
     }
@@ -284,6 +289,7 @@ impl Connections {
     fn opener(
         &self,
         dead: Arc<Death>,
+        epochs: Arc<KnownEpochs>,
     ) -> impl Future<Output = redis::RedisResult<MultiplexedConnection>> + Send + 'static {
         let (tracking, client) = (self.tracking.clone(), self.client.clone());
         // A closure as the push sender (portable to redis-rs 2.0): it runs
@@ -294,7 +300,7 @@ impl Connections {
                     tracking.flushed();
                 }
             } else {
-                tracking.push(info, !dead.is_set());
+                tracking.push(info, !dead.is_set(), &epochs);
             }
             Ok(())
         };
@@ -324,12 +330,13 @@ impl Connections {
         caller: Option<&tokio::runtime::Handle>,
     ) -> redis::RedisResult<Link> {
         let mut dead = Arc::new(Death::default());
+        let mut epochs = Arc::new(KnownEpochs::default());
         let mut owner = None;
         let mut conn = None;
         if let Some(h) = caller {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let ended = Arc::new(AtomicBool::new(false));
-            let open = self.opener(dead.clone());
+            let open = self.opener(dead.clone(), epochs.clone());
             // Dropped when the connection ends, or with the runtime, which
             // takes the connection with it: then its invalidations stop.
             let end = Ended(dead.clone(), self.tracking.clone());
@@ -362,16 +369,22 @@ impl Connections {
                     // (Else the runtime is shutting down.) A fresh state for
                     // the connection made instead: the failed one's is over.
                     dead = Arc::new(Death::default());
+                    epochs = Arc::new(KnownEpochs::default());
                 }
             }
         }
         let conn = match conn {
             Some(c) => c,
-            None => in_io(self.opener(dead.clone())).await?,
+            None => in_io(self.opener(dead.clone(), epochs.clone())).await?,
         };
         // A new connection loses nothing: a connection it replaces was
         // marked lost (and the listeners flushed) when it was found dead.
-        let link = Link { conn, dead, owner };
+        let link = Link {
+            conn,
+            epochs,
+            dead,
+            owner,
+        };
         spawn_pinger(Arc::downgrade(slot), link.clone(), self.tracking.clone());
         Ok(link)
     }
@@ -388,8 +401,17 @@ impl Connections {
     pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
-        Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
-        T: Send + 'static,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.run_on(|conn, _| op(conn)).await
+    }
+
+    /// [`Connections::run`], with the family epochs the connection knows
+    /// (`epochs.rs`), for the reads that check values against them.
+    pub(crate) async fn run_on<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: FnOnce(MultiplexedConnection, Arc<KnownEpochs>) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
     {
         let probe = self
             .breaker
@@ -411,7 +433,7 @@ impl Connections {
             }
         };
         let slice = deadline.saturating_duration_since(tokio::time::Instant::now());
-        // Chosen before `in_io`, which makes tg-cache's runtime current.
+        // Chosen before `in_io_until`, which makes tg-cache's runtime current.
         let caller = crate::exec::caller_runtime();
         let slot = self.slot(if caller.is_some() {
             Driver::Caller
@@ -419,9 +441,9 @@ impl Connections {
             Driver::Own
         });
         let used = slot.clone();
-        // The deadline's timer outside `in_io`, so that it can live on the
-        // caller's runtime (`exec::timeout_at`).
-        let op = in_io(async move {
+        // Pinned here and polled in place: the hot path's future is never
+        // nested in wrappers that copy it (`exec::in_io_until`).
+        let op = std::pin::pin!(async move {
             let link = self
                 .link(&slot, caller.as_ref())
                 .await
@@ -429,7 +451,7 @@ impl Connections {
                     source,
                     orphaned: false,
                 })?;
-            let r = op(link.conn.clone()).await;
+            let r = op(link.conn.clone(), link.epochs.clone()).await;
             let mut orphaned = false;
             if let Err(e) = &r
                 && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
@@ -440,13 +462,13 @@ impl Connections {
             }
             r.map_err(|source| Failed { source, orphaned })
         });
-        let res = crate::exec::timeout_at(deadline, op).await;
+        let res = crate::exec::in_io_until(deadline, op).await;
         let err = match res {
-            Ok(Ok(v)) => {
+            Some(Ok(v)) => {
                 self.breaker.success(probe);
                 return Ok(v);
             }
-            Ok(Err(Failed {
+            Some(Err(Failed {
                 source,
                 orphaned: true,
             })) => {
@@ -456,12 +478,12 @@ impl Connections {
                     source,
                 });
             }
-            Ok(Err(Failed { source, .. })) => Error::Redis {
+            Some(Err(Failed { source, .. })) => Error::Redis {
                 addr: self.addr.clone(),
                 source,
             },
             // Most of the deadline went to the queue: load, not a failure.
-            Err(_) if slice < self.timeout / 2 => {
+            None if slice < self.timeout / 2 => {
                 drop(probe);
                 return Err(Error::Saturated {
                     waited: self.timeout,
@@ -470,11 +492,11 @@ impl Connections {
             // One slow command (a big value, a slow script) is not an outage:
             // a PING in the background decides, and opens the breaker only
             // if Redis does not answer it either. The probe decides at once.
-            Err(_) if probe.0.is_none() => {
+            None if probe.0.is_none() => {
                 self.check_in_background(&used);
                 return Err(self.timed_out());
             }
-            Err(_) => self.timed_out(),
+            None => self.timed_out(),
         };
         if err.is_unreachable() {
             self.breaker.failure(probe);

@@ -16,6 +16,7 @@
 
 pub(crate) mod connection;
 pub(crate) mod dummy;
+pub(crate) mod epochs;
 pub(crate) mod local;
 pub(crate) mod near;
 pub(crate) mod redis;

@@ -4,6 +4,7 @@
 //! [`Connections`].
 
 use super::connection::{ConnectionSettings, Connections};
+use super::epochs::Lookup;
 use super::scripts::Scripts;
 use super::{
     Family, Filled, Incr, Lease, LeaseMode, LeaseOutcome, Seen, Slot, Store, StoreFuture, Stored,
@@ -246,11 +247,13 @@ impl RedisStore {
         }
     }
 
-    /// The values at `slots`, each with its family epoch, in one round trip
-    /// of plain reads: a `GETRANGE` of the first [`FIRST_READ_BYTES`] per
-    /// key, and one per distinct epoch key. A value longer than that is
-    /// read again, whole, by [`scripts`]' size-checked `READ_BIG` (a second
-    /// round trip, for big values only).
+    /// The values at `slots`, each checked against its family epoch, in one
+    /// round trip of plain reads: a `GETRANGE` of the first
+    /// [`FIRST_READ_BYTES`] per key, and one per distinct epoch key that
+    /// the connection does not know (`epochs.rs`; a hit of a known family
+    /// is one command). A value longer than that is read again, whole, by
+    /// [`scripts`]' size-checked `READ_BIG` (a second round trip, for big
+    /// values only); so is an epoch invalidated during the read.
     async fn read(&self, slots: &[Slot]) -> Result<Vec<Option<Stored>>> {
         Ok(self.read_with(slots, false).await?.0)
     }
@@ -285,41 +288,93 @@ impl RedisStore {
             .collect();
         epoch_keys.sort_unstable();
         epoch_keys.dedup();
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for s in slots {
-            pipe.cmd("GETRANGE")
-                .arg(&s.key)
-                .arg(0)
-                .arg(self.first_read - 1);
-        }
-        for e in &epoch_keys {
-            pipe.cmd("GETRANGE")
-                .arg(*e)
-                .arg(0)
-                .arg(generation::MAX_TOKEN_LEN);
-        }
-        if lifetimes {
-            for s in slots {
-                pipe.cmd("PTTL").arg(&s.key);
-            }
-        }
-        let reply: Vec<redis::Value> = self
-            .run(move |mut c| async move { pipe.query_async(&mut c).await })
+        let first_read = self.first_read;
+        let epoch_keys = &epoch_keys;
+        let (values, epochs, ttls) = self
+            .conns
+            .run_on(move |mut c, known| async move {
+                // Epochs this connection knows are not read (`epochs.rs`).
+                let looks: Vec<Lookup> = epoch_keys.iter().map(|e| known.lookup(e)).collect();
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                for s in slots {
+                    pipe.cmd("GETRANGE").arg(&s.key).arg(0).arg(first_read - 1);
+                }
+                for (e, look) in epoch_keys.iter().zip(&looks) {
+                    if let Lookup::Read(_) = look {
+                        pipe.cmd("GETRANGE")
+                            .arg(*e)
+                            .arg(0)
+                            .arg(generation::MAX_TOKEN_LEN);
+                    }
+                }
+                if lifetimes {
+                    for s in slots {
+                        pipe.cmd("PTTL").arg(&s.key);
+                    }
+                }
+                let reply: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+                let mut reply = reply.into_iter();
+                let values: Vec<redis::Value> = reply.by_ref().take(slots.len()).collect();
+                let mut epochs: Vec<Option<Arc<[u8]>>> = Vec::with_capacity(looks.len());
+                let mut again = Vec::new();
+                for (i, (e, look)) in epoch_keys.iter().zip(looks).enumerate() {
+                    match look {
+                        Lookup::Read(ticket) => {
+                            let v = reply.next();
+                            let token = valid(bytes(v.as_ref()));
+                            known.learn(e, ticket, token);
+                            epochs.push(token.map(Arc::from));
+                        }
+                        Lookup::Known(ticket, token) => {
+                            // Invalidated before the reply: the epoch may
+                            // have moved before the value was read.
+                            if !known.still(e, ticket) {
+                                again.push(i);
+                            }
+                            epochs.push(token);
+                        }
+                    }
+                }
+                if !again.is_empty() {
+                    // Read now: a value stamped with the epoch current now
+                    // was stamped with the one current at its read too
+                    // (epochs never come back).
+                    let mut pipe = redis::pipe();
+                    pipe.ignore_errors();
+                    let mut tickets = Vec::with_capacity(again.len());
+                    for &i in &again {
+                        tickets.push(match known.lookup(epoch_keys[i]) {
+                            Lookup::Read(t) => Some(t),
+                            Lookup::Known(..) => None,
+                        });
+                        pipe.cmd("GETRANGE")
+                            .arg(epoch_keys[i])
+                            .arg(0)
+                            .arg(generation::MAX_TOKEN_LEN);
+                    }
+                    let fresh: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+                    for ((&i, ticket), v) in again.iter().zip(tickets).zip(&fresh) {
+                        let token = valid(bytes(Some(v)));
+                        if let Some(t) = ticket {
+                            known.learn(epoch_keys[i], t, token);
+                        }
+                        epochs[i] = token.map(Arc::from);
+                    }
+                }
+                let ttls: Vec<Option<Ttl>> = reply
+                    .map(|v| match v {
+                        redis::Value::Int(-1) => Some(Ttl::Forever),
+                        redis::Value::Int(ms) if ms >= 0 => {
+                            Some(Ttl::Remaining(Duration::from_millis(ms as u64)))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                Ok((values, epochs, ttls))
+            })
             .await?;
         let n = slots.len();
-        let mut reply = reply.into_iter();
-        let values: Vec<redis::Value> = reply.by_ref().take(n).collect();
-        let epochs: Vec<redis::Value> = reply.by_ref().take(epoch_keys.len()).collect();
-        let ttls: Vec<Option<Ttl>> = reply
-            .map(|v| match v {
-                redis::Value::Int(-1) => Some(Ttl::Forever),
-                redis::Value::Int(ms) if ms >= 0 => {
-                    Some(Ttl::Remaining(Duration::from_millis(ms as u64)))
-                }
-                _ => None,
-            })
-            .collect();
         let mut out = Vec::with_capacity(n);
         for (slot, v) in slots.iter().zip(values) {
             let mut raw = match v {
@@ -332,7 +387,7 @@ impl RedisStore {
             };
             let epoch = slot.family.as_ref().map(|f| {
                 let i = epoch_keys.binary_search(&f.epoch_key.as_str()).ok()?;
-                valid(bytes(epochs.get(i)))
+                epochs.get(i)?.as_deref()
             });
             if raw.len() == self.first_read && self.first_read <= self.read_limit {
                 // A dead value (its family's epoch moved on) is a miss
@@ -342,7 +397,8 @@ impl RedisStore {
                     out.push(None);
                     continue;
                 }
-                match self.read_big(slot).await? {
+                // Boxed: rare, and a script call's future is big.
+                match Box::pin(self.read_big(slot)).await? {
                     Some(Some(whole)) => raw = whole,
                     Some(None) => {
                         out.push(Some(Stored::Oversized));

@@ -17,6 +17,7 @@
 //! connection lost or replaced, a flush): what was read under an older
 //! generation is not to be trusted.
 
+use super::epochs::KnownEpochs;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -133,9 +134,10 @@ impl Tracking {
         }
     }
 
-    /// Handles one push message of a connection of generation `link`
-    /// (`live`: whether that connection is still the one in use).
-    pub(crate) fn push(&self, info: redis::PushInfo, live: bool) {
+    /// Handles one push message of a connection (`live`: whether that
+    /// connection is still the one in use), whose own known epochs are
+    /// `known` (`epochs.rs`).
+    pub(crate) fn push(&self, info: redis::PushInfo, live: bool, known: &KnownEpochs) {
         match info.kind {
             redis::PushKind::Invalidate if live => match info.data.first() {
                 Some(redis::Value::Array(keys)) => {
@@ -147,10 +149,16 @@ impl Tracking {
                             _ => None,
                         })
                         .collect();
+                    for key in &keys {
+                        known.invalidated(key);
+                    }
                     self.invalidated(&keys);
                 }
                 // A null key list: FLUSHDB/FLUSHALL (of any database).
-                _ => self.flushed(),
+                _ => {
+                    known.clear();
+                    self.flushed();
+                }
             },
             redis::PushKind::Disconnection if live => self.flushed(),
             _ => {}
