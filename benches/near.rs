@@ -3,9 +3,10 @@
 //!
 //! 1. hit throughput at 1 and 64 tasks on the same keys: a raw redis-rs
 //!    `GET` + JSON decode, a raw pipeline of the two `GETRANGE`s a family
-//!    hit sends + decode, an async `#[cache_function]` hit on Redis, and
-//!    the same function on a near cache; with the scripts Redis ran
-//!    during the hits (`INFO commandstats`);
+//!    hit sent before connections kept family epochs + decode, an async
+//!    `#[cache_function]` hit on Redis, and the same function on a near
+//!    cache; with the scripts Redis ran during the hits (`INFO
+//!    commandstats`);
 //! 2. staleness across two OS processes: the time from "A's write
 //!    returned" to "B no longer serves the old value" (p50/p99/max);
 //! 3. a lease waiter in another process, woken by push: the time from the
@@ -149,8 +150,9 @@ async fn hits(server: &RedisServer, secs: f64) {
             }
         })
         .await;
-        // What a family hit sends, raw: the value's and the epoch's
-        // GETRANGEs in one pipeline.
+        // What a family hit sent before its connection kept the epoch
+        // (`store/epochs.rs`), raw: the value's and the epoch's GETRANGEs
+        // in one pipeline.
         let (c, k) = (conn.clone(), keys.clone());
         let epoch_key = Arc::new("#epoch:tg:fn:near_bench_redis".to_owned());
         let raw2 = throughput(tasks, secs, move |i| {
@@ -437,7 +439,8 @@ fn main() {
         .build()
         .unwrap();
     if std::env::var_os("NEAR_PROFILE").is_some() {
-        // For a profiler: Redis hits only, `NEAR_TASKS` tasks (default 1).
+        // For a profiler: Redis hits only, `NEAR_TASKS` tasks (default 1);
+        // `NEAR_PROFILE=raw`: the raw GET baseline only.
         rt.block_on(async {
             for i in 0..KEYS {
                 redis_scenes(i).await;
@@ -446,6 +449,31 @@ fn main() {
                 .ok()
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(1);
+            if std::env::var("NEAR_PROFILE").as_deref() == Ok("raw") {
+                // The baseline instead: a raw GET + decode.
+                let conn = redis::Client::open(server.url())
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                let keys: Arc<Vec<String>> =
+                    Arc::new((0..KEYS).map(|i| redis_scenes_cache_key(&i)).collect());
+                let n = throughput(tasks, secs, move |i| {
+                    let (mut c, k) = (conn.clone(), keys.clone());
+                    async move {
+                        let v: Vec<u8> = redis::cmd("GET")
+                            .arg(&k[i as usize])
+                            .query_async(&mut c)
+                            .await
+                            .unwrap();
+                        let json = &v[v.iter().position(|&b| b == b':').unwrap() + 1..];
+                        std::hint::black_box(serde_json::from_slice::<Vec<Scene>>(json).unwrap());
+                    }
+                })
+                .await;
+                println!("{n:.0} raw GETs/s");
+                return;
+            }
             let n = throughput(tasks, secs, |i| async move {
                 std::hint::black_box(redis_scenes(i).await);
             })
