@@ -2,11 +2,16 @@
 //! can also freeze ([`RedisServer::pause`]), kill and restart on the same
 //! port ([`RedisServer::restart`]), or start late on a chosen port
 //! ([`RedisServer::start_on_port`]). `DEBUG` is enabled for local clients.
+//! [`RedisCluster`] starts six of them joined into a Redis Cluster.
 //!
 //! ```no_run
 //! let server = tg_cache_runtime::testing::RedisServer::start();
 //! let cache = tg_cache_runtime::CacheConfig::redis(&server.url()).build().unwrap();
 //! ```
+
+mod cluster;
+
+pub use cluster::{ClusterNode, NODE_TIMEOUT, RedisCluster};
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -327,6 +332,19 @@ impl RedisServer {
         }
         cmd.query(&mut self.connection())
             .unwrap_or_else(|e| panic!("redis {args:?} failed: {e}"))
+    }
+
+    /// Runs one command, within half a second to connect and a second to
+    /// answer: for a server that may be down or frozen.
+    pub fn try_cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_millis(500))?;
+        conn.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn)
     }
 
     /// How many times the server ran each command (`INFO commandstats`,
