@@ -474,3 +474,53 @@ async fn epochs_expire_with_their_familys_values() {
     let keys: Vec<String> = server.cmd(&["KEYS", "*short*"]);
     assert!(keys.is_empty(), "left behind: {keys:?}");
 }
+
+/// Clients connected to `server`, besides the one asking.
+fn connected_clients(server: &RedisServer) -> u64 {
+    let info: String = server.cmd(&["INFO", "clients"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .expect("connected_clients in INFO")
+        - 1
+}
+
+/// A cache used from a multi-thread runtime's workers has a connection per
+/// worker thread; dropping the cache closes them within the pinger's period
+/// (1 s), even though those threads make no further call.
+#[test]
+fn a_dropped_cache_closes_its_connections() {
+    let server = RedisServer::start();
+    assert_eq!(connected_clients(&server), 0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cache = redis(&server);
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let c = cache.clone();
+            tasks.push(tokio::spawn(async move {
+                c.set(&format!("drop:{i}"), &i, MEDIUM).await.unwrap();
+                assert_eq!(c.get::<i32>(&format!("drop:{i}")).await.unwrap(), Some(i));
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let open = connected_clients(&server);
+        assert!(open >= 1, "no connection was open");
+        drop(cache);
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while connected_clients(&server) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {open} connections still open 4 s after the cache was dropped",
+                connected_clients(&server)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}

@@ -385,7 +385,12 @@ impl Connections {
             dead,
             owner,
         };
-        spawn_pinger(Arc::downgrade(slot), link.clone(), self.tracking.clone());
+        spawn_pinger(
+            Arc::downgrade(slot),
+            link.clone(),
+            self.tracking.clone(),
+            Arc::downgrade(&self.alive),
+        );
         Ok(link)
     }
 
@@ -510,11 +515,25 @@ impl Connections {
 
 /// `PING`s `link` every [`PING_EVERY`] while it is its slot's live
 /// connection; a `PING` that fails or goes unanswered for a second marks
-/// it lost (and flushes the listeners).
-fn spawn_pinger(slot: Weak<Slot>, link: Link, tracking: Arc<Tracking>) {
+/// it lost (and flushes the listeners). Once the store is dropped, it closes
+/// the connection.
+fn spawn_pinger(slot: Weak<Slot>, link: Link, tracking: Arc<Tracking>, store: Weak<()>) {
     io_runtime().spawn(async move {
         loop {
             crate::exec::sleep(PING_EVERY).await;
+            if store.strong_count() == 0 {
+                // Its store was dropped: a thread's slot may outlive it
+                // until that thread's next call, so the connection is
+                // closed here (its last handle goes with this task).
+                if let Some(slot) = slot.upgrade() {
+                    let mut l = slot.link.lock().unwrap_or_else(|p| p.into_inner());
+                    if l.as_ref().is_some_and(|l| Arc::ptr_eq(&l.dead, &link.dead)) {
+                        *l = None;
+                    }
+                }
+                link.dead.set();
+                return;
+            }
             let Some(slot) = slot.upgrade() else {
                 // Its slot is gone (the thread that owned it exited): so is
                 // the connection, and what it tracked.
