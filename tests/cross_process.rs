@@ -1536,6 +1536,11 @@ fn epoch_key(i: u64) -> String {
 /// task reads the floor `xp:dead` (raw, set after an `invalidate_family`
 /// returned): a hit at or below it is a value that invalidation killed,
 /// served by a read that started after it. Returns (stale, reads, hits).
+///
+/// The floor read is a blocking call on a worker thread that also drives
+/// the cache's connection, so it delays the handling of pushes: that
+/// widens the window in which a read's known epoch is invalidated while
+/// the read is in flight (the test asserts that this race was hit).
 async fn read_family(
     cache: &Cache,
     raw: &Raw,
@@ -1584,6 +1589,7 @@ async fn helper_family_reader() {
     println!("XP stale={stale}");
     println!("XP reads={reads}");
     println!("XP hits={hits}");
+    println!("XP raced={}", tg_cache::testing::epochs_raced());
 }
 
 /// Randomised across processes, with many hits: the parent writes round `r`
@@ -1602,13 +1608,19 @@ async fn a_family_hit_never_serves_a_value_killed_before_it_started() {
     raw.wait_for("xp:reading", Duration::from_secs(20)).await;
     let (a, b) = two_caches(&server);
     let reader = build(&url);
+    let () = server.cmd(&["CONFIG", "RESETSTAT"]);
     let stop = Instant::now() + Duration::from_secs(3);
-    let parent = {
-        let raw = raw.clone();
-        tokio::spawn(
-            async move { read_family(&reader, &raw, move || Instant::now() >= stop).await },
-        )
-    };
+    // A reader of its own, and the writer `a` (whose connections receive
+    // the pushes of their own invalidations).
+    let parents: Vec<_> = [reader, a.clone()]
+        .into_iter()
+        .map(|cache| {
+            let raw = raw.clone();
+            tokio::spawn(
+                async move { read_family(&cache, &raw, move || Instant::now() >= stop).await },
+            )
+        })
+        .collect();
     let mut rounds = 0u64;
     while Instant::now() < stop {
         rounds += 1;
@@ -1620,7 +1632,12 @@ async fn a_family_hit_never_serves_a_value_killed_before_it_started() {
         let _: () = raw.cmd(&["SET", "xp:dead", &rounds.to_string()]);
         tokio::time::sleep(jitter(1)).await;
     }
-    let (p_stale, p_reads, p_hits) = parent.await.unwrap();
+    let (mut p_stale, mut p_reads, mut p_hits) = (0, 0, 0);
+    for p in parents {
+        let (s, r, h) = p.await.unwrap();
+        (p_stale, p_reads, p_hits) = (p_stale + s, p_reads + r, p_hits + h);
+    }
+    let getranges = server.command_calls().get("getrange").copied().unwrap_or(0);
     let _: () = raw.cmd(&["SET", "xp:stop", "1"]);
     let (ok, out, err) =
         tokio::task::spawn_blocking(move || finish(child, Duration::from_secs(20)))
@@ -1629,13 +1646,25 @@ async fn a_family_hit_never_serves_a_value_killed_before_it_started() {
     assert!(ok, "child failed:\n{out}\n{err}");
     let get = |name| reported(&out, name).unwrap().parse::<u64>().unwrap();
     let (c_stale, c_reads, c_hits) = (get("stale"), get("reads"), get("hits"));
+    let raced = get("raced") + tg_cache::testing::epochs_raced();
     eprintln!(
-        "family race: {rounds} invalidations; child: {c_stale} stale of {c_reads} reads ({c_hits} hits); parent: {p_stale} stale of {p_reads} reads ({p_hits} hits)"
+        "family race: {rounds} invalidations; child: {c_stale} stale of {c_reads} reads ({c_hits} hits); parent: {p_stale} stale of {p_reads} reads ({p_hits} hits); {raced} reads raced an invalidation of their known epoch; {getranges} GETRANGEs"
     );
     assert!(
         c_hits > 1000 && p_hits > 1000,
         "too few hits to race: {c_hits}, {p_hits}"
     );
     assert!(rounds > 100, "only {rounds} invalidations");
+    assert!(
+        raced > 0,
+        "no read raced an invalidation: the race was not exercised"
+    );
+    // Known epochs are used: far fewer than the two reads per `get` of
+    // reading the epoch every time.
+    let reads = c_reads + p_reads;
+    assert!(
+        (getranges as f64) < 1.5 * reads as f64,
+        "{getranges} GETRANGEs for {reads} reads: epochs are read every time"
+    );
     assert_eq!((c_stale, p_stale), (0, 0), "dead values served");
 }

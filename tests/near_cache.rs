@@ -86,6 +86,36 @@ async fn hits_are_served_locally_without_a_redis_command() {
     assert_eq!(scripts(&after), scripts(&before), "a read ran a script");
 }
 
+/// Writes of other keys of a family (by another cache) leave the family's
+/// near entries alone: they extend the family's epoch lifetime at most
+/// once per lifetime, so its tracked epoch key does not change at each
+/// write (each change would drop the whole family from every near cache).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_other_keys_keep_the_familys_near_entries() {
+    let _w = watchdog("writes_of_other_keys_keep_the_familys_near_entries");
+    let server = RedisServer::start();
+    let cache = near(&server.url());
+    let writer = CacheConfig::redis(&server.url()).build().unwrap();
+    writer.set("tg:fn:nf:id=1", &1u64, TTL).await.unwrap();
+    assert_eq!(cache.get::<u64>("tg:fn:nf:id=1").await.unwrap(), Some(1));
+    let hits = near_totals(&cache).0;
+    for i in 2..50u64 {
+        writer
+            .set(&format!("tg:fn:nf:id={i}"), &i, TTL)
+            .await
+            .unwrap();
+    }
+    // Pushes (if any) arrive within the bound.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = server.command_calls().get("getrange").copied().unwrap_or(0);
+    for _ in 0..100 {
+        assert_eq!(cache.get::<u64>("tg:fn:nf:id=1").await.unwrap(), Some(1));
+    }
+    let after = server.command_calls().get("getrange").copied().unwrap_or(0);
+    assert_eq!(after - before, 0, "the family's near entry was dropped");
+    assert_eq!(near_totals(&cache).0 - hits, 100);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_writes_and_invalidations_are_seen_at_once() {
     let _w = watchdog("own_writes_and_invalidations_are_seen_at_once");

@@ -25,6 +25,13 @@ use std::time::{Duration, Instant};
 /// purpose, for the tests that show the guard is needed.
 pub const BREAK_NEAR_GUARD_VAR: &str = "TG_CACHE_TESTING_BREAK_NEAR_GUARD";
 
+/// How many Redis reads in this process found a family epoch their
+/// connection knew invalidated while they were in flight, and read it again
+/// (`store/epochs.rs`): race tests check that they hit the race.
+pub fn epochs_raced() -> u64 {
+    crate::store::epochs::RACED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A `redis-server` process started for a test (`--save ""`, no persistence),
 /// killed when dropped. Its log is printed if the test panics.
 pub struct RedisServer {

@@ -17,7 +17,8 @@
 //!   a tracking mode set by a plain command): a connection is made in
 //!   RESP3, `CLIENT TRACKING ON` is sent, and only then is it used, under a
 //!   new tracking generation (`tracking.rs`). Its push messages (key
-//!   invalidations, in wire order with the replies) go to [`Tracking`].
+//!   invalidations, in wire order with the replies) go to [`Tracking`],
+//!   and to the family epochs the connection itself knows (`epochs.rs`).
 //! * **A lost connection is never reused.** A connection that drops (an I/O
 //!   error, a `CLIENT KILL`, a server restart; or the `Disconnection` push
 //!   redis-rs sends) is marked dead, every listener is flushed (its
@@ -293,15 +294,13 @@ impl Connections {
     ) -> impl Future<Output = redis::RedisResult<MultiplexedConnection>> + Send + 'static {
         let (tracking, client) = (self.tracking.clone(), self.client.clone());
         // A closure as the push sender (portable to redis-rs 2.0): it runs
-        // in the connection's reader task, in wire order.
+        // in the connection's reader task, in wire order, before any later
+        // reply reaches its caller. The known epochs (`epochs.rs`) depend
+        // on that: a channel in between would break their exactness.
         let pushes = move |info: redis::PushInfo| -> std::result::Result<(), ()> {
-            if info.kind == redis::PushKind::Disconnection {
-                if dead.set() {
-                    tracking.flushed();
-                }
-            } else {
-                tracking.push(info, !dead.is_set(), &epochs);
-            }
+            let first_end = info.kind == redis::PushKind::Disconnection && dead.set();
+            let live = first_end || !dead.is_set();
+            tracking.push(info, live, &epochs);
             Ok(())
         };
         let cfg = redis::AsyncConnectionConfig::new()

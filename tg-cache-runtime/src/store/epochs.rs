@@ -5,9 +5,13 @@
 //! A connection tracks every key it reads (`tracking.rs`). When any client
 //! changes an epoch key this connection read, the server queues the
 //! invalidation on this connection *before* the reply of any command it
-//! executes later, and redis-rs hands pushes to the push sender in wire
-//! order, before it delivers the replies that follow. So after a read's
-//! reply has arrived:
+//! executes later (for the connection's own write: right after that
+//! write's reply), and redis-rs hands pushes to the push sender (a
+//! closure, `connection.rs`) in wire order, before it delivers the replies
+//! that follow. Tracking of a key lapses once it was invalidated, until the
+//! key is read again; the invalidation removes the key's entry here, so a
+//! known epoch is always a tracked one. So after a read's reply has
+//! arrived:
 //!
 //! * an epoch still known since before the read was sent was current when
 //!   the server executed the read (else its invalidation, queued before the
@@ -22,16 +26,27 @@
 //! would otherwise be overtaken by the older value.
 //!
 //! Being per connection is what makes this exact: another connection's
-//! invalidations are not ordered with this connection's replies. A lost
-//! connection takes its epochs with it.
+//! invalidations are not ordered with this connection's replies. A
+//! connection marked lost still hears its pushes here, for the reads still
+//! in flight on it; a new connection starts with none.
+//!
+//! Preconditions, kept by the scripts and `redis.rs`: a value is stamped
+//! with its family's epoch atomically when it is written, and a family
+//! whose epoch is absent serves nothing. (`SWAPDB` sends no invalidation:
+//! like the near cache, this is not for databases that get swapped.)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 
-/// More epoch keys than this (families are few) and the map starts over:
-/// forgetting is always safe.
+/// More epoch keys than this on one connection (families of sessions,
+/// `tg:session:<sid>`, can be many) and the map starts over: forgetting is
+/// always safe, and costs each family one more epoch read.
 const MAX_KEYS: usize = 4096;
+
+/// Reads whose known epoch was invalidated while they were in flight (and
+/// that read it again): a count for the race tests.
+pub(crate) static RACED: AtomicU64 = AtomicU64::new(0);
 
 /// An epoch key's state on one connection.
 enum Entry {
@@ -51,7 +66,8 @@ impl Entry {
 
 /// What a read does about one epoch key.
 pub(crate) enum Lookup {
-    /// Known: check it again once the reply is in ([`KnownEpochs::still`]).
+    /// Known: check it again once the reply is in
+    /// ([`KnownEpochs::unchanged_since`]).
     Known(u64, Option<Arc<[u8]>>),
     /// To be read with the value, and learnt under this ticket
     /// ([`KnownEpochs::learn`]).
@@ -91,19 +107,24 @@ impl KnownEpochs {
 
     /// Whether `key` was not invalidated since it was looked up under
     /// `ticket`.
-    pub(crate) fn still(&self, key: &str, ticket: u64) -> bool {
+    pub(crate) fn unchanged_since(&self, key: &str, ticket: u64) -> bool {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         map.get(key).is_some_and(|e| e.ticket() == ticket)
     }
 
     /// Keeps what a read under `ticket` found at `key`, unless an
-    /// invalidation came since.
-    pub(crate) fn learn(&self, key: &str, ticket: u64, token: Option<&[u8]>) {
+    /// invalidation came since (or another read under the same ticket
+    /// already kept it).
+    pub(crate) fn learn(&self, key: &str, ticket: u64, token: &Option<Arc<[u8]>>) {
+        let pending = |map: &HashMap<Box<str>, Entry>| matches!(map.get(key), Some(Entry::Pending(t)) if *t == ticket);
+        if !pending(&self.map.read().unwrap_or_else(|p| p.into_inner())) {
+            return;
+        }
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = map.get_mut(key)
-            && matches!(e, Entry::Pending(t) if *t == ticket)
+        if pending(&map)
+            && let Some(e) = map.get_mut(key)
         {
-            *e = Entry::Known(ticket, token.map(Arc::from));
+            *e = Entry::Known(ticket, token.clone());
         }
     }
 
@@ -132,6 +153,10 @@ impl KnownEpochs {
 mod tests {
     use super::*;
 
+    fn tok(b: &[u8]) -> Option<Arc<[u8]>> {
+        Some(Arc::from(b))
+    }
+
     fn known(k: &KnownEpochs, key: &str) -> Option<Option<Arc<[u8]>>> {
         match k.lookup(key) {
             Lookup::Known(_, t) => Some(t),
@@ -145,11 +170,11 @@ mod tests {
         let Lookup::Read(t) = k.lookup("e") else {
             panic!("unknown at first")
         };
-        k.learn("e", t, Some(b"tok"));
+        k.learn("e", t, &tok(b"tok"));
         assert_eq!(known(&k, "e"), Some(Some(Arc::from(&b"tok"[..]))));
-        assert!(k.still("e", t));
+        assert!(k.unchanged_since("e", t));
         k.invalidated(b"e");
-        assert!(!k.still("e", t));
+        assert!(!k.unchanged_since("e", t));
         assert_eq!(known(&k, "e"), None);
     }
 
@@ -161,16 +186,16 @@ mod tests {
         };
         // The push of a change is handled before the older reply is kept.
         k.invalidated(b"e");
-        k.learn("e", t, Some(b"old"));
+        k.learn("e", t, &tok(b"old"));
         assert_eq!(known(&k, "e"), None, "the overtaken reply is not kept");
         // A new read under a new ticket is kept.
         let Lookup::Read(t2) = k.lookup("e") else {
             panic!()
         };
         assert_ne!(t, t2);
-        k.learn("e", t, Some(b"old"));
+        k.learn("e", t, &tok(b"old"));
         assert_eq!(known(&k, "e"), None, "an old ticket never fills");
-        k.learn("e", t2, None);
+        k.learn("e", t2, &None);
         assert_eq!(known(&k, "e"), Some(None), "an absent epoch is known too");
     }
 
@@ -180,8 +205,38 @@ mod tests {
         let Lookup::Read(t) = k.lookup("e") else {
             panic!()
         };
-        k.learn("e", t, Some(b"x"));
+        k.learn("e", t, &tok(b"x"));
         k.clear();
-        assert!(!k.still("e", t));
+        assert!(!k.unchanged_since("e", t));
+    }
+
+    #[test]
+    fn two_reads_share_one_pending_ticket() {
+        let k = KnownEpochs::default();
+        let (Lookup::Read(a), Lookup::Read(b)) = (k.lookup("e"), k.lookup("e")) else {
+            panic!("both read it")
+        };
+        assert_eq!(a, b);
+        k.learn("e", a, &tok(b"first"));
+        // The second reply (read with no invalidation between) keeps nothing
+        // new, and the first one's stays.
+        k.learn("e", b, &tok(b"second"));
+        assert_eq!(known(&k, "e"), Some(tok(b"first")));
+        assert!(k.unchanged_since("e", b));
+    }
+
+    #[test]
+    fn too_many_keys_start_over() {
+        let k = KnownEpochs::default();
+        let Lookup::Read(t) = k.lookup("e0") else {
+            panic!()
+        };
+        k.learn("e0", t, &tok(b"x"));
+        for i in 1..MAX_KEYS {
+            let _ = k.lookup(&format!("e{i}"));
+        }
+        assert!(k.unchanged_since("e0", t), "at the bound, nothing is lost");
+        let _ = k.lookup("one more");
+        assert!(!k.unchanged_since("e0", t), "past it, everything is");
     }
 }

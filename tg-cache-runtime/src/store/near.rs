@@ -6,8 +6,9 @@
 //! * **Hits** are the local store's: [`Store::peek`] is a moka lookup, an
 //!   epoch compare and an `Arc` clone; no decoding, no await point.
 //! * **What it holds comes from tracked reads only.** A miss reads Redis
-//!   with plain commands (`GETRANGE` of the value and of its family's epoch
-//!   key, and `PTTL`; a value over 1 MiB is then read whole by a
+//!   with plain commands (`GETRANGE` of the value, of its family's epoch key
+//!   unless the connection knows it (`epochs.rs`), and `PTTL`; a value over
+//!   1 MiB is then read whole by a
 //!   size-checked read-only script) on a connection with `CLIENT TRACKING
 //!   ON`, so the
 //!   server will push an invalidation for each of those keys when any

@@ -294,13 +294,13 @@ impl RedisStore {
             .conns
             .run_on(move |mut c, known| async move {
                 // Epochs this connection knows are not read (`epochs.rs`).
-                let looks: Vec<Lookup> = epoch_keys.iter().map(|e| known.lookup(e)).collect();
+                let lookups: Vec<Lookup> = epoch_keys.iter().map(|e| known.lookup(e)).collect();
                 let mut pipe = redis::pipe();
                 pipe.ignore_errors();
                 for s in slots {
                     pipe.cmd("GETRANGE").arg(&s.key).arg(0).arg(first_read - 1);
                 }
-                for (e, look) in epoch_keys.iter().zip(&looks) {
+                for (e, look) in epoch_keys.iter().zip(&lookups) {
                     if let Lookup::Read(_) = look {
                         pipe.cmd("GETRANGE")
                             .arg(*e)
@@ -316,20 +316,20 @@ impl RedisStore {
                 let reply: Vec<redis::Value> = pipe.query_async(&mut c).await?;
                 let mut reply = reply.into_iter();
                 let values: Vec<redis::Value> = reply.by_ref().take(slots.len()).collect();
-                let mut epochs: Vec<Option<Arc<[u8]>>> = Vec::with_capacity(looks.len());
+                let mut epochs: Vec<Option<Arc<[u8]>>> = Vec::with_capacity(lookups.len());
                 let mut again = Vec::new();
-                for (i, (e, look)) in epoch_keys.iter().zip(looks).enumerate() {
+                for (i, (e, look)) in epoch_keys.iter().zip(lookups).enumerate() {
                     match look {
                         Lookup::Read(ticket) => {
                             let v = reply.next();
-                            let token = valid(bytes(v.as_ref()));
-                            known.learn(e, ticket, token);
-                            epochs.push(token.map(Arc::from));
+                            let token = valid(bytes(v.as_ref())).map(Arc::from);
+                            known.learn(e, ticket, &token);
+                            epochs.push(token);
                         }
                         Lookup::Known(ticket, token) => {
                             // Invalidated before the reply: the epoch may
                             // have moved before the value was read.
-                            if !known.still(e, ticket) {
+                            if !known.unchanged_since(e, ticket) {
                                 again.push(i);
                             }
                             epochs.push(token);
@@ -337,9 +337,13 @@ impl RedisStore {
                     }
                 }
                 if !again.is_empty() {
+                    super::epochs::RACED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     // Read now: a value stamped with the epoch current now
                     // was stamped with the one current at its read too
-                    // (epochs never come back).
+                    // (values are stamped atomically when written, and
+                    // epochs never come back). What another read learnt
+                    // meanwhile (`Known`) is not needed: this read's own
+                    // answer is used, and kept only under a fresh ticket.
                     let mut pipe = redis::pipe();
                     pipe.ignore_errors();
                     let mut tickets = Vec::with_capacity(again.len());
@@ -355,11 +359,11 @@ impl RedisStore {
                     }
                     let fresh: Vec<redis::Value> = pipe.query_async(&mut c).await?;
                     for ((&i, ticket), v) in again.iter().zip(tickets).zip(&fresh) {
-                        let token = valid(bytes(Some(v)));
+                        let token = valid(bytes(Some(v))).map(Arc::from);
                         if let Some(t) = ticket {
-                            known.learn(epoch_keys[i], t, token);
+                            known.learn(epoch_keys[i], t, &token);
                         }
-                        epochs[i] = token.map(Arc::from);
+                        epochs[i] = token;
                     }
                 }
                 let ttls: Vec<Option<Ttl>> = reply

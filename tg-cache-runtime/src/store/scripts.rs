@@ -26,6 +26,11 @@ local function put(k, v, px)
     redis.call('SET', k, v, 'PX', px)
   end
 end
+-- The lifetime of an epoch made or extended by a write of lifetime px.
+local function epoch_px(px)
+  if px == '0' then return '0' end
+  return string.format('%d', math.min(2 * tonumber(px), 2 ^ 50))
+end
 -- The family's epoch and whether it was made now (0: no, 1: it was
 -- missing, 2: it was malformed): read at ek when given (made from fresh
 -- if missing and fresh is given, with the lifetime px), else the epoch
@@ -40,11 +45,15 @@ local function family_epoch(ek, belief, fresh, px)
     made = 2
     redis.call('DEL', ek)
   end
-  put(ek, fresh, px)
+  put(ek, fresh, epoch_px(px))
   return fresh, made
 end
--- An epoch outlives every value of its family, and no longer: a write
--- with lifetime px extends it to at least px ('0': forever).
+-- An epoch outlives every value of its family, by at most as long again:
+-- a write with lifetime px extends it to twice px ('0': forever) when it
+-- has less than px left. (Each extension is a change that every
+-- connection tracking the epoch is told of, and that makes it read the
+-- epoch again: the slack makes that once per lifetime, not once per
+-- write.)
 local function keep_epoch(ek, px)
   if not ek then return end
   if px == '0' then
@@ -52,7 +61,7 @@ local function keep_epoch(ek, px)
     return
   end
   local t = redis.call('PTTL', ek)
-  if t >= 0 and t < tonumber(px) then redis.call('PEXPIRE', ek, px) end
+  if t >= 0 and t < tonumber(px) then redis.call('PEXPIRE', ek, epoch_px(px)) end
 end
 -- The epoch at ek equals e.
 local function epoch_is(ek, e)

@@ -8,6 +8,9 @@
 //! message on that same connection when any client changes one, in wire
 //! order with the replies. Listeners are
 //!
+//! * the family epochs each connection knows (`epochs.rs`), told of its own
+//!   connection's pushes only, even after it was marked lost (they need no
+//!   generation: they die with their connection);
 //! * layers such as the near cache (`near.rs`), through [`Listener`];
 //! * lease waiters ([`Tracking::watch`]): a waiter whose poll read a key
 //!   sleeps until that key changes (a fill, a release, an invalidation, an
@@ -137,9 +140,15 @@ impl Tracking {
     /// Handles one push message of a connection (`live`: whether that
     /// connection is still the one in use), whose own known epochs are
     /// `known` (`epochs.rs`).
+    ///
+    /// `known` hears every push of its connection, live or not: reads that
+    /// took the connection before it was marked lost may still be in flight
+    /// on it, and check their epochs against `known` after their reply
+    /// (the listeners do not need that: a lost connection already flushed
+    /// them, and its generation is over).
     pub(crate) fn push(&self, info: redis::PushInfo, live: bool, known: &KnownEpochs) {
         match info.kind {
-            redis::PushKind::Invalidate if live => match info.data.first() {
+            redis::PushKind::Invalidate => match info.data.first() {
                 Some(redis::Value::Array(keys)) => {
                     let keys: Vec<&[u8]> = keys
                         .iter()
@@ -152,15 +161,24 @@ impl Tracking {
                     for key in &keys {
                         known.invalidated(key);
                     }
-                    self.invalidated(&keys);
+                    if live {
+                        self.invalidated(&keys);
+                    }
                 }
                 // A null key list: FLUSHDB/FLUSHALL (of any database).
                 _ => {
                     known.clear();
-                    self.flushed();
+                    if live {
+                        self.flushed();
+                    }
                 }
             },
-            redis::PushKind::Disconnection if live => self.flushed(),
+            redis::PushKind::Disconnection => {
+                known.clear();
+                if live {
+                    self.flushed();
+                }
+            }
             _ => {}
         }
     }
