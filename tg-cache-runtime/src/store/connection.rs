@@ -171,11 +171,12 @@ impl Drop for RuntimeEnd {
     }
 }
 
-/// A failed command, and whether the runtime that drove its connection
-/// ended under it.
+/// A failed command, and whether its failure is no sign that Redis is
+/// down (its connection was driven by a caller's runtime, which may have
+/// ended under it).
 struct Failed {
     source: redis::RedisError,
-    orphaned: bool,
+    not_redis: bool,
 }
 
 /// Whether a connection is driven by tg-cache's runtime or by a caller's.
@@ -453,18 +454,22 @@ impl Connections {
                 .await
                 .map_err(|source| Failed {
                     source,
-                    orphaned: false,
+                    not_redis: false,
                 })?;
             let r = op(link.conn.clone(), link.epochs.clone()).await;
-            let mut orphaned = false;
+            let mut not_redis = false;
             if let Err(e) = &r
                 && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
             {
                 self.lost(&link);
-                // Its runtime ended under it: no sign that Redis is down.
-                orphaned = link.orphaned();
+                // A connection driven by a caller's runtime also ends when
+                // that runtime shuts down, and the runtime's flag can be set
+                // only after the driver was dropped: its loss is no sign
+                // that Redis is down. The next connection attempt tells (a
+                // refused or timed-out connect opens the breaker).
+                not_redis = link.owner.is_some();
             }
-            r.map_err(|source| Failed { source, orphaned })
+            r.map_err(|source| Failed { source, not_redis })
         });
         let res = crate::exec::in_io_until(deadline, op).await;
         let err = match res {
@@ -474,7 +479,7 @@ impl Connections {
             }
             Some(Err(Failed {
                 source,
-                orphaned: true,
+                not_redis: true,
             })) => {
                 drop(probe);
                 return Err(Error::Redis {
