@@ -97,3 +97,33 @@ async fn a_killed_primary_is_failed_over_to_its_replica() {
     assert_eq!(v, 1, "the value survived the failover");
     eprintln!("failover: slot {slot} moved to {} in {took:?}", now.port);
 }
+
+/// `tg_cache::key::cluster_slot` agrees with the servers' `CLUSTER KEYSLOT`
+/// on keys of every shape (hash tags, braces, bytes beyond ASCII).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_slot_agrees_with_the_servers() {
+    let _w = tg_cache::testing::watchdog("cluster slots", Duration::from_secs(60));
+    let cluster = RedisCluster::start();
+    let node = cluster.server(cluster.primaries()[0].port);
+    let mut keys: Vec<String> = vec![
+        "somekey".into(),
+        "{user1000}.following".into(),
+        "foo{}{bar}".into(),
+        "foo{{bar}}zap".into(),
+        "a}b{".into(),
+        "{".into(),
+        "}{".into(),
+        "tg:fn:char_scenes:id=5".into(),
+        ":1:tg:queryset:Character:id=5".into(),
+        "é{ü}ß".into(),
+    ];
+    for i in 0..300u32 {
+        let r: u32 = rand::random();
+        keys.push(format!("k{{{}}}:{i}:{r}", r % 97));
+        keys.push(format!("tg:view:posts:/posts/{r}"));
+    }
+    for k in &keys {
+        let server: u16 = node.cmd(&["CLUSTER", "KEYSLOT", k]);
+        assert_eq!(tg_cache::key::cluster_slot(k), server, "slot of {k:?}");
+    }
+}

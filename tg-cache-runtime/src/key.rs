@@ -731,6 +731,19 @@ fn string_match(
     pi >= p.len() && si == s.len()
 }
 
+/// The Redis Cluster hash slot (0..16384) of a stored key: `CRC16` of the
+/// key, or of its hash tag (the bytes between its first `{` and the next
+/// `}`, if not empty), modulo 16384, as `CLUSTER KEYSLOT` computes it.
+///
+/// ```
+/// use tg_cache_runtime::key::cluster_slot;
+/// assert_eq!(cluster_slot("somekey"), 11058);
+/// assert_eq!(cluster_slot("{user1000}.following"), cluster_slot("user1000"));
+/// ```
+pub fn cluster_slot(key: &str) -> u16 {
+    crate::store::slots::slot_of(key.as_bytes())
+}
+
 /// The family of a tg-cache key: its first three segments
 /// (`tg:queryset:Character`, `tg:fn:char_scenes`, `tg:view:home`). Entries
 /// of one family can be invalidated together in O(1) (a generation bump);

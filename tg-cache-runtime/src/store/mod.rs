@@ -21,6 +21,7 @@ pub(crate) mod local;
 pub(crate) mod near;
 pub(crate) mod redis;
 pub(crate) mod scripts;
+pub(crate) mod slots;
 pub(crate) mod tracking;
 
 use crate::error::Result;

@@ -1,0 +1,91 @@
+//! Redis Cluster hash slots: the slot a key hashes to, and a hash tag for
+//! every slot, so that tg-cache's internal keys (leases, epochs) can be put
+//! in the slot of the user key they belong to without touching the user's
+//! key.
+//!
+//! A key's slot is `CRC16(key) mod 16384`, where only the key's hash tag is
+//! hashed if it has one: the bytes between its first `{` and the first `}`
+//! after it, when they are not empty (the cluster specification's rule).
+//! [`tag_for`] gives, for any slot, a short tag hashing to it: an internal
+//! key `{<tag>}...` lands in exactly that slot, whatever bytes the user's
+//! key holds (`{`, `}` included), which a tag copied from the user's key
+//! could not guarantee.
+
+use std::sync::LazyLock;
+
+/// The number of hash slots of a Redis Cluster.
+pub(crate) const SLOTS: u16 = 16384;
+
+/// The slot `key` hashes to.
+pub(crate) fn slot_of(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % SLOTS
+}
+
+/// For every slot, the shortest decimal number (as text) that hashes to it.
+static TAGS: LazyLock<Vec<Box<str>>> = LazyLock::new(|| {
+    let mut tags: Vec<Option<Box<str>>> = vec![None; usize::from(SLOTS)];
+    let mut missing = usize::from(SLOTS);
+    let mut n = 0u64;
+    while missing > 0 {
+        let text = n.to_string();
+        let slot = &mut tags[usize::from(slot_of(text.as_bytes()))];
+        if slot.is_none() {
+            *slot = Some(text.into());
+            missing -= 1;
+        }
+        n += 1;
+    }
+    tags.into_iter().map(|t| t.expect("every slot")).collect()
+});
+
+/// A hash tag for `slot`: `{<tag>}` in a key puts the key in that slot.
+#[allow(
+    dead_code,
+    reason = "the Redis Cluster store (issue 14) names its internal keys with it; tested here"
+)]
+pub(crate) fn tag_for(slot: u16) -> &'static str {
+    &TAGS[usize::from(slot % SLOTS)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_the_cluster_specification() {
+        // Values from the Redis documentation and `CLUSTER KEYSLOT`.
+        assert_eq!(slot_of(b"somekey"), 11058);
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"123456789"), 0x31C3 % SLOTS);
+        // Only the first tag counts, and an empty one is no tag.
+        assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
+        let whole = |k: &[u8]| crc16::State::<crc16::XMODEM>::calculate(k) % SLOTS;
+        assert_eq!(slot_of(b"foo{}{bar}"), whole(b"foo{}{bar}"));
+        assert_ne!(slot_of(b"foo{}{bar}"), slot_of(b"bar"));
+        assert_eq!(slot_of(b"foo{{bar}}zap"), whole(b"{bar"));
+        assert_eq!(slot_of(b"foo{bar}{zap}"), whole(b"bar"));
+        assert_eq!(slot_of(b"a}b{"), whole(b"a}b{"));
+        assert_eq!(slot_of(b"a{b"), whole(b"a{b"));
+    }
+
+    #[test]
+    fn every_slot_has_a_short_tag_that_hashes_to_it() {
+        for slot in 0..SLOTS {
+            let tag = tag_for(slot);
+            assert!(tag.len() <= 6, "tag {tag} of slot {slot}");
+            assert_eq!(slot_of(tag.as_bytes()), slot);
+            // Inside a key, with anything after it.
+            let key = format!("{{{tag}}}:#lease:any{{}}key");
+            assert_eq!(slot_of(key.as_bytes()), slot);
+        }
+    }
+}
