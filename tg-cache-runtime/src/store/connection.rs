@@ -171,12 +171,11 @@ impl Drop for RuntimeEnd {
     }
 }
 
-/// A failed command, and whether its failure is no sign that Redis is
-/// down (its connection was driven by a caller's runtime, which may have
-/// ended under it).
+/// A failed command, and whether the runtime that drove its connection
+/// ended under it.
 struct Failed {
     source: redis::RedisError,
-    not_redis: bool,
+    orphaned: bool,
 }
 
 /// Whether a connection is driven by tg-cache's runtime or by a caller's.
@@ -454,22 +453,18 @@ impl Connections {
                 .await
                 .map_err(|source| Failed {
                     source,
-                    not_redis: false,
+                    orphaned: false,
                 })?;
             let r = op(link.conn.clone(), link.epochs.clone()).await;
-            let mut not_redis = false;
+            let mut orphaned = false;
             if let Err(e) = &r
                 && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
             {
                 self.lost(&link);
-                // A connection driven by a caller's runtime also ends when
-                // that runtime shuts down, and the runtime's flag can be set
-                // only after the driver was dropped: its loss is no sign
-                // that Redis is down. The next connection attempt tells (a
-                // refused or timed-out connect opens the breaker).
-                not_redis = link.owner.is_some();
+                // Its runtime ended under it: no sign that Redis is down.
+                orphaned = link.orphaned();
             }
-            r.map_err(|source| Failed { source, not_redis })
+            r.map_err(|source| Failed { source, orphaned })
         });
         let res = crate::exec::in_io_until(deadline, op).await;
         let err = match res {
@@ -479,7 +474,7 @@ impl Connections {
             }
             Some(Err(Failed {
                 source,
-                not_redis: true,
+                orphaned: true,
             })) => {
                 drop(probe);
                 return Err(Error::Redis {
