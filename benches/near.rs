@@ -4,9 +4,10 @@
 //! 1. hit throughput at 1 and 64 tasks on the same keys: a raw redis-rs
 //!    `GET` + JSON decode, a raw pipeline of the two `GETRANGE`s a family
 //!    hit sent before connections kept family epochs + decode, an async
-//!    `#[cache_function]` hit on Redis, and the same function on a near
-//!    cache; with the scripts Redis ran during the hits (`INFO
-//!    commandstats`);
+//!    `#[cache_function]` hit on Redis, the same function on a near cache,
+//!    and a raw moka get of the same values with the near cache's policy
+//!    and bound (its ceiling); with the scripts Redis ran during the hits
+//!    (`INFO commandstats`);
 //! 2. staleness across two OS processes: the time from "A's write
 //!    returned" to "B no longer serves the old value" (p50/p99/max);
 //! 3. a lease waiter in another process, woken by push: the time from the
@@ -15,7 +16,10 @@
 //!    through a near cache bounded to 100,000 entries.
 //!
 //! `cargo bench --bench near` (`NEAR_SECS` changes the 3 s per throughput
-//! row). Under `cargo test --benches` it runs a short version.
+//! row). Under `cargo test --benches` it runs a short version. For a
+//! profiler, `NEAR_PROFILE=1` runs Redis hits only, `NEAR_PROFILE=raw` the
+//! raw `GET` baseline only, `NEAR_PROFILE=near` near hits only, each with
+//! `NEAR_TASKS` tasks (default 1).
 #![allow(missing_docs)]
 
 use serde::{Deserialize, Serialize};

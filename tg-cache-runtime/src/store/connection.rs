@@ -7,7 +7,8 @@
 //!   (`exec::caller_runtime`): a command then costs no hop to another
 //!   thread and back. Such a connection ends with its runtime (a
 //!   `#[tokio::test]`'s) or its thread, and is then replaced; its end
-//!   flushes the listeners, as any lost connection's does. Other callers
+//!   flushes the listeners, as any lost connection's does. Once its store
+//!   is dropped, its pinger closes it within a second. Other callers
 //!   (blocking calls, plain threads, current-thread runtimes, runtimes
 //!   without I/O or timers) use the pool of `pool_size` connections driven
 //!   by tg-cache's own runtime.
@@ -530,7 +531,9 @@ fn spawn_pinger(slot: Weak<Slot>, link: Link, tracking: Arc<Tracking>, store: We
                         *l = None;
                     }
                 }
-                link.dead.set();
+                if link.dead.set() {
+                    tracking.flushed();
+                }
                 return;
             }
             let Some(slot) = slot.upgrade() else {

@@ -14,11 +14,17 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a node may be unreachable before the cluster fails it over
-/// (`cluster-node-timeout`): short, so that failover tests are quick.
-pub const NODE_TIMEOUT: Duration = Duration::from_millis(2000);
+/// (`cluster-node-timeout`): short, so that failover tests are quick, but
+/// long enough that a node starved on a loaded 2-core machine is not
+/// failed over by mistake.
+pub const NODE_TIMEOUT: Duration = Duration::from_millis(5000);
 
 /// Six `redis-server` processes joined into one cluster (3 primaries, 3
-/// replicas), stopped by pid when dropped.
+/// replicas), stopped by pid when dropped. A node restarted with
+/// [`RedisServer::restart`] keeps its `nodes.conf`, so it rejoins with its
+/// old id (as a replica, after a failover). A node frozen with
+/// [`RedisServer::pause`] still counts as running for
+/// [`RedisCluster::wait_until_ok`].
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
 }
@@ -46,7 +52,7 @@ const CLI_HINT: &str = "redis-cli was not found on PATH. Install it (Debian/Ubun
 
 /// A free port whose cluster bus port (port + 10000) is free as well.
 fn free_cluster_port(taken: &[u16]) -> u16 {
-    loop {
+    for _ in 0..1000 {
         let port = free_port();
         if port > 55535 || taken.contains(&port) {
             continue;
@@ -55,6 +61,7 @@ fn free_cluster_port(taken: &[u16]) -> u16 {
             return port;
         }
     }
+    panic!("no free loopback port with a free bus port (port + 10000) in 1000 tries");
 }
 
 impl RedisCluster {
@@ -67,7 +74,13 @@ impl RedisCluster {
     pub fn start() -> Self {
         let timeout = NODE_TIMEOUT.as_millis().to_string();
         let mut nodes: Vec<RedisServer> = Vec::with_capacity(6);
+        let mut attempts = 0;
         while nodes.len() < 6 {
+            attempts += 1;
+            assert!(
+                attempts <= 30,
+                "redis-server --cluster-enabled did not start after 30 attempts (is it built with cluster support?)"
+            );
             let taken: Vec<u16> = nodes.iter().map(RedisServer::port).collect();
             let port = free_cluster_port(&taken);
             let args = [
@@ -186,12 +199,31 @@ impl RedisCluster {
         parse_nodes(&text)
     }
 
-    /// The primaries that are not failed, by port.
+    /// The primaries that are not failed, sorted by port.
     pub fn primaries(&self) -> Vec<ClusterNode> {
-        self.nodes()
+        let mut p: Vec<ClusterNode> = self
+            .nodes()
             .into_iter()
             .filter(|n| n.primary && !n.failed)
-            .collect()
+            .collect();
+        p.sort_by_key(|n| n.port);
+        p
+    }
+
+    /// Waits until `done` holds for the cluster, at most `limit`.
+    ///
+    /// # Panics
+    /// After `limit`, with `what` and the cluster's view.
+    pub fn wait_until(&self, limit: Duration, what: &str, mut done: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {limit:?}; nodes: {:?}",
+                self.nodes()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The node process listening on `port`.
