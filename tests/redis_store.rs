@@ -535,3 +535,68 @@ fn a_dropped_cache_closes_its_connections() {
         }
     });
 }
+
+/// On a multi-thread runtime (connections driven by its workers): Redis
+/// drops every connection and then hangs (a proxy in front of a dead
+/// server: new handshakes never finish). Calls still fail fast: the
+/// breaker opens, and most calls are `Unavailable` at once instead of
+/// each waiting out its deadline.
+#[test]
+fn dropped_connections_then_a_hanging_redis_open_the_breaker() {
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cache = redis_config(&server)
+            .response_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let warm: Vec<_> = (0..16)
+            .map(|i| {
+                let c = cache.clone();
+                tokio::spawn(async move { c.set(&format!("b:{i}"), &i, MEDIUM).await.unwrap() })
+            })
+            .collect();
+        for t in warm {
+            t.await.unwrap();
+        }
+        let () = server.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
+        server.pause();
+        let start = Instant::now();
+        let calls: Vec<_> = (0..8)
+            .map(|t| {
+                let c = cache.clone();
+                tokio::spawn(async move {
+                    let (mut unavailable, mut slow) = (0, 0);
+                    for i in 0..25 {
+                        let began = Instant::now();
+                        let r = c.get::<i32>(&format!("b:{}", (t + i) % 16)).await;
+                        assert!(r.is_err(), "a frozen Redis answered");
+                        if matches!(r, Err(Error::Unavailable { .. })) {
+                            unavailable += 1;
+                        }
+                        if began.elapsed() >= Duration::from_millis(250) {
+                            slow += 1;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    (unavailable, slow)
+                })
+            })
+            .collect();
+        let (mut unavailable, mut slow) = (0, 0);
+        for t in calls {
+            let (u, s) = t.await.unwrap();
+            unavailable += u;
+            slow += s;
+        }
+        let took = start.elapsed();
+        server.resume();
+        eprintln!("200 calls against a hanging Redis: {unavailable} unavailable at once, {slow} waited out their deadline, in {took:?}");
+        assert!(unavailable >= 100, "only {unavailable} of 200 calls failed fast");
+        assert!(slow <= 60, "{slow} of 200 calls waited out their deadline");
+    });
+}

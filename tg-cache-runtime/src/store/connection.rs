@@ -36,7 +36,8 @@
 //!   spending most of its deadline in the queue is [`Error::Saturated`]
 //!   too: the queue, not Redis, used its time.
 //! * **Breaker with one probe.** After a failure that says Redis is
-//!   unreachable (I/O error, refused connection, timeout), calls fail fast
+//!   unreachable (I/O error, refused connection, a connection not made
+//!   within the deadline, timeout), calls fail fast
 //!   with [`Error::Unavailable`] for the cooldown (default 50 ms). A single
 //!   timed-out command (a big value, a slow script) is checked first: the
 //!   breaker opens only if a `PING` times out too. Then
@@ -446,6 +447,9 @@ impl Connections {
             Driver::Own
         });
         let used = slot.clone();
+        // Whether a connection was had within the deadline.
+        let linked = AtomicBool::new(false);
+        let linked_ref = &linked;
         // Pinned here and polled in place: the hot path's future is never
         // nested in wrappers that copy it (`exec::in_io_until`).
         let op = std::pin::pin!(async move {
@@ -456,6 +460,7 @@ impl Connections {
                     source,
                     orphaned: false,
                 })?;
+            linked_ref.store(true, Relaxed);
             let r = op(link.conn.clone(), link.epochs.clone()).await;
             let mut orphaned = false;
             if let Err(e) = &r
@@ -494,6 +499,10 @@ impl Connections {
                     waited: self.timeout,
                 });
             }
+            // No connection within the deadline (a handshake that hangs:
+            // a proxy in front of a dead server, a frozen server): Redis
+            // is unreachable, whatever any PING could say.
+            None if !linked.load(Relaxed) => self.timed_out(),
             // One slow command (a big value, a slow script) is not an outage:
             // a PING in the background decides, and opens the breaker only
             // if Redis does not answer it either. The probe decides at once.
