@@ -113,6 +113,18 @@ where
     calls.load(Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The baseline call: a raw redis-rs `GET` of key `i` + JSON decode.
+async fn raw_get(mut c: redis::aio::MultiplexedConnection, k: Arc<Vec<String>>, i: i64) {
+    let v: Vec<u8> = redis::cmd("GET")
+        .arg(&k[i as usize])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // Skip the `#<epoch>:` header of a family value.
+    let json = &v[v.iter().position(|&b| b == b':').unwrap() + 1..];
+    std::hint::black_box(serde_json::from_slice::<Vec<Scene>>(json).unwrap());
+}
+
 /// Script calls so far (`EVAL`, `EVALSHA`, `FCALL` and their `_RO` forms).
 fn script_calls(server: &RedisServer) -> u64 {
     server
@@ -149,20 +161,7 @@ async fn hits(server: &RedisServer, secs: f64) {
     }
     for tasks in [1, 64] {
         let (c, k) = (conn.clone(), keys.clone());
-        let raw = throughput(tasks, secs, move |i| {
-            let (mut c, k) = (c.clone(), k.clone());
-            async move {
-                let v: Vec<u8> = redis::cmd("GET")
-                    .arg(&k[i as usize])
-                    .query_async(&mut c)
-                    .await
-                    .unwrap();
-                // Skip the `#<epoch>:` header of a family value.
-                let json = &v[v.iter().position(|&b| b == b':').unwrap() + 1..];
-                std::hint::black_box(serde_json::from_slice::<Vec<Scene>>(json).unwrap());
-            }
-        })
-        .await;
+        let raw = throughput(tasks, secs, move |i| raw_get(c.clone(), k.clone(), i)).await;
         // What a family hit sent before its connection kept the epoch
         // (`store/epochs.rs`), raw: the value's and the epoch's GETRANGEs
         // in one pipeline.
@@ -481,19 +480,8 @@ fn main() {
                     .unwrap();
                 let keys: Arc<Vec<String>> =
                     Arc::new((0..KEYS).map(|i| redis_scenes_cache_key(&i)).collect());
-                let n = throughput(tasks, secs, move |i| {
-                    let (mut c, k) = (conn.clone(), keys.clone());
-                    async move {
-                        let v: Vec<u8> = redis::cmd("GET")
-                            .arg(&k[i as usize])
-                            .query_async(&mut c)
-                            .await
-                            .unwrap();
-                        let json = &v[v.iter().position(|&b| b == b':').unwrap() + 1..];
-                        std::hint::black_box(serde_json::from_slice::<Vec<Scene>>(json).unwrap());
-                    }
-                })
-                .await;
+                let n =
+                    throughput(tasks, secs, move |i| raw_get(conn.clone(), keys.clone(), i)).await;
                 println!("{n:.0} raw GETs/s");
                 return;
             }

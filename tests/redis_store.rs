@@ -486,6 +486,15 @@ async fn epochs_expire_with_their_familys_values() {
     assert!(keys.is_empty(), "left behind: {keys:?}");
 }
 
+/// A multi-thread runtime whose two workers drive their own connections.
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Clients connected to `server`, besides the one asking.
 fn connected_clients(server: &RedisServer) -> u64 {
     let info: String = server.cmd(&["INFO", "clients"]);
@@ -503,12 +512,7 @@ fn connected_clients(server: &RedisServer) -> u64 {
 fn a_dropped_cache_closes_its_connections() {
     let server = RedisServer::start();
     assert_eq!(connected_clients(&server), 0);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    two_workers().block_on(async {
         let cache = redis(&server);
         let mut tasks = Vec::new();
         for i in 0..64 {
@@ -544,12 +548,7 @@ fn a_dropped_cache_closes_its_connections() {
 #[test]
 fn dropped_connections_then_a_hanging_redis_open_the_breaker() {
     let server = RedisServer::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    two_workers().block_on(async {
         let cache = redis_config(&server)
             .response_timeout(Duration::from_millis(300))
             .build()
