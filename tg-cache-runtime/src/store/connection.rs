@@ -93,13 +93,14 @@ pub(crate) struct Connections {
 /// is lost.
 #[derive(Default)]
 struct Slot {
-    link: Mutex<Option<Link>>,
+    /// Shared as one `Arc`: a hit clones one reference count, not each
+    /// of the connection's.
+    link: Mutex<Option<Arc<Link>>>,
     /// One connection attempt at a time.
     connecting: tokio::sync::Mutex<()>,
 }
 
 /// A live tracking connection.
-#[derive(Clone)]
 struct Link {
     conn: MultiplexedConnection,
     /// The family epochs it read and still tracks (`epochs.rs`).
@@ -142,7 +143,7 @@ impl Link {
 }
 
 impl Slot {
-    fn live(&self) -> Option<Link> {
+    fn live(&self) -> Option<Arc<Link>> {
         let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
         link.as_ref().filter(|l| !l.dead.is_set()).cloned()
     }
@@ -247,12 +248,12 @@ impl Connections {
             let mine = THREAD_SLOTS.try_with(|t| {
                 let mut t = t.borrow_mut();
                 t.retain(|(store, _)| store.strong_count() > 0);
-                let me = Arc::downgrade(&self.alive);
-                if let Some((_, s)) = t.iter().find(|(store, _)| Weak::ptr_eq(store, &me)) {
+                let me = Arc::as_ptr(&self.alive);
+                if let Some((_, s)) = t.iter().find(|(store, _)| std::ptr::eq(store.as_ptr(), me)) {
                     return s.clone();
                 }
                 let s = Arc::new(Slot::default());
-                t.push((me, s.clone()));
+                t.push((Arc::downgrade(&self.alive), s.clone()));
                 s
             });
             if let Ok(s) = mine {
@@ -268,7 +269,7 @@ impl Connections {
         &self,
         slot: &Arc<Slot>,
         caller: Option<&tokio::runtime::Handle>,
-    ) -> redis::RedisResult<Link> {
+    ) -> redis::RedisResult<Arc<Link>> {
         if let Some(l) = slot.live() {
             if !l.orphaned() {
                 return Ok(l);
@@ -282,7 +283,13 @@ impl Connections {
         }
         // Boxed: connecting (TLS included) is a big future that every
         // command's future would otherwise carry, and copy, for nothing.
-        let link = Box::pin(self.connect(slot, caller)).await?;
+        let link = Arc::new(Box::pin(self.connect(caller)).await?);
+        spawn_pinger(
+            Arc::downgrade(slot),
+            link.clone(),
+            self.tracking.clone(),
+            Arc::downgrade(&self.alive),
+        );
         *slot.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.clone());
         Ok(link)
     }
@@ -324,12 +331,8 @@ impl Connections {
 
     /// A new connection (see [`Connections::opener`]), driven by `caller`'s
     /// runtime if given (falling back to tg-cache's own if that runtime
-    /// cannot drive one), and a `PING` every second while it is the slot's.
-    async fn connect(
-        &self,
-        slot: &Arc<Slot>,
-        caller: Option<&tokio::runtime::Handle>,
-    ) -> redis::RedisResult<Link> {
+    /// cannot drive one). [`Connections::link`] starts its pinger.
+    async fn connect(&self, caller: Option<&tokio::runtime::Handle>) -> redis::RedisResult<Link> {
         let mut dead = Arc::new(Death::default());
         let mut epochs = Arc::new(KnownEpochs::default());
         let mut owner = None;
@@ -380,19 +383,12 @@ impl Connections {
         };
         // A new connection loses nothing: a connection it replaces was
         // marked lost (and the listeners flushed) when it was found dead.
-        let link = Link {
+        Ok(Link {
             conn,
             epochs,
             dead,
             owner,
-        };
-        spawn_pinger(
-            Arc::downgrade(slot),
-            link.clone(),
-            self.tracking.clone(),
-            Arc::downgrade(&self.alive),
-        );
-        Ok(link)
+        })
     }
 
     /// Marks `link` lost: never used again, and every listener flushed.
@@ -427,8 +423,7 @@ impl Connections {
                 retry_in,
             })?;
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let permits = self.permits.clone();
-        let permit = crate::exec::timeout_at(deadline, permits.acquire_owned()).await;
+        let permit = crate::exec::timeout_at(deadline, self.permits.acquire()).await;
         let _permit = match permit {
             Ok(Ok(p)) => p,
             // Queued for the whole deadline: load, not a Redis failure.
@@ -526,7 +521,7 @@ impl Connections {
 /// connection; a `PING` that fails or goes unanswered for a second marks
 /// it lost (and flushes the listeners). Once the store is dropped, it closes
 /// the connection.
-fn spawn_pinger(slot: Weak<Slot>, link: Link, tracking: Arc<Tracking>, store: Weak<()>) {
+fn spawn_pinger(slot: Weak<Slot>, link: Arc<Link>, tracking: Arc<Tracking>, store: Weak<()>) {
     io_runtime().spawn(async move {
         loop {
             crate::exec::sleep(PING_EVERY).await;
@@ -600,8 +595,11 @@ impl Connections {
             self.checking.store(false, Relaxed);
             return;
         };
-        let (mut conn, breaker, checking) =
-            (link.conn, self.breaker.clone(), self.checking.clone());
+        let (mut conn, breaker, checking) = (
+            link.conn.clone(),
+            self.breaker.clone(),
+            self.checking.clone(),
+        );
         let timeout = self.timeout;
         io_runtime().spawn(async move {
             let cmd = redis::cmd("PING");
