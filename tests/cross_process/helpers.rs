@@ -284,7 +284,10 @@ impl Proxy {
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => n,
                             };
-                            if answered.swap(false, SeqCst) {
+                            // An idle connection's keep-alive `PING` (one a
+                            // second) is not a round trip of the calls measured.
+                            let ping = &buf[..n] == b"*1\r\n$4\r\nPING\r\n";
+                            if !ping && answered.swap(false, SeqCst) {
                                 turns.fetch_add(1, SeqCst);
                             }
                             let hit = !cut_after.is_empty()
@@ -333,7 +336,7 @@ impl Proxy {
     }
 
     /// Round trips so far, over every connection: times a client sent
-    /// after the server had answered it.
+    /// after the server had answered it (keep-alive `PING`s aside).
     pub fn round_trips(&self) -> usize {
         self.turns.load(std::sync::atomic::Ordering::SeqCst)
     }
