@@ -24,7 +24,7 @@ use helpers::{
     Raw, TTL, build, child_url, finish, jitter, reported, spawn_child, two_caches, watchdog,
 };
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use tg_cache::testing::RedisServer;
@@ -1541,9 +1541,13 @@ fn epoch_key(i: u64) -> String {
 /// the cache's connection, so it delays the handling of pushes: that
 /// widens the window in which a read's known epoch is invalidated while
 /// the read is in flight (the test asserts that this race was hit).
+/// Reads the family's keys from 8 tasks until `until`; returns (stale
+/// reads, reads, hits). Every 100 hits are added to the Redis counter
+/// `hits_key`, so that the writer can run until every reader has raced.
 async fn read_family(
     cache: &Cache,
     raw: &Raw,
+    hits_key: &'static str,
     until: impl Fn() -> bool + Clone + Send + 'static,
 ) -> (u64, u64, u64) {
     let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
@@ -1559,7 +1563,9 @@ async fn read_family(
                 let v = cache.get::<u64>(&epoch_key(i)).await.unwrap();
                 counts[1].fetch_add(1, SeqCst);
                 if let Some(v) = v {
-                    counts[2].fetch_add(1, SeqCst);
+                    if (counts[2].fetch_add(1, SeqCst) + 1).is_multiple_of(100) {
+                        let _: () = raw.cmd(&["INCRBY", hits_key, "100"]);
+                    }
                     if v <= floor {
                         counts[0].fetch_add(1, SeqCst);
                     }
@@ -1585,12 +1591,18 @@ async fn helper_family_reader() {
     let raw = Raw::data(&url);
     let _: () = raw.cmd(&["SET", "xp:reading", "1"]);
     let stop = raw.clone();
-    let (stale, reads, hits) = read_family(&cache, &raw, move || stop.exists("xp:stop")).await;
+    let (stale, reads, hits) = read_family(&cache, &raw, "xp:hits:child", move || {
+        stop.exists("xp:stop")
+    })
+    .await;
     println!("XP stale={stale}");
     println!("XP reads={reads}");
     println!("XP hits={hits}");
     println!("XP raced={}", tg_cache::testing::epochs_raced());
 }
+
+/// Hits each side of the family race must have had for the race to count.
+const MIN_RACING_HITS: u64 = 1000;
 
 /// Randomised across processes, with many hits: the parent writes round `r`
 /// of the family's values, lets them be read, invalidates the family
@@ -1609,20 +1621,31 @@ async fn a_family_hit_never_serves_a_value_killed_before_it_started() {
     let (a, b) = two_caches(&server);
     let reader = build(&url);
     let () = server.cmd(&["CONFIG", "RESETSTAT"]);
-    let stop = Instant::now() + Duration::from_secs(3);
+    // At least 3 s, and on until every reader has had enough hits to race
+    // (a slow machine needs longer), within 30 s.
+    let (min_stop, max_stop) = (
+        Instant::now() + Duration::from_secs(3),
+        Instant::now() + Duration::from_secs(30),
+    );
+    let enough = |raw: &Raw| {
+        ["xp:hits:child", "xp:hits:parent"]
+            .iter()
+            .all(|k| raw.get_u64(k).unwrap_or(0) >= 2 * MIN_RACING_HITS)
+    };
+    let stopped = Arc::new(AtomicBool::new(false));
     // A reader of its own, and the writer `a` (whose connections receive
     // the pushes of their own invalidations).
     let parents: Vec<_> = [reader, a.clone()]
         .into_iter()
         .map(|cache| {
-            let raw = raw.clone();
-            tokio::spawn(
-                async move { read_family(&cache, &raw, move || Instant::now() >= stop).await },
-            )
+            let (raw, stopped) = (raw.clone(), stopped.clone());
+            tokio::spawn(async move {
+                read_family(&cache, &raw, "xp:hits:parent", move || stopped.load(SeqCst)).await
+            })
         })
         .collect();
     let mut rounds = 0u64;
-    while Instant::now() < stop {
+    while Instant::now() < min_stop || (Instant::now() < max_stop && !enough(&raw)) {
         rounds += 1;
         let items: Vec<(String, u64)> = (0..EPOCH_KEYS).map(|i| (epoch_key(i), rounds)).collect();
         a.set_many(&items, TTL).await.unwrap();
@@ -1632,6 +1655,7 @@ async fn a_family_hit_never_serves_a_value_killed_before_it_started() {
         let _: () = raw.cmd(&["SET", "xp:dead", &rounds.to_string()]);
         tokio::time::sleep(jitter(1)).await;
     }
+    stopped.store(true, SeqCst);
     let (mut p_stale, mut p_reads, mut p_hits) = (0, 0, 0);
     for p in parents {
         let (s, r, h) = p.await.unwrap();
@@ -1651,8 +1675,8 @@ async fn a_family_hit_never_serves_a_value_killed_before_it_started() {
         "family race: {rounds} invalidations; child: {c_stale} stale of {c_reads} reads ({c_hits} hits); parent: {p_stale} stale of {p_reads} reads ({p_hits} hits); {raced} reads raced an invalidation of their known epoch; {getranges} GETRANGEs"
     );
     assert!(
-        c_hits > 1000 && p_hits > 1000,
-        "too few hits to race: {c_hits}, {p_hits}"
+        c_hits > MIN_RACING_HITS && p_hits > MIN_RACING_HITS,
+        "too few hits to race in 30 s: {c_hits}, {p_hits}"
     );
     assert!(rounds > 100, "only {rounds} invalidations");
     assert!(
