@@ -19,7 +19,8 @@
 //! row). Under `cargo test --benches` it runs a short version. For a
 //! profiler, `NEAR_PROFILE=1` runs Redis hits only, `NEAR_PROFILE=raw` the
 //! raw `GET` baseline only, `NEAR_PROFILE=near` near hits only, each with
-//! `NEAR_TASKS` tasks (default 1).
+//! `NEAR_TASKS` tasks (default 1), and prints how many commands Redis got
+//! per socket read and write: how well the client batched its commands.
 #![allow(missing_docs)]
 
 use serde::{Deserialize, Serialize};
@@ -123,6 +124,30 @@ async fn raw_get(mut c: redis::aio::MultiplexedConnection, k: Arc<Vec<String>>, 
     // Skip the `#<epoch>:` header of a family value.
     let json = &v[v.iter().position(|&b| b == b':').unwrap() + 1..];
     std::hint::black_box(serde_json::from_slice::<Vec<Scene>>(json).unwrap());
+}
+
+/// Redis' counts of commands, socket reads and socket writes so far.
+fn io_stats(server: &RedisServer) -> [u64; 3] {
+    let info: String = server.cmd(&["INFO", "stats"]);
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    [
+        field("total_commands_processed"),
+        field("total_reads_processed"),
+        field("total_writes_processed"),
+    ]
+}
+
+/// How many commands Redis got per socket read and answered per socket
+/// write since `before`: how well the client batched.
+fn io_batching(server: &RedisServer, before: [u64; 3]) -> String {
+    let now = io_stats(server);
+    let [c, r, w] = [0, 1, 2].map(|i| (now[i] - before[i]).max(1) as f64);
+    format!("{:.2} commands per read, {:.2} per write", c / r, c / w)
 }
 
 /// Script calls so far (`EVAL`, `EVALSHA`, `FCALL` and their `_RO` forms).
@@ -480,9 +505,10 @@ fn main() {
                     .unwrap();
                 let keys: Arc<Vec<String>> =
                     Arc::new((0..KEYS).map(|i| redis_scenes_cache_key(&i)).collect());
+                let before = io_stats(&server);
                 let n =
                     throughput(tasks, secs, move |i| raw_get(conn.clone(), keys.clone(), i)).await;
-                println!("{n:.0} raw GETs/s");
+                println!("{n:.0} raw GETs/s; {}", io_batching(&server, before));
                 return;
             }
             if std::env::var("NEAR_PROFILE").as_deref() == Ok("near") {
@@ -497,11 +523,12 @@ fn main() {
                 println!("{n:.0} near hits/s");
                 return;
             }
+            let before = io_stats(&server);
             let n = throughput(tasks, secs, |i| async move {
                 std::hint::black_box(redis_scenes(i).await);
             })
             .await;
-            println!("{n:.0} Redis hits/s");
+            println!("{n:.0} Redis hits/s; {}", io_batching(&server, before));
         });
         return;
     }
