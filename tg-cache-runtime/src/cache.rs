@@ -200,13 +200,15 @@ impl Cache {
         let store: Arc<dyn Store> = match cfg.backend {
             Backend::Local => Arc::new(LocalStore::new(cfg.max_entries, cfg.max_value_bytes)),
             Backend::Dummy => Arc::new(DummyStore),
-            Backend::Redis => {
+            Backend::Redis | Backend::RedisCluster => {
                 let url = cfg.redis_url.clone().ok_or_else(|| {
                     crate::ConfigError::new("REDIS_URL", "", "the redis backend needs a URL")
                 })?;
                 let redis = RedisStore::new(&RedisSettings {
                     connection: ConnectionSettings {
                         url,
+                        cluster: (cfg.backend == Backend::RedisCluster)
+                            .then(|| cfg.redis_nodes.clone()),
                         pool_size: cfg.pool_size,
                         max_connections: cfg.max_connections,
                         connect_timeout: cfg.connect_timeout,
@@ -235,7 +237,7 @@ impl Cache {
                 url: cfg
                     .redis_url
                     .clone()
-                    .filter(|_| cfg.backend == Backend::Redis),
+                    .filter(|_| matches!(cfg.backend, Backend::Redis | Backend::RedisCluster)),
                 namespace: namespace(cfg),
                 default_timeout: cfg.default_timeout,
                 max_wait: cfg.max_wait,

@@ -2,8 +2,9 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `TG_CACHE_BACKEND` | `local`, `redis` or `dummy` | `local` |
+//! | `TG_CACHE_BACKEND` | `local`, `redis`, `redis-cluster` or `dummy` | `local` |
 //! | `REDIS_URL` (or `TG_CACHE_REDIS_URL`, which wins) | `redis://[:password@]host[:port][/db]`, `rediss://` for TLS | `redis://127.0.0.1:6379` |
+//! | `TG_CACHE_REDIS_NODES` | a Redis Cluster's seed nodes, comma-separated (`redis://h1:7000,redis://h2:7001`); needed by `redis-cluster` | none |
 //! | `TG_CACHE_MAX_ENTRIES` | local store bound | `1000` |
 //! | `TG_CACHE_DEFAULT_TIMEOUT` | seconds, or `none` (never expire) | `300` |
 //! | `TG_CACHE_KEY_PREFIX` | Django's `KEY_PREFIX` | none |
@@ -32,6 +33,8 @@ pub enum Backend {
     Local,
     /// Redis (django-redis).
     Redis,
+    /// A Redis Cluster ([`CacheConfig::redis_cluster`]).
+    RedisCluster,
     /// Caches nothing (Django's `DummyCache`).
     Dummy,
 }
@@ -41,6 +44,7 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Backend::Local => "local",
             Backend::Redis => "redis",
+            Backend::RedisCluster => "redis-cluster",
             Backend::Dummy => "dummy",
         })
     }
@@ -317,6 +321,8 @@ pub struct CacheConfig {
     pub(crate) key_prefix: String,
     pub(crate) version: Option<u64>,
     pub(crate) redis_url: Option<RedisUrl>,
+    /// A Redis Cluster's seed nodes.
+    pub(crate) redis_nodes: Vec<RedisUrl>,
     pub(crate) max_connections: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
@@ -355,6 +361,7 @@ impl CacheConfig {
             key_prefix: String::new(),
             version: None,
             redis_url: None,
+            redis_nodes: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             connect_timeout: Duration::from_millis(1000),
             response_timeout: Duration::from_millis(500),
@@ -382,6 +389,35 @@ impl CacheConfig {
             Ok(u) => c.redis_url = Some(u),
             Err(e) => c.error = Some(e),
         }
+        c
+    }
+
+    /// A Redis Cluster store, found through any of its `nodes` (seed nodes;
+    /// the rest of the cluster is discovered). Keys are spread over the
+    /// primaries by their hash slots as given; tg-cache's own keys (family
+    /// epochs, refresh leases) are put in the slot of the key they belong
+    /// to, so every script runs on one node. A malformed URL, or no node
+    /// at all, is reported by [`CacheConfig::build`].
+    ///
+    /// ```
+    /// use tg_cache_runtime::CacheConfig;
+    /// let cfg = CacheConfig::redis_cluster(["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]);
+    /// assert_eq!(cfg.backend().to_string(), "redis-cluster");
+    /// ```
+    pub fn redis_cluster<S: AsRef<str>>(nodes: impl IntoIterator<Item = S>) -> Self {
+        let mut c = Self::base(Backend::RedisCluster);
+        for node in nodes {
+            match RedisUrl::parse(node.as_ref().trim()) {
+                Ok(u) => c.redis_nodes.push(u),
+                Err(e) => {
+                    c.error.get_or_insert(ConfigError {
+                        setting: "redis_cluster".into(),
+                        ..e
+                    });
+                }
+            }
+        }
+        c.redis_url = c.redis_nodes.first().cloned();
         c
     }
 
@@ -546,12 +582,13 @@ impl CacheConfig {
         let backend = match get("TG_CACHE_BACKEND").as_deref().map(str::trim) {
             None | Some("local") => Backend::Local,
             Some("redis") => Backend::Redis,
+            Some("redis-cluster") => Backend::RedisCluster,
             Some("dummy") => Backend::Dummy,
             Some(other) => {
                 return Err(ConfigError::new(
                     "TG_CACHE_BACKEND",
                     other,
-                    "unknown backend; expected one of local, redis, dummy",
+                    "unknown backend; expected one of local, redis, redis-cluster, dummy",
                 ));
             }
         };
@@ -623,6 +660,22 @@ impl CacheConfig {
                 (n > 0).then_some(n)
             };
         }
+        if backend == Backend::RedisCluster {
+            let nodes = get("TG_CACHE_REDIS_NODES").ok_or_else(|| {
+                ConfigError::new(
+                    "TG_CACHE_REDIS_NODES",
+                    "",
+                    "the redis-cluster backend needs its seed nodes: redis://h1:7000,redis://h2:7001,...",
+                )
+            })?;
+            for node in nodes.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                c.redis_nodes.push(RedisUrl::parse(node).map_err(|mut e| {
+                    e.setting = "TG_CACHE_REDIS_NODES".to_owned();
+                    e
+                })?);
+            }
+            c.redis_url = c.redis_nodes.first().cloned();
+        }
         if backend == Backend::Redis {
             let (var, url) = match get("TG_CACHE_REDIS_URL") {
                 Some(u) => ("TG_CACHE_REDIS_URL", u),
@@ -651,7 +704,23 @@ impl CacheConfig {
         if self.backend == Backend::Local && self.max_entries == 0 {
             return zero("max_entries");
         }
-        if self.backend == Backend::Redis {
+        if self.backend == Backend::RedisCluster {
+            if self.redis_nodes.is_empty() {
+                return Err(ConfigError::new(
+                    "TG_CACHE_REDIS_NODES",
+                    "",
+                    "the redis-cluster backend needs at least one seed node",
+                ));
+            }
+            if let Some(n) = self.near_cache {
+                return Err(ConfigError::new(
+                    "TG_CACHE_NEAR_CACHE",
+                    n.to_string(),
+                    "the near cache does not run on a Redis Cluster yet; leave it off (`off`)",
+                ));
+            }
+        }
+        if matches!(self.backend, Backend::Redis | Backend::RedisCluster) {
             if self.max_connections == 0 {
                 return zero("max_connections");
             }
@@ -749,7 +818,10 @@ mod tests {
     fn bad_values_name_the_variable() {
         let e = env(&[("TG_CACHE_BACKEND", "memcached")]).unwrap_err();
         assert_eq!(e.setting, "TG_CACHE_BACKEND");
-        assert!(e.to_string().contains("local, redis, dummy"), "{e}");
+        assert!(
+            e.to_string().contains("local, redis, redis-cluster, dummy"),
+            "{e}"
+        );
         let e = env(&[("TG_CACHE_MAX_ENTRIES", "-5")]).unwrap_err();
         assert_eq!(e.setting, "TG_CACHE_MAX_ENTRIES");
         assert!(e.reason.contains("negative"), "{e}");

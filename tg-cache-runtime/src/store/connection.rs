@@ -1,6 +1,11 @@
 //! Connections to one Redis server: multiplexed RESP3 connections with
 //! client-side tracking, a fair queue in front of them, one deadline per
-//! call, and a circuit breaker.
+//! call, and a circuit breaker. The same machinery serves a Redis Cluster
+//! ([`Conn::Cluster`]): each connection is then a redis-rs cluster
+//! connection (`cluster-async`), which routes every command by its key's
+//! slot, follows `MOVED`/`ASK` and refreshes the topology itself; it
+//! tracks nothing yet, so its family epochs are always read
+//! ([`KnownEpochs::never`]).
 //!
 //! * **Driven where the caller runs.** A caller on a multi-thread tokio
 //!   runtime uses its thread's own connection, driven by that runtime
@@ -51,6 +56,7 @@ use crate::config::RedisUrl;
 use crate::error::{Error, Result};
 use crate::exec::{in_io, io_runtime};
 use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
@@ -60,7 +66,11 @@ use tokio::sync::Semaphore;
 /// How to reach Redis, taken from [`crate::CacheConfig`].
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionSettings {
+    /// The server, or for a cluster its first seed node.
     pub(crate) url: RedisUrl,
+    /// A Redis Cluster's seed nodes (`url` among them); `None` for one
+    /// server.
+    pub(crate) cluster: Option<Vec<RedisUrl>>,
     pub(crate) pool_size: usize,
     pub(crate) max_connections: usize,
     pub(crate) connect_timeout: Duration,
@@ -71,10 +81,60 @@ pub(crate) struct ConnectionSettings {
 /// How often an idle connection is checked with a `PING`.
 const PING_EVERY: Duration = Duration::from_secs(1);
 
+/// One connection: to one server, or to a whole Redis Cluster. Both are
+/// multiplexed and cheap to clone; every store command runs on one.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Node(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Node(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Node(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// What connections are opened with.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per store, made once and never moved on a hot path"
+)]
+enum Dialer {
+    Node(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
 pub(crate) struct Connections {
-    /// `host:port` of the server, for errors (never a password).
+    /// `host:port` of the server (a cluster's first seed node), for errors
+    /// (never a password).
     addr: String,
-    client: redis::Client,
+    client: Dialer,
     connect_timeout: Duration,
     slots: Vec<Arc<Slot>>,
     next: AtomicUsize,
@@ -102,7 +162,7 @@ struct Slot {
 
 /// A live tracking connection.
 struct Link {
-    conn: MultiplexedConnection,
+    conn: Conn,
     /// The family epochs it read and still tracks (`epochs.rs`).
     epochs: Arc<KnownEpochs>,
     /// Set once the connection is lost; it is then never used again.
@@ -210,12 +270,35 @@ impl Connections {
             source,
         };
         use redis::IntoConnectionInfo;
-        let info = s.url.expose().into_connection_info().map_err(failed)?;
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(resp3)).map_err(failed)?;
+        let resp3 = |url: &RedisUrl| -> redis::RedisResult<redis::ConnectionInfo> {
+            let info = url.expose().into_connection_info()?;
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            Ok(info.set_redis_settings(settings))
+        };
+        let client = match &s.cluster {
+            None => {
+                Dialer::Node(redis::Client::open(resp3(&s.url).map_err(failed)?).map_err(failed)?)
+            }
+            Some(nodes) => {
+                let infos = nodes
+                    .iter()
+                    .map(|u| u.expose().into_connection_info())
+                    .collect::<redis::RedisResult<Vec<_>>>()
+                    .map_err(failed)?;
+                Dialer::Cluster(
+                    redis::cluster::ClusterClient::builder(infos)
+                        .use_protocol(redis::ProtocolVersion::RESP3)
+                        .connection_timeout(s.connect_timeout)
+                        // Each call has its own deadline (`run_on`).
+                        .response_timeout(Duration::from_secs(3600))
+                        .build()
+                        .map_err(failed)?,
+                )
+            }
+        };
         Ok(Self {
             addr,
             client,
@@ -232,6 +315,20 @@ impl Connections {
             checking: Arc::new(AtomicBool::new(false)),
             tracking: Arc::default(),
             alive: Arc::new(()),
+        })
+    }
+
+    /// Whether these are connections to a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.client, Dialer::Cluster(_))
+    }
+
+    /// The family epochs a new connection will know: none ever, on a
+    /// cluster, whose connections track nothing.
+    fn new_epochs(&self) -> Arc<KnownEpochs> {
+        Arc::new(match self.client {
+            Dialer::Node(_) => KnownEpochs::default(),
+            Dialer::Cluster(_) => KnownEpochs::never(),
         })
     }
 
@@ -295,13 +392,18 @@ impl Connections {
     }
 
     /// What opens one connection: RESP3, its pushes to [`Tracking`],
-    /// tracking on.
+    /// tracking on. A cluster connection tracks nothing (yet): its known
+    /// epochs are [`KnownEpochs::never`].
     fn opener(
         &self,
         dead: Arc<Death>,
         epochs: Arc<KnownEpochs>,
-    ) -> impl Future<Output = redis::RedisResult<MultiplexedConnection>> + Send + 'static {
-        let (tracking, client) = (self.tracking.clone(), self.client.clone());
+    ) -> impl Future<Output = redis::RedisResult<Conn>> + Send + 'static {
+        let tracking = self.tracking.clone();
+        let client = match &self.client {
+            Dialer::Node(c) => Ok(c.clone()),
+            Dialer::Cluster(c) => Err(c.clone()),
+        };
         // A closure as the push sender (portable to redis-rs 2.0): it runs
         // in the connection's reader task, in wire order, before any later
         // reply reaches its caller. The known epochs (`epochs.rs`) depend
@@ -317,6 +419,10 @@ impl Connections {
             .set_response_timeout(None)
             .set_push_sender(pushes);
         async move {
+            let client = match client {
+                Ok(c) => c,
+                Err(cluster) => return Ok(Conn::Cluster(cluster.get_async_connection().await?)),
+            };
             let mut conn = client
                 .get_multiplexed_async_connection_with_config(&cfg)
                 .await?;
@@ -325,7 +431,7 @@ impl Connections {
                 .arg("ON")
                 .query_async::<()>(&mut conn)
                 .await?;
-            Ok(conn)
+            Ok(Conn::Node(conn))
         }
     }
 
@@ -334,7 +440,7 @@ impl Connections {
     /// cannot drive one). [`Connections::link`] starts its pinger.
     async fn connect(&self, caller: Option<&tokio::runtime::Handle>) -> redis::RedisResult<Link> {
         let mut dead = Arc::new(Death::default());
-        let mut epochs = Arc::new(KnownEpochs::default());
+        let mut epochs = self.new_epochs();
         let mut owner = None;
         let mut conn = None;
         if let Some(h) = caller {
@@ -373,7 +479,7 @@ impl Connections {
                     // (Else the runtime is shutting down.) A fresh state for
                     // the connection made instead: the failed one's is over.
                     dead = Arc::new(Death::default());
-                    epochs = Arc::new(KnownEpochs::default());
+                    epochs = self.new_epochs();
                 }
             }
         }
@@ -402,7 +508,7 @@ impl Connections {
     /// queue and the breaker.
     pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.run_on(|conn, _| op(conn)).await
@@ -412,7 +518,7 @@ impl Connections {
     /// (`epochs.rs`), for the reads that check values against them.
     pub(crate) async fn run_on<T, F, Fut>(&self, op: F) -> Result<T>
     where
-        F: FnOnce(MultiplexedConnection, Arc<KnownEpochs>) -> Fut,
+        F: FnOnce(Conn, Arc<KnownEpochs>) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let probe = self

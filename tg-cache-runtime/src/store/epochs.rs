@@ -79,11 +79,25 @@ pub(crate) enum Lookup {
 pub(crate) struct KnownEpochs {
     map: RwLock<HashMap<Box<str>, Entry>>,
     next: AtomicU64,
+    /// Set for a connection that tracks nothing: every epoch is read.
+    never: bool,
 }
 
 impl KnownEpochs {
+    /// For a connection without tracking (a cluster's): it never knows an
+    /// epoch, so every read reads its family's epoch with the value.
+    pub(crate) fn never() -> Self {
+        Self {
+            never: true,
+            ..Self::default()
+        }
+    }
+
     /// Decides, before a read is sent, whether `key` is read with it.
     pub(crate) fn lookup(&self, key: &str) -> Lookup {
+        if self.never {
+            return Lookup::Read(0);
+        }
         {
             let map = self.map.read().unwrap_or_else(|p| p.into_inner());
             match map.get(key) {
@@ -116,6 +130,9 @@ impl KnownEpochs {
     /// invalidation came since (or another read under the same ticket
     /// already kept it).
     pub(crate) fn learn(&self, key: &str, ticket: u64, token: &Option<Arc<[u8]>>) {
+        if self.never {
+            return;
+        }
         let pending = |map: &HashMap<Box<str>, Entry>| matches!(map.get(key), Some(Entry::Pending(t)) if *t == ticket);
         if !pending(&self.map.read().unwrap_or_else(|p| p.into_inner())) {
             return;

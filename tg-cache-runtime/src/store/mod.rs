@@ -18,6 +18,7 @@ pub(crate) mod connection;
 pub(crate) mod dummy;
 pub(crate) mod epochs;
 pub(crate) mod local;
+pub(crate) mod names;
 pub(crate) mod near;
 pub(crate) mod redis;
 pub(crate) mod scripts;

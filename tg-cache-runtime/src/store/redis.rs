@@ -2,9 +2,17 @@
 //! trip, no script), written through the Lua scripts of `scripts.rs` that
 //! keep the fill guarantee (`store/mod.rs`, `lease.rs`), reached through
 //! [`Connections`].
+//!
+//! The same store runs on a Redis Cluster (`CacheConfig::redis_cluster`):
+//! its internal keys are then named into their key's slot
+//! ([`super::names`]), every call's commands stay in one slot, and what
+//! spans slots (`get_many`, `set_many`, `delete_many`) is split by slot,
+//! while what spans the keyspace (`delete_pattern`, `clear`, a family's
+//! invalidation) visits every primary.
 
-use super::connection::{ConnectionSettings, Connections};
+use super::connection::{Conn, ConnectionSettings, Connections};
 use super::epochs::Lookup;
+use super::names::Names;
 use super::scripts::Scripts;
 use super::{
     Family, Filled, Incr, Lease, LeaseMode, LeaseOutcome, Seen, Slot, Store, StoreFuture, Stored,
@@ -14,7 +22,6 @@ use crate::error::{Error, Result};
 use crate::generation::{self, Epoch};
 use crate::lease::{self, HEAD_BYTES, Holders};
 use crate::timeout::Ttl;
-use redis::aio::MultiplexedConnection;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +37,8 @@ pub(crate) struct RedisSettings {
 
 pub(crate) struct RedisStore {
     conns: Connections,
+    /// Where internal keys live: beside their key, or in its slot.
+    names: Names,
     scripts: Scripts,
     lease_timeout: Duration,
     compress_min: Option<usize>,
@@ -38,6 +47,19 @@ pub(crate) struct RedisStore {
     read_limit: usize,
     /// How many bytes the first read of a value asks for.
     first_read: usize,
+}
+
+/// A primary of a Redis Cluster, and the slot ranges it serves.
+struct Primary {
+    host: String,
+    port: u16,
+    slots: Vec<(u16, u16)>,
+}
+
+impl Primary {
+    fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
+    }
 }
 
 /// The first read of a value asks for at most this many bytes: almost every
@@ -55,12 +77,12 @@ struct Call {
 
 impl Call {
     /// A call of `script` on `slot`'s key and, if it has a family, its
-    /// epoch key (`KEYS[2]`: one server keeps both).
-    fn on(script: &Arc<redis::Script>, slot: &Slot) -> Self {
-        let mut keys = Vec::with_capacity(2);
+    /// epoch key (`KEYS[2]`: one server, one slot on a cluster, keeps both).
+    fn on(script: &Arc<redis::Script>, names: Names, slot: &Slot) -> Self {
+        let mut keys = Vec::with_capacity(3);
         keys.push(slot.key.clone());
         if let Some(f) = &slot.family {
-            keys.push(f.epoch_key.clone());
+            keys.push(names.epoch(f, &slot.key).into_owned());
         }
         Self {
             script: script.clone(),
@@ -71,18 +93,18 @@ impl Call {
 
     /// A call of `script` on `slot`'s key, its refresh sidecar and, if it
     /// has a family, its epoch key (`KEYS[3]`).
-    fn with_sidecar(script: &Arc<redis::Script>, slot: &Slot) -> Self {
-        let mut call = Self::on(script, slot);
-        call.keys.insert(1, lease::sidecar(&slot.key));
+    fn with_sidecar(script: &Arc<redis::Script>, names: Names, slot: &Slot) -> Self {
+        let mut call = Self::on(script, names, slot);
+        call.keys.insert(1, names.sidecar(&slot.key));
         call
     }
 
     /// A call of `script` on the key that holds `lease`: the slot's key, or
     /// for a refresh its sidecar; and the epoch key.
-    fn on_lease(script: &Arc<redis::Script>, slot: &Slot, lease: &Lease) -> Self {
-        let mut call = Self::on(script, slot);
+    fn on_lease(script: &Arc<redis::Script>, names: Names, slot: &Slot, lease: &Lease) -> Self {
+        let mut call = Self::on(script, names, slot);
         if lease.refresh {
-            call.keys[0] = lease::sidecar(&slot.key);
+            call.keys[0] = names.sidecar(&slot.key);
         }
         call
     }
@@ -154,8 +176,14 @@ fn log_made(slot: &Slot, made: i64) {
 impl RedisStore {
     pub(crate) fn new(s: &RedisSettings) -> Result<Self> {
         let read_limit = s.max_value_bytes.saturating_add(HEAD_BYTES);
+        let conns = Connections::new(&s.connection)?;
         Ok(Self {
-            conns: Connections::new(&s.connection)?,
+            names: if conns.is_cluster() {
+                Names::Cluster
+            } else {
+                Names::Node
+            },
+            conns,
             scripts: Scripts::new(read_limit),
             lease_timeout: s.lease_timeout,
             compress_min: s.compress_min,
@@ -167,7 +195,7 @@ impl RedisStore {
 
     async fn run<T, F, Fut>(&self, op: F) -> Result<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
         T: Send + 'static,
     {
@@ -282,12 +310,32 @@ impl RedisStore {
         if slots.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let mut epoch_keys: Vec<&str> = slots
+        if self.names == Names::Cluster && slots.len() > 1 {
+            // One slot per call on a cluster: each key (with its slot's
+            // epoch) is read from its own node, all at once.
+            let reads = futures_util::future::try_join_all(
+                slots
+                    .iter()
+                    .map(|s| Box::pin(self.read_with(std::slice::from_ref(s), lifetimes))),
+            )
+            .await?;
+            return Ok(reads.into_iter().fold(
+                (Vec::new(), Vec::new()),
+                |(mut v, mut t), (v1, t1)| {
+                    v.extend(v1);
+                    t.extend(t1);
+                    (v, t)
+                },
+            ));
+        }
+        let names = self.names;
+        let mut epoch_keys: Vec<std::borrow::Cow<'_, str>> = slots
             .iter()
-            .filter_map(|s| s.family.as_ref().map(|f| f.epoch_key.as_str()))
+            .filter_map(|s| s.family.as_ref().map(|f| names.epoch(f, &s.key)))
             .collect();
         epoch_keys.sort_unstable();
         epoch_keys.dedup();
+        let epoch_keys: Vec<&str> = epoch_keys.iter().map(|e| &**e).collect();
         let first_read = self.first_read;
         let epoch_keys = &epoch_keys;
         let (values, epochs, ttls) = self
@@ -390,7 +438,9 @@ impl RedisStore {
                 }
             };
             let epoch = slot.family.as_ref().map(|f| {
-                let i = epoch_keys.binary_search(&f.epoch_key.as_str()).ok()?;
+                let i = epoch_keys
+                    .binary_search(&&*names.epoch(f, &slot.key))
+                    .ok()?;
                 epochs.get(i)?.as_deref()
             });
             if raw.len() == self.first_read && self.first_read <= self.read_limit {
@@ -423,7 +473,7 @@ impl RedisStore {
     /// when it is over the read limit (and was not sent), `None` when it is
     /// gone or of another type.
     async fn read_big(&self, slot: &Slot) -> Result<Option<Option<Vec<u8>>>> {
-        let mut call = Call::on(&self.scripts.read_big, slot);
+        let mut call = Call::on(&self.scripts.read_big, self.names, slot);
         call.keys.truncate(1);
         Ok(match self.invoke::<redis::Value>(call).await? {
             redis::Value::BulkString(b) => Some(Some(b)),
@@ -433,7 +483,7 @@ impl RedisStore {
     }
 
     async fn set_now(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>) -> Result<()> {
-        let mut call = Call::with_sidecar(&self.scripts.set, slot);
+        let mut call = Call::with_sidecar(&self.scripts.set, self.names, slot);
         call.arg(self.encode(slot, value)?)
             .arg(ttl_arg(ttl))
             .arg(generation::new_token())
@@ -451,12 +501,26 @@ impl RedisStore {
         if items.is_empty() {
             return Ok(());
         }
+        if self.names == Names::Cluster {
+            // Each write on its own key's node, all at once.
+            futures_util::future::try_join_all(
+                items
+                    .iter()
+                    .map(|(slot, value)| Box::pin(self.set_now(slot, *value, ttl))),
+            )
+            .await?;
+            return Ok(());
+        }
         let ttl = ttl_arg(ttl);
         let fresh = generation::new_token();
         let mut pipe = redis::pipe();
         for (slot, value) in items {
-            let mut keys = vec![slot.key.clone(), lease::sidecar(&slot.key)];
-            keys.extend(slot.family.as_ref().map(|f| f.epoch_key.clone()));
+            let mut keys = vec![slot.key.clone(), self.names.sidecar(&slot.key)];
+            keys.extend(
+                slot.family
+                    .as_ref()
+                    .map(|f| self.names.epoch(f, &slot.key).into_owned()),
+            );
             pipe.cmd("EVALSHA")
                 .arg(self.scripts.set.get_hash())
                 .arg(keys.len())
@@ -477,7 +541,7 @@ impl RedisStore {
     }
 
     async fn add_now(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>) -> Result<bool> {
-        let mut call = Call::with_sidecar(&self.scripts.add, slot);
+        let mut call = Call::with_sidecar(&self.scripts.add, self.names, slot);
         call.arg(self.encode(slot, value)?)
             .arg(ttl_arg(ttl))
             .arg(generation::new_token())
@@ -495,7 +559,7 @@ impl RedisStore {
         ttl: Option<Duration>,
     ) -> Result<LeaseOutcome> {
         let reply: Vec<redis::Value> = if mode == LeaseMode::Refresh {
-            let mut call = Call::with_sidecar(&self.scripts.refresh, slot);
+            let mut call = Call::with_sidecar(&self.scripts.refresh, self.names, slot);
             call.arg(token)
                 .arg(px(self.lease_timeout))
                 .arg(generation::new_token())
@@ -503,7 +567,7 @@ impl RedisStore {
                 .arg("");
             self.invoke(call).await?
         } else {
-            let mut call = Call::on(&self.scripts.lease, slot);
+            let mut call = Call::on(&self.scripts.lease, self.names, slot);
             call.arg(token)
                 .arg(px(self.lease_timeout))
                 .arg(mode_arg(mode))
@@ -576,9 +640,9 @@ impl RedisStore {
             v
         };
         let mut call = if lease.refresh {
-            Call::with_sidecar(&self.scripts.refresh_fill, slot)
+            Call::with_sidecar(&self.scripts.refresh_fill, self.names, slot)
         } else {
-            Call::on(&self.scripts.fill, slot)
+            Call::on(&self.scripts.fill, self.names, slot)
         };
         call.arg(stored)
             .arg(ttl_arg(ttl))
@@ -592,13 +656,13 @@ impl RedisStore {
     }
 
     async fn release_now(&self, slot: &Slot, lease: &Lease) -> Result<bool> {
-        let mut call = Call::on_lease(&self.scripts.release, slot, lease);
+        let mut call = Call::on_lease(&self.scripts.release, self.names, slot, lease);
         call.arg(&lease.token).arg(epoch_arg(&lease.epoch));
         Ok(self.invoke::<i64>(call).await? == 1)
     }
 
     async fn renew_now(&self, slot: &Slot, lease: &Lease) -> Result<bool> {
-        let mut call = Call::on_lease(&self.scripts.renew, slot, lease);
+        let mut call = Call::on_lease(&self.scripts.renew, self.names, slot, lease);
         call.arg(&lease.token).arg(px(self.lease_timeout));
         Ok(self.invoke::<i64>(call).await? == 1)
     }
@@ -609,9 +673,19 @@ impl RedisStore {
         if keys.is_empty() {
             return Ok(0);
         }
+        if self.names == Names::Cluster && keys.len() > 1 {
+            // A `DEL` of many keys spans slots: one per key (with its
+            // sidecar, in its slot), all at once.
+            let n = futures_util::future::try_join_all(
+                keys.iter()
+                    .map(|k| Box::pin(self.delete_now(std::slice::from_ref(k)))),
+            )
+            .await?;
+            return Ok(n.into_iter().sum());
+        }
         let mut pipe = redis::pipe();
         pipe.cmd("DEL").arg(keys);
-        let sidecars: Vec<String> = keys.iter().map(|k| lease::sidecar(k)).collect();
+        let sidecars: Vec<String> = keys.iter().map(|k| self.names.sidecar(k)).collect();
         pipe.cmd("DEL").arg(sidecars).ignore();
         let (n,): (usize,) = self
             .run(move |mut c| async move { pipe.query_async(&mut c).await })
@@ -627,6 +701,9 @@ impl RedisStore {
     /// before the scan began until it is deleted, and `SCAN` returns every
     /// key present from its start to its end.
     async fn unlink_matching(&self, pattern: &str, epochs: bool) -> Result<usize> {
+        if self.names == Names::Cluster {
+            return self.unlink_matching_on_primaries(pattern, epochs).await;
+        }
         let mut cursor: u64 = 0;
         let mut deleted = 0;
         loop {
@@ -649,7 +726,7 @@ impl RedisStore {
                 .into_iter()
                 .filter(|k| epochs || !generation::is_epoch_key(k))
                 .partition(|k| lease::is_sidecar(k));
-            let mut others: Vec<String> = values.iter().map(|k| lease::sidecar(k)).collect();
+            let mut others: Vec<String> = values.iter().map(|k| self.names.sidecar(k)).collect();
             others.extend(sidecars);
             if !values.is_empty() || !others.is_empty() {
                 let mut pipe = redis::pipe();
@@ -673,14 +750,196 @@ impl RedisStore {
         }
     }
 
+    /// The cluster's primaries and the slots each serves (`CLUSTER SLOTS`
+    /// of any node: what the cluster said last, which a migration may
+    /// change meanwhile; the commands sent by it retry what was moved).
+    async fn primaries(&self) -> Result<Vec<Primary>> {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SLOTS");
+        let reply: redis::Value = self.cmd(cmd).await?;
+        let mut out: Vec<Primary> = Vec::new();
+        let redis::Value::Array(ranges) = reply else {
+            return Ok(out);
+        };
+        for range in ranges {
+            let redis::Value::Array(r) = range else {
+                continue;
+            };
+            let (
+                Some(redis::Value::Int(from)),
+                Some(redis::Value::Int(to)),
+                Some(redis::Value::Array(node)),
+            ) = (r.first(), r.get(1), r.get(2))
+            else {
+                continue;
+            };
+            let host =
+                String::from_utf8_lossy(bytes(node.first()).unwrap_or_default()).into_owned();
+            let Ok(port) = u16::try_from(int(node.get(1))) else {
+                continue;
+            };
+            let (Ok(from), Ok(to)) = (u16::try_from(*from), u16::try_from(*to)) else {
+                continue;
+            };
+            match out.iter_mut().find(|p| p.host == host && p.port == port) {
+                Some(p) => p.slots.push((from, to)),
+                None => out.push(Primary {
+                    host,
+                    port,
+                    slots: vec![(from, to)],
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends `pipe` to one primary (a pipeline of commands for any of its
+    /// slots); the replies, errors included, in order.
+    async fn on_primary(&self, node: &Primary, pipe: redis::Pipeline) -> Result<Vec<redis::Value>> {
+        let route = redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+            host: node.host.clone(),
+            port: node.port,
+        };
+        self.run(move |c| async move {
+            match c {
+                Conn::Cluster(mut c) => c.route_pipeline(pipe.clone(), 0, pipe.len(), route).await,
+                Conn::Node(mut c) => pipe.query_async(&mut c).await,
+            }
+        })
+        .await
+    }
+
+    /// Runs `cmds` on the primaries that serve their keys' slots, one
+    /// pipeline per primary; a command its node refused (its slot moved
+    /// meanwhile) is sent again alone, routed by its key. The replies, in
+    /// order.
+    async fn on_owners(&self, cmds: Vec<(u16, redis::Cmd)>) -> Result<Vec<redis::Value>> {
+        let primaries = self.primaries().await?;
+        let mut by_node: Vec<Vec<usize>> = vec![Vec::new(); primaries.len()];
+        let mut alone = Vec::new();
+        for (i, (slot, _)) in cmds.iter().enumerate() {
+            match primaries.iter().position(|p| p.serves(*slot)) {
+                Some(n) => by_node[n].push(i),
+                None => alone.push(i),
+            }
+        }
+        let mut replies = vec![redis::Value::Nil; cmds.len()];
+        let sent = futures_util::future::try_join_all(
+            by_node
+                .iter()
+                .zip(&primaries)
+                .filter(|(ix, _)| !ix.is_empty())
+                .map(|(ix, node)| {
+                    let mut pipe = redis::pipe();
+                    pipe.ignore_errors();
+                    for &i in ix {
+                        pipe.add_command(cmds[i].1.clone());
+                    }
+                    Box::pin(
+                        async move { Ok::<_, Error>((ix, self.on_primary(node, pipe).await?)) },
+                    )
+                }),
+        )
+        .await?;
+        for (ix, values) in sent {
+            for (&i, v) in ix.iter().zip(values) {
+                if matches!(v, redis::Value::ServerError(_)) {
+                    alone.push(i);
+                } else {
+                    replies[i] = v;
+                }
+            }
+        }
+        for i in alone {
+            replies[i] = self.cmd(cmds[i].1.clone()).await?;
+        }
+        Ok(replies)
+    }
+
+    /// [`RedisStore::unlink_matching`] on a cluster: every primary is
+    /// scanned, and with `epochs` its internal keys of the matching names
+    /// too (`#{<tag>}:<name>`, `names.rs`).
+    async fn unlink_matching_on_primaries(&self, pattern: &str, epochs: bool) -> Result<usize> {
+        let mut deleted = 0;
+        for node in self.primaries().await? {
+            let mut scans = vec![(pattern.to_owned(), false)];
+            if epochs {
+                scans.push((format!("#{{*}}:{pattern}"), true));
+            }
+            for (scan, internal) in scans {
+                let mut cursor: u64 = 0;
+                loop {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&scan)
+                        .arg("COUNT")
+                        .arg(1000);
+                    let reply = self.on_primary(&node, pipe).await?;
+                    let (next, keys): (u64, Vec<String>) = redis::from_redis_value(
+                        reply.into_iter().next().unwrap_or(redis::Value::Nil),
+                    )
+                    .map_err(|source| Error::Redis {
+                        addr: format!("{}:{}", node.host, node.port),
+                        source: source.into(),
+                    })?;
+                    let keys: Vec<String> = keys
+                        .into_iter()
+                        .filter(|k| {
+                            if internal {
+                                // Only names of keys the pattern matches: a
+                                // `*` of the scan may match across `}:`.
+                                self.names
+                                    .untagged(k)
+                                    .is_some_and(|name| crate::key::glob_match(pattern, name))
+                            } else {
+                                epochs || !generation::is_epoch_key(k)
+                            }
+                        })
+                        .collect();
+                    let (sidecars, values): (Vec<String>, Vec<String>) = if internal {
+                        (keys, Vec::new())
+                    } else {
+                        keys.into_iter().partition(|k| lease::is_sidecar(k))
+                    };
+                    let mut cmds = Vec::with_capacity(2 * values.len() + sidecars.len());
+                    for k in values.iter().chain(&sidecars) {
+                        let mut c = redis::cmd("UNLINK");
+                        c.arg(k);
+                        cmds.push((super::slots::slot_of(k.as_bytes()), c));
+                    }
+                    for k in &values {
+                        let sidecar = self.names.sidecar(k);
+                        let mut c = redis::cmd("UNLINK");
+                        c.arg(&sidecar);
+                        cmds.push((super::slots::slot_of(sidecar.as_bytes()), c));
+                    }
+                    if !cmds.is_empty() {
+                        let replies = self.on_owners(cmds).await?;
+                        deleted += replies[..values.len()]
+                            .iter()
+                            .map(|v| usize::try_from(int(Some(v))).unwrap_or(0))
+                            .sum::<usize>();
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
     async fn ttl_script(&self, slot: &Slot, arg: String) -> Result<i64> {
-        let mut call = Call::on(&self.scripts.ttl, slot);
+        let mut call = Call::on(&self.scripts.ttl, self.names, slot);
         call.arg(arg).arg("");
         self.invoke(call).await
     }
 
     async fn incr_now(&self, slot: &Slot, delta: i128) -> Result<Incr> {
-        let mut call = Call::with_sidecar(&self.scripts.incr, slot);
+        let mut call = Call::with_sidecar(&self.scripts.incr, self.names, slot);
         call.arg(delta.to_string()).arg("");
         match self.invoke::<Option<String>>(call).await {
             Ok(Some(n)) => Ok(n.parse().map_or(Incr::NotAnInteger, Incr::Done)),
@@ -707,7 +966,8 @@ impl Store for RedisStore {
     }
 
     fn watch(&self, slot: &Slot) -> Option<super::tracking::Watch> {
-        Some(self.conns.tracking().watch(&slot.key))
+        // A cluster's connections track nothing yet: its waiters poll.
+        (self.names == Names::Node).then(|| self.conns.tracking().watch(&slot.key))
     }
 
     fn get<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, Option<Stored>> {
@@ -791,12 +1051,28 @@ impl Store for RedisStore {
     fn bump<'a>(&'a self, family: &'a Family) -> StoreFuture<'a, ()> {
         // A family without an epoch has nothing live: nothing to replace.
         // The new epoch keeps the old one's lifetime (that of its values).
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(&family.epoch_key)
-            .arg(generation::new_token())
-            .arg("XX")
-            .arg("KEEPTTL");
-        Box::pin(async move { self.cmd::<redis::Value>(cmd).await.map(drop) })
+        // On a cluster, every slot's epoch of the family is replaced: one
+        // pipeline per primary (`names.rs`).
+        let token = generation::new_token();
+        let cmds: Vec<(u16, redis::Cmd)> = self
+            .names
+            .epochs_of(family)
+            .into_iter()
+            .map(|(slot, key)| {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(key).arg(&token).arg("XX").arg("KEEPTTL");
+                (slot, cmd)
+            })
+            .collect();
+        Box::pin(async move {
+            match self.names {
+                Names::Node => {
+                    let (_, cmd) = cmds.into_iter().next().expect("one epoch");
+                    self.cmd::<redis::Value>(cmd).await.map(drop)
+                }
+                Names::Cluster => self.on_owners(cmds).await.map(drop),
+            }
+        })
     }
 
     fn incr<'a>(&'a self, slot: &'a Slot, delta: i128) -> StoreFuture<'a, Incr> {
@@ -823,7 +1099,7 @@ impl Store for RedisStore {
 
     fn drop_oversized<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let mut call = Call::on(&self.scripts.drop_oversized, slot);
+            let mut call = Call::on(&self.scripts.drop_oversized, self.names, slot);
             call.keys.truncate(1);
             Ok(self.invoke::<i64>(call).await? == 1)
         })

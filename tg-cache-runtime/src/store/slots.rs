@@ -50,13 +50,6 @@ static TAGS: LazyLock<Vec<Box<str>>> = LazyLock::new(|| {
 });
 
 /// A hash tag for `slot`: `{<tag>}` in a key puts the key in that slot.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the Redis Cluster store (issue 14) names its internal keys with it; tested here"
-    )
-)]
 pub(crate) fn tag_for(slot: u16) -> &'static str {
     debug_assert!(slot < SLOTS, "slot {slot} out of range");
     &TAGS[usize::from(slot % SLOTS)]

@@ -1,0 +1,339 @@
+//! The Redis Cluster store (`CacheConfig::redis_cluster`, issue 14) on a
+//! real cluster of six `redis-server`s (`testing::RedisCluster`): the cache
+//! API, key families and fills across independently built caches, keys kept
+//! exactly as given, internal keys in their key's slot, and keys spread
+//! over every primary.
+//!
+//! Run: `cargo test --all-features --test cluster_store`.
+
+use redis::AsyncCommands;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+use tg_cache::testing::{RedisCluster, watchdog};
+use tg_cache::{Cache, CacheConfig, key::cluster_slot};
+
+/// One cluster at a time: six servers each are enough for a 2-core machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn cache(cluster: &RedisCluster) -> Cache {
+    CacheConfig::redis_cluster(cluster.urls())
+        .response_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
+/// A raw cluster client: the keys as Redis holds them.
+async fn raw(cluster: &RedisCluster) -> redis::cluster_async::ClusterConnection {
+    redis::cluster::ClusterClient::new(cluster.urls())
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Every key of every primary, by primary port.
+fn keys_by_primary(cluster: &RedisCluster) -> BTreeMap<u16, Vec<String>> {
+    cluster
+        .primaries()
+        .into_iter()
+        .map(|p| {
+            let mut keys = Vec::new();
+            let mut cursor = 0u64;
+            loop {
+                let (next, batch): (u64, Vec<String>) =
+                    cluster
+                        .server(p.port)
+                        .cmd(&["SCAN", &cursor.to_string(), "COUNT", "1000"]);
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            (p.port, keys)
+        })
+        .collect()
+}
+
+fn all_keys(cluster: &RedisCluster) -> Vec<String> {
+    keys_by_primary(cluster).into_values().flatten().collect()
+}
+
+/// Keys whose slots cover every primary, with tags and braces of their own.
+fn spread_keys(n: usize) -> Vec<String> {
+    let mut keys: Vec<String> = (0..n).map(|i| format!("api:{i}")).collect();
+    keys.extend(
+        [
+            "api:{user1}:a",
+            "api:{user1}:b",
+            "api:a{b",
+            "api:a{}b{c}",
+            "api:}{",
+        ]
+        .map(String::from),
+    );
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_api_works_on_a_cluster_with_keys_as_given() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _w = watchdog("cluster api", Duration::from_secs(120));
+    let cluster = RedisCluster::start();
+    let cache = cache(&cluster);
+    let mut raw = raw(&cluster).await;
+    let keys = spread_keys(300);
+
+    // set / get, one key at a time, and each key exactly as given in Redis.
+    for (i, k) in keys.iter().enumerate() {
+        cache.set(k, &(i as u64), None).await.unwrap();
+    }
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(cache.get::<u64>(k).await.unwrap(), Some(i as u64), "{k}");
+        let stored: Option<String> = raw.get(k).await.unwrap();
+        assert_eq!(
+            stored.as_deref(),
+            Some(&*i.to_string()),
+            "{k} as Redis holds it"
+        );
+    }
+    let ports: std::collections::BTreeSet<u16> = keys
+        .iter()
+        .map(|k| cluster.primary_of_slot(cluster_slot(k)).unwrap().port)
+        .collect();
+    assert_eq!(ports.len(), 3, "the keys reach every primary");
+
+    // get_many / set_many / delete_many span slots.
+    let items: Vec<(String, u64)> = keys.iter().map(|k| (k.clone(), 7)).collect();
+    cache.set_many(&items, None).await.unwrap();
+    let got = cache.get_many::<u64, _>(&keys).await.unwrap();
+    assert_eq!(got.len(), keys.len());
+    assert!(got.values().all(|v| *v == 7));
+    let gone = &keys[..100];
+    assert_eq!(cache.delete_many(gone).await.unwrap(), 100);
+    let got = cache.get_many::<u64, _>(&keys).await.unwrap();
+    assert_eq!(got.len(), keys.len() - 100);
+    assert!(gone.iter().all(|k| !got.contains_key(k)));
+
+    // add, incr / decr, touch, ttl, delete, has_key.
+    assert!(cache.add("api:added", &1u64, None).await.unwrap());
+    assert!(!cache.add("api:added", &2u64, None).await.unwrap());
+    assert_eq!(cache.incr("api:added", 41).await.unwrap(), 42);
+    assert_eq!(cache.decr("api:added", 2).await.unwrap(), 40);
+    assert!(cache.touch("api:added", 60u64).await.unwrap());
+    let ttl = cache.ttl("api:added").await.unwrap();
+    assert!(
+        matches!(ttl, Some(tg_cache::timeout::Ttl::Remaining(d)) if d > Duration::from_secs(50)),
+        "{ttl:?}"
+    );
+    assert!(cache.has_key("api:added").await.unwrap());
+    assert!(cache.delete("api:added").await.unwrap());
+    assert!(!cache.has_key("api:added").await.unwrap());
+
+    // delete_pattern visits every primary, and widens to nothing else.
+    let many: Vec<(String, u64)> = (0..3000).map(|i| (format!("pat:{i}"), i)).collect();
+    cache.set_many(&many, None).await.unwrap();
+    cache.set("patx", &1u64, None).await.unwrap();
+    assert_eq!(cache.delete_pattern("pat:*").await.unwrap(), 3000);
+    let left = all_keys(&cluster);
+    assert!(
+        !left.iter().any(|k| k.starts_with("pat:")),
+        "left: {left:?}"
+    );
+    assert!(left.iter().any(|k| k == "patx"));
+
+    // clear empties every primary.
+    cache.clear().await.unwrap();
+    let left = all_keys(&cluster);
+    assert!(left.is_empty(), "left after clear: {left:?}");
+    assert!(cache.get::<u64>("patx").await.unwrap().is_none());
+    assert_eq!(cache.stats().errors, 0, "{:?}", cache.stats());
+}
+
+const FAMILY: &str = "tg:fn:cluster_scenes";
+
+fn family_key(i: usize) -> String {
+    format!("{FAMILY}:id={i}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_family_is_invalidated_in_every_slot_and_fills_run_once_across_caches() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _w = watchdog("cluster family", Duration::from_secs(120));
+    let cluster = RedisCluster::start();
+    let (a, b) = (cache(&cluster), cache(&cluster));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let fill = |cache: Cache, i: usize, round: usize| {
+        let runs = runs.clone();
+        async move {
+            cache
+                .get_or_set(&family_key(i), None, || async move {
+                    runs.fetch_add(1, SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    round as u64
+                })
+                .await
+        }
+    };
+
+    // 50 keys, each asked for by both caches at once: one body run per key.
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        tasks.push(tokio::spawn(fill(a.clone(), i, 1)));
+        tasks.push(tokio::spawn(fill(b.clone(), i, 1)));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 1);
+    }
+    assert_eq!(
+        runs.load(SeqCst),
+        50,
+        "one body run per key across two caches"
+    );
+
+    // The family's epochs live in the slots of its keys, beside them.
+    let epochs: Vec<String> = all_keys(&cluster)
+        .into_iter()
+        .filter(|k| k.contains("#epoch:"))
+        .collect();
+    let slots: std::collections::BTreeSet<u16> =
+        (0..50).map(|i| cluster_slot(&family_key(i))).collect();
+    assert_eq!(
+        epochs.len(),
+        slots.len(),
+        "one epoch per slot in use: {epochs:?}"
+    );
+    for e in &epochs {
+        assert!(slots.contains(&cluster_slot(e)), "{e} is in no key's slot");
+    }
+
+    // Invalidated through one cache: every key is a miss in the other.
+    b.invalidate_family(FAMILY).await.unwrap();
+    let mut stale = 0;
+    for i in 0..50 {
+        stale += usize::from(a.get::<u64>(&family_key(i)).await.unwrap().is_some());
+    }
+    assert_eq!(
+        stale, 0,
+        "{stale} of 50 keys still served after invalidate_family"
+    );
+    for i in 0..50 {
+        assert_eq!(fill(a.clone(), i, 2).await, 2);
+        assert_eq!(fill(b.clone(), i, 3).await, 2, "b reads a's fill");
+    }
+    assert_eq!(runs.load(SeqCst), 100);
+
+    // No set after invalidate: a fill whose family is invalidated while
+    // it computes does not store.
+    let slow = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.get_or_set(&family_key(999), None, || async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                1u64
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.invalidate_family(FAMILY).await.unwrap();
+    assert_eq!(slow.await.unwrap(), 1);
+    assert_eq!(
+        b.get::<u64>(&family_key(999)).await.unwrap(),
+        None,
+        "a value computed before the invalidation was stored"
+    );
+    assert_eq!(a.stats().errors + b.stats().errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keys_of_one_family_spread_over_every_primary() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _w = watchdog("cluster spread", Duration::from_secs(180));
+    let cluster = RedisCluster::start();
+    let cache = cache(&cluster);
+    let items: Vec<(String, u64)> = (0..10_000).map(|i| (family_key(i), i as u64)).collect();
+    for chunk in items.chunks(500) {
+        cache.set_many(chunk, None).await.unwrap();
+    }
+    let by_primary = keys_by_primary(&cluster);
+    let values: BTreeMap<u16, usize> = by_primary
+        .iter()
+        .map(|(p, keys)| (*p, keys.iter().filter(|k| k.starts_with(FAMILY)).count()))
+        .collect();
+    eprintln!("values by primary: {values:?}");
+    assert_eq!(values.values().sum::<usize>(), 10_000);
+    assert_eq!(values.len(), 3);
+    for (p, n) in &values {
+        assert!(*n * 100 <= 45 * 10_000, "primary {p} holds {n} of 10,000");
+    }
+
+    // Read uniformly: no primary serves more than 1.5x its fair share.
+    for p in cluster.primaries() {
+        let () = cluster.server(p.port).cmd(&["CONFIG", "RESETSTAT"]);
+    }
+    for round in 0..2 {
+        for chunk in items.chunks(100) {
+            let keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
+            let got = cache.get_many::<u64, _>(&keys).await.unwrap();
+            assert_eq!(got.len(), keys.len(), "round {round}");
+        }
+    }
+    let served: BTreeMap<u16, u64> = cluster
+        .primaries()
+        .into_iter()
+        .map(|p| {
+            let calls = cluster.server(p.port).command_calls();
+            (p.port, calls.get("getrange").copied().unwrap_or(0))
+        })
+        .collect();
+    eprintln!("GETRANGEs by primary: {served:?}");
+    let total: u64 = served.values().sum();
+    assert!(total >= 20_000, "{served:?}");
+    for (p, n) in &served {
+        assert!(
+            (*n as f64) <= 1.5 * total as f64 / 3.0,
+            "primary {p} served {n} of {total} reads"
+        );
+    }
+}
+
+#[test]
+fn the_environment_selects_a_cluster_and_names_what_is_wrong() {
+    let lookup = |vars: &'static [(&'static str, &'static str)]| {
+        move |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    };
+    let cfg = CacheConfig::from_lookup(lookup(&[
+        ("TG_CACHE_BACKEND", "redis-cluster"),
+        (
+            "TG_CACHE_REDIS_NODES",
+            "redis://127.0.0.1:7000, redis://127.0.0.1:7001",
+        ),
+    ]))
+    .unwrap();
+    assert_eq!(cfg.backend().to_string(), "redis-cluster");
+    assert!(cfg.validate().is_ok());
+    let e = CacheConfig::from_lookup(lookup(&[("TG_CACHE_BACKEND", "redis-cluster")])).unwrap_err();
+    assert_eq!(e.setting, "TG_CACHE_REDIS_NODES");
+    let e = CacheConfig::from_lookup(lookup(&[
+        ("TG_CACHE_BACKEND", "redis-cluster"),
+        ("TG_CACHE_REDIS_NODES", "redis://127.0.0.1:7000,http://x"),
+    ]))
+    .unwrap_err();
+    assert_eq!(e.setting, "TG_CACHE_REDIS_NODES");
+    let e = CacheConfig::redis_cluster(["redis://127.0.0.1:7000"])
+        .near_cache(100)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("TG_CACHE_NEAR_CACHE"), "{e}");
+    let e = CacheConfig::redis_cluster(Vec::<String>::new())
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("TG_CACHE_REDIS_NODES"), "{e}");
+}
