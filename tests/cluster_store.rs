@@ -337,3 +337,155 @@ fn the_environment_selects_a_cluster_and_names_what_is_wrong() {
         .unwrap_err();
     assert!(e.to_string().contains("TG_CACHE_REDIS_NODES"), "{e}");
 }
+
+/// What the callers saw in one phase of the failover test.
+#[derive(Default, Debug)]
+struct Phase {
+    calls: u64,
+    /// Calls whose body ran (a miss, or Redis unreachable: fail-open).
+    computed: u64,
+    max_ms: f64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_fails_no_call_and_the_other_shards_keep_hitting() {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _w = watchdog("cluster failover under load", Duration::from_secs(180));
+    let mut cluster = RedisCluster::start();
+    let cache = cache(&cluster);
+    const KEYS: usize = 600;
+    for i in 0..KEYS {
+        cache
+            .get_or_set(&family_key(i), None, || async move { i as u64 })
+            .await;
+    }
+    let victim = cluster.primaries()[0].clone();
+    let on_victim: Arc<Vec<bool>> = Arc::new(
+        (0..KEYS)
+            .map(|i| {
+                let s = cluster_slot(&family_key(i));
+                victim.slots.iter().any(|&(a, b)| (a..=b).contains(&s))
+            })
+            .collect(),
+    );
+    // Phases: 0 before the kill, 1 until the replica is promoted, 2 after.
+    let phase = Arc::new(AtomicUsize::new(0));
+    let stats: Arc<Mutex<[[Phase; 2]; 3]>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    // Per key on the victim: when it was first a hit again after the kill.
+    let resumed: Arc<Mutex<Option<Duration>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let (cache, phase, stats, stop, wrong, on_victim, killed_at, resumed) = (
+            cache.clone(),
+            phase.clone(),
+            stats.clone(),
+            stop.clone(),
+            wrong.clone(),
+            on_victim.clone(),
+            killed_at.clone(),
+            resumed.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut i = t * 7;
+            while !stop.load(SeqCst) {
+                i = (i + 1) % KEYS;
+                let p = phase.load(SeqCst);
+                let ran = Arc::new(AtomicBool::new(false));
+                let r2 = ran.clone();
+                let start = Instant::now();
+                let v = cache
+                    .get_or_set(&family_key(i), None, || async move {
+                        r2.store(true, SeqCst);
+                        i as u64
+                    })
+                    .await;
+                let ms = start.elapsed().as_secs_f64() * 1e3;
+                if v != i as u64 {
+                    wrong.fetch_add(1, SeqCst);
+                }
+                let ran = ran.load(SeqCst);
+                let shard = usize::from(on_victim[i]);
+                {
+                    let mut s = stats.lock().unwrap();
+                    let ph = &mut s[p][shard];
+                    ph.calls += 1;
+                    ph.computed += u64::from(ran);
+                    ph.max_ms = ph.max_ms.max(ms);
+                }
+                if shard == 1 && !ran && p >= 1 {
+                    let mut r = resumed.lock().unwrap();
+                    if r.is_none() {
+                        *r = killed_at.lock().unwrap().map(|k| k.elapsed());
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    *killed_at.lock().unwrap() = Some(Instant::now());
+    phase.store(1, SeqCst);
+    cluster.server_mut(victim.port).kill9();
+    let killed = Instant::now();
+    let cluster = tokio::task::spawn_blocking(move || {
+        let slot = victim.slots[0].0;
+        cluster.wait_until(
+            tg_cache::testing::NODE_TIMEOUT * 6,
+            "a replica takes over",
+            |c| {
+                c.primary_of_slot(slot)
+                    .is_some_and(|n| n.port != victim.port)
+            },
+        );
+        cluster.wait_until_ok(tg_cache::testing::NODE_TIMEOUT * 6);
+        cluster
+    })
+    .await
+    .unwrap();
+    let promoted = killed.elapsed();
+    phase.store(2, SeqCst);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = stats.lock().unwrap();
+    let resumed = *resumed.lock().unwrap();
+    eprintln!(
+        "failover: replica promoted {promoted:?} after the kill; hits on the victim's keys resumed {resumed:?} after it\n  before: other shards {:?}, victim {:?}\n  during: other shards {:?}, victim {:?}\n  after:  other shards {:?}, victim {:?}",
+        s[0][0], s[0][1], s[1][0], s[1][1], s[2][0], s[2][1]
+    );
+    assert_eq!(wrong.load(SeqCst), 0, "calls returned a wrong value");
+    for (p, phase) in s.iter().enumerate() {
+        for shard in phase {
+            assert!(shard.calls > 0, "phase {p}: no calls");
+            // No call outlasts the response timeout (2 s here) by much.
+            assert!(
+                shard.max_ms < 3000.0,
+                "phase {p}: a call took {} ms",
+                shard.max_ms
+            );
+        }
+    }
+    // The other shards keep serving hits while the victim is down.
+    let during = &s[1][0];
+    assert!(
+        during.computed * 10 <= during.calls,
+        "other shards during the failover: {} of {} calls computed",
+        during.computed,
+        during.calls
+    );
+    // And the victim's keys hit again once its replica took over.
+    assert!(resumed.is_some(), "hits on the failed shard never resumed");
+    let after = &s[2][1];
+    assert!(
+        after.computed * 2 <= after.calls,
+        "victim's keys after the failover: {after:?}"
+    );
+    drop(cluster);
+}
