@@ -167,6 +167,14 @@ impl Error {
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()
                     || e.is_timeout()
+                    // A Redis Cluster node that cannot be reached (failed,
+                    // not yet replaced by its replica).
+                    || matches!(
+                        e.kind(),
+                        redis::ErrorKind::ClusterConnectionNotFound
+                            | redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
+                            | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
+                    )
             }
             _ => false,
         }

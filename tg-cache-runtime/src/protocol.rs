@@ -274,7 +274,8 @@ async fn lookup<T: CacheValue>(core: &Core, key: &str, slot: &Slot) -> Found<T> 
 fn drop_if_unreadable(core: &Core, slot: &Slot) {
     let (store, slot) = (core.store.clone(), slot.clone());
     io_runtime().spawn(async move {
-        if store.ping().await.is_ok() && store.delete(std::slice::from_ref(&slot.key)).await.is_ok()
+        if store.ping_for(&slot).await.is_ok()
+            && store.delete(std::slice::from_ref(&slot.key)).await.is_ok()
         {
             tracing::warn!(key = %slot.key, "a cached value could not be read within the response timeout while Redis answered; it was removed");
         }

@@ -5,7 +5,11 @@
 //! connection (`cluster-async`), which routes every command by its key's
 //! slot, follows `MOVED`/`ASK` and refreshes the topology itself; it
 //! tracks nothing yet, so its family epochs are always read
-//! ([`KnownEpochs::never`]).
+//! ([`KnownEpochs::never`]). On a cluster the breaker is kept per range of
+//! [`SLOTS_PER_BREAKER`] slots: a failed shard fails fast alone while the
+//! others serve, and a node's errors never replace the cluster connection
+//! (redis-rs reconnects its nodes itself); only a cluster connection that
+//! answers no `PING` on any node three seconds running is replaced.
 //!
 //! * **Driven where the caller runs.** A caller on a multi-thread tokio
 //!   runtime uses its thread's own connection, driven by that runtime
@@ -81,6 +85,18 @@ pub(crate) struct ConnectionSettings {
 /// How often an idle connection is checked with a `PING`.
 const PING_EVERY: Duration = Duration::from_secs(1);
 
+/// Slots per breaker on a Redis Cluster: a failed shard opens the breakers
+/// of its slots' ranges only (a range that two shards share opens for
+/// both). 64 ranges: a cluster's shards own whole ranges but at their
+/// edges.
+pub(crate) const SLOTS_PER_BREAKER: u16 = 256;
+
+const SLOTS: u16 = super::slots::SLOTS;
+
+/// Unanswered `PING`s in a row (each to a random node, one a second) after
+/// which a cluster connection is replaced.
+const CLUSTER_PINGS_LOST: u32 = 3;
+
 /// One connection: to one server, or to a whole Redis Cluster. Both are
 /// multiplexed and cheap to clone; every store command runs on one.
 #[derive(Clone)]
@@ -141,9 +157,9 @@ pub(crate) struct Connections {
     /// In-flight commands; FIFO for the waiters.
     permits: Arc<Semaphore>,
     timeout: Duration,
-    breaker: Arc<Breaker>,
-    /// Whether a background check of a timeout is running.
-    checking: Arc<AtomicBool>,
+    /// One breaker; on a cluster one per [`SLOTS_PER_BREAKER`] slots, and a
+    /// last one for calls that span slots.
+    breakers: Arc<[Breaker]>,
     tracking: Arc<Tracking>,
     /// Alive as long as these connections: the key of their thread slots.
     alive: Arc<()>,
@@ -278,6 +294,7 @@ impl Connections {
                 .set_protocol(redis::ProtocolVersion::RESP3);
             Ok(info.set_redis_settings(settings))
         };
+        let cluster = s.cluster.is_some();
         let client = match &s.cluster {
             None => {
                 Dialer::Node(redis::Client::open(resp3(&s.url).map_err(failed)?).map_err(failed)?)
@@ -307,12 +324,18 @@ impl Connections {
             next: AtomicUsize::new(0),
             permits: Arc::new(Semaphore::new(s.max_connections.max(1))),
             timeout: s.response_timeout,
-            breaker: Arc::new(Breaker {
-                open_until: AtomicU64::new(0),
-                probing: AtomicBool::new(false),
-                cooldown: s.breaker_cooldown,
-            }),
-            checking: Arc::new(AtomicBool::new(false)),
+            breakers: (0..if cluster {
+                SLOTS / SLOTS_PER_BREAKER + 1
+            } else {
+                1
+            })
+                .map(|_| Breaker {
+                    open_until: AtomicU64::new(0),
+                    probing: AtomicBool::new(false),
+                    checking: AtomicBool::new(false),
+                    cooldown: s.breaker_cooldown,
+                })
+                .collect(),
             tracking: Arc::default(),
             alive: Arc::new(()),
         })
@@ -506,28 +529,52 @@ impl Connections {
 
     /// Runs one Redis operation within the call's deadline, behind the fair
     /// queue and the breaker.
-    pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T>
+    /// `slot`: the hash slot of every key the operation touches, if it
+    /// has one (on a cluster, it chooses the breaker).
+    pub(crate) async fn run<T, F, Fut>(&self, slot: Option<u16>, op: F) -> Result<T>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        self.run_on(|conn, _| op(conn)).await
+        self.run_on(slot, |conn, _| op(conn)).await
+    }
+
+    /// Whether the server that holds keys of `slot` answers a `PING`: the
+    /// server, or on a cluster the primary of `slot` (behind its breaker).
+    pub(crate) async fn ping(&self, slot: Option<u16>) -> Result<()> {
+        self.run(slot, move |c| async move {
+            match c {
+                Conn::Cluster(mut c) => ping_owner(&mut c, slot).await,
+                mut c => redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .map(drop),
+            }
+        })
+        .await
+    }
+
+    /// The breaker of calls in `slot` (`None`: calls that span slots).
+    fn breaker_of(&self, slot: Option<u16>) -> usize {
+        match slot {
+            Some(s) if self.breakers.len() > 1 => usize::from(s % SLOTS / SLOTS_PER_BREAKER),
+            _ => self.breakers.len() - 1,
+        }
     }
 
     /// [`Connections::run`], with the family epochs the connection knows
     /// (`epochs.rs`), for the reads that check values against them.
-    pub(crate) async fn run_on<T, F, Fut>(&self, op: F) -> Result<T>
+    pub(crate) async fn run_on<T, F, Fut>(&self, key_slot: Option<u16>, op: F) -> Result<T>
     where
         F: FnOnce(Conn, Arc<KnownEpochs>) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let probe = self
-            .breaker
-            .admit()
-            .map_err(|retry_in| Error::Unavailable {
-                addr: self.addr.clone(),
-                retry_in,
-            })?;
+        let b = self.breaker_of(key_slot);
+        let breaker = &self.breakers[b];
+        let probe = breaker.admit().map_err(|retry_in| Error::Unavailable {
+            addr: self.addr.clone(),
+            retry_in,
+        })?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let permit = crate::exec::timeout_at(deadline, self.permits.acquire()).await;
         let _permit = match permit {
@@ -564,7 +611,10 @@ impl Connections {
             linked_ref.store(true, Relaxed);
             let r = op(link.conn.clone(), link.epochs.clone()).await;
             let mut orphaned = false;
+            // A cluster connection outlives its nodes' errors: redis-rs
+            // reconnects them (its pinger replaces a dead one).
             if let Err(e) = &r
+                && matches!(link.conn, Conn::Node(_))
                 && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
             {
                 self.lost(&link);
@@ -576,7 +626,7 @@ impl Connections {
         let res = crate::exec::in_io_until(deadline, op).await;
         let err = match res {
             Some(Ok(v)) => {
-                self.breaker.success(probe);
+                breaker.success(probe);
                 return Ok(v);
             }
             Some(Err(Failed {
@@ -608,16 +658,16 @@ impl Connections {
             // a PING in the background decides, and opens the breaker only
             // if Redis does not answer it either. The probe decides at once.
             None if probe.0.is_none() => {
-                self.check_in_background(&used);
+                self.check_in_background(&used, b, key_slot);
                 return Err(self.timed_out());
             }
             None => self.timed_out(),
         };
         if err.is_unreachable() {
-            self.breaker.failure(probe);
+            breaker.failure(probe);
         } else {
             // Redis answered (with an error about this command).
-            self.breaker.success(probe);
+            breaker.success(probe);
         }
         Err(err)
     }
@@ -629,6 +679,7 @@ impl Connections {
 /// the connection.
 fn spawn_pinger(slot: Weak<Slot>, link: Arc<Link>, tracking: Arc<Tracking>, store: Weak<()>) {
     io_runtime().spawn(async move {
+        let mut unanswered = 0;
         loop {
             crate::exec::sleep(PING_EVERY).await;
             if store.strong_count() == 0 {
@@ -667,10 +718,26 @@ fn spawn_pinger(slot: Weak<Slot>, link: Arc<Link>, tracking: Arc<Tracking>, stor
                 return;
             }
             drop(slot);
-            let mut conn = link.conn.clone();
-            let cmd = redis::cmd("PING");
-            let ping = cmd.query_async::<String>(&mut conn);
-            if !matches!(crate::exec::timeout(PING_EVERY, ping).await, Ok(Ok(_))) {
+            let answered = match link.conn.clone() {
+                // Any node's answer shows the cluster connection works; a
+                // failed node alone (one in six here) is not its end.
+                Conn::Cluster(mut c) => {
+                    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                    let ping = c.route_command(
+                        redis::cmd("PING"),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                    );
+                    let ok = matches!(crate::exec::timeout(PING_EVERY, ping).await, Ok(Ok(_)));
+                    unanswered = if ok { 0 } else { unanswered + 1 };
+                    unanswered < CLUSTER_PINGS_LOST
+                }
+                mut c => {
+                    let cmd = redis::cmd("PING");
+                    let ping = cmd.query_async::<String>(&mut c);
+                    matches!(crate::exec::timeout(PING_EVERY, ping).await, Ok(Ok(_)))
+                }
+            };
+            if !answered {
                 if link.dead.set() {
                     tracking.flushed();
                 }
@@ -689,33 +756,65 @@ impl Connections {
     }
 
     /// After a command timed out: checks with a `PING` (within the response
-    /// timeout) whether Redis answers at all, and opens the breaker if not.
-    fn check_in_background(&self, used: &Slot) {
-        if self.checking.swap(true, Relaxed) {
+    /// timeout) whether Redis answers at all, and opens breaker `b` if not.
+    /// On a cluster the `PING` goes to the primary of `key_slot`.
+    fn check_in_background(&self, used: &Slot, b: usize, key_slot: Option<u16>) {
+        if self.breakers[b].checking.swap(true, Relaxed) {
             return;
         }
         let live = used
             .live()
             .or_else(|| self.slots.iter().find_map(|s| s.live()));
         let Some(link) = live else {
-            self.checking.store(false, Relaxed);
+            self.breakers[b].checking.store(false, Relaxed);
             return;
         };
-        let (mut conn, breaker, checking) = (
-            link.conn.clone(),
-            self.breaker.clone(),
-            self.checking.clone(),
-        );
+        let (conn, breakers) = (link.conn.clone(), self.breakers.clone());
         let timeout = self.timeout;
         io_runtime().spawn(async move {
-            let cmd = redis::cmd("PING");
-            let ping = cmd.query_async::<String>(&mut conn);
-            if !matches!(crate::exec::timeout(timeout, ping).await, Ok(Ok(_))) {
-                breaker.failure(Probe(None));
+            let ping = async move {
+                match conn {
+                    Conn::Cluster(mut c) => ping_owner(&mut c, key_slot).await,
+                    mut c => redis::cmd("PING")
+                        .query_async::<String>(&mut c)
+                        .await
+                        .map(drop),
+                }
+            };
+            let r = crate::exec::timeout(timeout, ping).await;
+            if !matches!(r, Ok(Ok(()))) {
+                breakers[b].failure(Probe(None));
             }
-            checking.store(false, Relaxed);
+            breakers[b].checking.store(false, Relaxed);
         });
     }
+}
+
+/// `PING`s the primary that serves `slot` on a cluster (any primary for
+/// `None`), by its address: redis-rs answers a `PING` routed by slot from
+/// another node when the owner cannot be reached, which would hide a
+/// failed shard.
+async fn ping_owner(c: &mut ClusterConnection, slot: Option<u16>) -> redis::RedisResult<()> {
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+    let mut route = SingleNodeRoutingInfo::RandomPrimary;
+    if let Some(s) = slot {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SLOTS");
+        let any = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+        let slots = c.route_command(cmd, any).await?;
+        if let Some(p) = super::slots::Primary::all_in(&slots)
+            .into_iter()
+            .find(|p| p.serves(s))
+        {
+            route = SingleNodeRoutingInfo::ByAddress {
+                host: p.host,
+                port: p.port,
+            };
+        }
+    }
+    c.route_command(redis::cmd("PING"), RoutingInfo::SingleNode(route))
+        .await
+        .map(drop)
 }
 
 /// Stops paying the timeout on every call while Redis is away.
@@ -724,6 +823,8 @@ struct Breaker {
     open_until: AtomicU64,
     /// Whether a probe is out.
     probing: AtomicBool,
+    /// Whether a background check of a timeout is running.
+    checking: AtomicBool,
     cooldown: Duration,
 }
 
@@ -787,6 +888,7 @@ mod tests {
         Breaker {
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
+            checking: AtomicBool::new(false),
             cooldown: Duration::from_millis(cooldown_ms),
         }
     }

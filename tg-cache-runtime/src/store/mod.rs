@@ -337,6 +337,12 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Checks that the store answers.
     fn ping<'a>(&'a self) -> StoreFuture<'a, ()>;
 
+    /// Checks that the part of the store that holds `slot` answers (on a
+    /// Redis Cluster, the primary of its hash slot).
+    fn ping_for<'a>(&'a self, _slot: &'a Slot) -> StoreFuture<'a, ()> {
+        self.ping()
+    }
+
     /// Interest in changes of `slot`'s key, registered before a lease
     /// request reads it: [`tracking::Watch::changed`] then wakes when any
     /// client changes the key (a fill, a release, an invalidation, an

@@ -622,6 +622,10 @@ impl Store for NearStore {
         self.inner.ping()
     }
 
+    fn ping_for<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, ()> {
+        self.inner.ping_for(slot)
+    }
+
     fn watch(&self, slot: &Slot) -> Option<Watch> {
         self.inner.watch(slot)
     }

@@ -14,6 +14,7 @@ use super::connection::{Conn, ConnectionSettings, Connections};
 use super::epochs::Lookup;
 use super::names::Names;
 use super::scripts::Scripts;
+use super::slots::Primary;
 use super::{
     Family, Filled, Incr, Lease, LeaseMode, LeaseOutcome, Seen, Slot, Store, StoreFuture, Stored,
     Value,
@@ -47,19 +48,6 @@ pub(crate) struct RedisStore {
     read_limit: usize,
     /// How many bytes the first read of a value asks for.
     first_read: usize,
-}
-
-/// A primary of a Redis Cluster, and the slot ranges it serves.
-struct Primary {
-    host: String,
-    port: u16,
-    slots: Vec<(u16, u16)>,
-}
-
-impl Primary {
-    fn serves(&self, slot: u16) -> bool {
-        self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
-    }
 }
 
 /// The first read of a value asks for at most this many bytes: almost every
@@ -199,21 +187,29 @@ impl RedisStore {
         Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
         T: Send + 'static,
     {
-        self.conns.run(op).await
+        self.conns.run(None, op).await
+    }
+
+    /// The hash slot of `key` on a cluster (which chooses the breaker of a
+    /// call, `connection.rs`); `None` on one server.
+    fn key_slot(&self, key: &str) -> Option<u16> {
+        (self.names == Names::Cluster).then(|| super::slots::slot_of(key.as_bytes()))
     }
 
     async fn invoke<T: redis::FromRedisValue + Send + 'static>(&self, call: Call) -> Result<T> {
-        self.run(|mut c| async move {
-            let mut i = call.script.prepare_invoke();
-            for k in &call.keys {
-                i.key(k);
-            }
-            for a in &call.args {
-                i.arg(a.as_slice());
-            }
-            i.invoke_async::<T>(&mut c).await
-        })
-        .await
+        let slot = self.key_slot(&call.keys[0]);
+        self.conns
+            .run(slot, |mut c| async move {
+                let mut i = call.script.prepare_invoke();
+                for k in &call.keys {
+                    i.key(k);
+                }
+                for a in &call.args {
+                    i.arg(a.as_slice());
+                }
+                i.invoke_async::<T>(&mut c).await
+            })
+            .await
     }
 
     /// The value's JSON, compressed as configured; refused over the cap.
@@ -336,11 +332,13 @@ impl RedisStore {
         epoch_keys.sort_unstable();
         epoch_keys.dedup();
         let epoch_keys: Vec<&str> = epoch_keys.iter().map(|e| &**e).collect();
+        // On a cluster the call reads one slot (above).
+        let key_slot = self.key_slot(&slots[0].key);
         let first_read = self.first_read;
         let epoch_keys = &epoch_keys;
         let (values, epochs, ttls) = self
             .conns
-            .run_on(move |mut c, known| async move {
+            .run_on(key_slot, move |mut c, known| async move {
                 // Epochs this connection knows are not read (`epochs.rs`).
                 let lookups: Vec<Lookup> = epoch_keys.iter().map(|e| known.lookup(e)).collect();
                 let mut pipe = redis::pipe();
@@ -687,8 +685,14 @@ impl RedisStore {
         pipe.cmd("DEL").arg(keys);
         let sidecars: Vec<String> = keys.iter().map(|k| self.names.sidecar(k)).collect();
         pipe.cmd("DEL").arg(sidecars).ignore();
+        // One key, on a cluster (above): behind its slot's breaker.
+        let slot = self.key_slot(&keys[0]);
         let (n,): (usize,) = self
-            .run(move |mut c| async move { pipe.query_async(&mut c).await })
+            .conns
+            .run(
+                slot,
+                move |mut c| async move { pipe.query_async(&mut c).await },
+            )
             .await?;
         Ok(n)
     }
@@ -756,41 +760,7 @@ impl RedisStore {
     async fn primaries(&self) -> Result<Vec<Primary>> {
         let mut cmd = redis::cmd("CLUSTER");
         cmd.arg("SLOTS");
-        let reply: redis::Value = self.cmd(cmd).await?;
-        let mut out: Vec<Primary> = Vec::new();
-        let redis::Value::Array(ranges) = reply else {
-            return Ok(out);
-        };
-        for range in ranges {
-            let redis::Value::Array(r) = range else {
-                continue;
-            };
-            let (
-                Some(redis::Value::Int(from)),
-                Some(redis::Value::Int(to)),
-                Some(redis::Value::Array(node)),
-            ) = (r.first(), r.get(1), r.get(2))
-            else {
-                continue;
-            };
-            let host =
-                String::from_utf8_lossy(bytes(node.first()).unwrap_or_default()).into_owned();
-            let Ok(port) = u16::try_from(int(node.get(1))) else {
-                continue;
-            };
-            let (Ok(from), Ok(to)) = (u16::try_from(*from), u16::try_from(*to)) else {
-                continue;
-            };
-            match out.iter_mut().find(|p| p.host == host && p.port == port) {
-                Some(p) => p.slots.push((from, to)),
-                None => out.push(Primary {
-                    host,
-                    port,
-                    slots: vec![(from, to)],
-                }),
-            }
-        }
-        Ok(out)
+        Ok(Primary::all_in(&self.cmd::<redis::Value>(cmd).await?))
     }
 
     /// Sends `pipe` to one primary (a pipeline of commands for any of its
@@ -1094,7 +1064,11 @@ impl Store for RedisStore {
     }
 
     fn ping<'a>(&'a self) -> StoreFuture<'a, ()> {
-        Box::pin(async move { self.cmd::<String>(redis::cmd("PING")).await.map(drop) })
+        Box::pin(self.conns.ping(None))
+    }
+
+    fn ping_for<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, ()> {
+        Box::pin(self.conns.ping(self.key_slot(&slot.key)))
     }
 
     fn drop_oversized<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, bool> {

@@ -55,6 +55,61 @@ pub(crate) fn tag_for(slot: u16) -> &'static str {
     &TAGS[usize::from(slot % SLOTS)]
 }
 
+/// A primary of a Redis Cluster, and the slot ranges it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Primary {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) slots: Vec<(u16, u16)>,
+}
+
+impl Primary {
+    /// Whether it serves `slot`.
+    pub(crate) fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
+    }
+
+    /// The primaries a `CLUSTER SLOTS` reply lists: `[[from, to, [host,
+    /// port, id, ...], replicas...], ...]`. What it cannot read is left out.
+    pub(crate) fn all_in(reply: &redis::Value) -> Vec<Primary> {
+        use redis::Value;
+        let mut out: Vec<Primary> = Vec::new();
+        let Value::Array(ranges) = reply else {
+            return out;
+        };
+        for range in ranges {
+            let Value::Array(r) = range else { continue };
+            let (Some(Value::Int(from)), Some(Value::Int(to)), Some(Value::Array(node))) =
+                (r.first(), r.get(1), r.get(2))
+            else {
+                continue;
+            };
+            let host = match node.first() {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(Value::SimpleString(s)) => s.clone(),
+                _ => continue,
+            };
+            let (Some(Value::Int(port)), Ok(from), Ok(to)) =
+                (node.get(1), u16::try_from(*from), u16::try_from(*to))
+            else {
+                continue;
+            };
+            let Ok(port) = u16::try_from(*port) else {
+                continue;
+            };
+            match out.iter_mut().find(|p| p.host == host && p.port == port) {
+                Some(p) => p.slots.push((from, to)),
+                None => out.push(Primary {
+                    host,
+                    port,
+                    slots: vec![(from, to)],
+                }),
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +129,33 @@ mod tests {
         assert_eq!(slot_of(b"foo{bar}{zap}"), whole(b"bar"));
         assert_eq!(slot_of(b"a}b{"), whole(b"a}b{"));
         assert_eq!(slot_of(b"a{b"), whole(b"a{b"));
+    }
+
+    #[test]
+    fn cluster_slots_replies_name_each_primary_and_its_ranges() {
+        use redis::Value::{Array, BulkString, Int};
+        let node = |port| {
+            Array(vec![
+                BulkString(b"127.0.0.1".to_vec()),
+                Int(port),
+                BulkString(b"id".to_vec()),
+            ])
+        };
+        let reply = Array(vec![
+            Array(vec![Int(0), Int(5460), node(7000), node(7003)]),
+            Array(vec![Int(5461), Int(10922), node(7001)]),
+            Array(vec![Int(10923), Int(16383), node(7000)]),
+            Array(vec![Int(-1), Int(3), node(7002)]),
+            Int(4),
+        ]);
+        let p = Primary::all_in(&reply);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(
+            (p[0].port, p[0].slots.clone()),
+            (7000, vec![(0, 5460), (10923, 16383)])
+        );
+        assert!(p[0].serves(0) && p[0].serves(16383) && !p[0].serves(5461));
+        assert!(p[1].serves(5461) && p[1].serves(10922));
     }
 
     #[test]
