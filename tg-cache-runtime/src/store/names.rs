@@ -17,10 +17,10 @@
 //! every primary like the keys themselves: no hit of a family reads one hot
 //! epoch key, and a hit reads its value and its slot's epoch from one node
 //! in one round trip. Invalidating the family replaces every slot's epoch
-//! ([`Names::epochs_of`]).
+//! ([`Names::epoch_in`], `scripts::SWEEP_EPOCHS`).
 
 use super::Family;
-use super::slots::{SLOTS, slot_of, tag_for};
+use super::slots::{slot_of, tag_for};
 use std::borrow::Cow;
 
 /// Which naming a store uses.
@@ -42,16 +42,12 @@ impl Names {
         }
     }
 
-    /// Every epoch key `family` can have: one, or one per slot.
-    pub(crate) fn epochs_of(self, family: &Family) -> Vec<(u16, String)> {
+    /// The epoch of `family` in `slot` (on one server, its only one).
+    /// `scripts::SWEEP_EPOCHS` builds the same names.
+    pub(crate) fn epoch_in(self, family: &Family, slot: u16) -> String {
         match self {
-            Names::Node => vec![(
-                slot_of(family.epoch_key.as_bytes()),
-                family.epoch_key.clone(),
-            )],
-            Names::Cluster => (0..SLOTS)
-                .map(|s| (s, in_slot(s, &family.epoch_key)))
-                .collect(),
+            Names::Node => family.epoch_key.clone(),
+            Names::Cluster => in_slot(slot, &family.epoch_key),
         }
     }
 
@@ -91,6 +87,7 @@ fn in_slot(slot: u16, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::slots::SLOTS;
 
     fn family() -> Family {
         Family {
@@ -104,7 +101,7 @@ mod tests {
         let f = family();
         assert_eq!(Names::Node.epoch(&f, "v1:tg:fn:x:1"), "v1:#epoch:tg:fn:x");
         assert_eq!(Names::Node.sidecar("v1:k"), "v1:k:#refresh");
-        assert_eq!(Names::Node.epochs_of(&f).len(), 1);
+        assert_eq!(Names::Node.epoch_in(&f, 7), "v1:#epoch:tg:fn:x");
     }
 
     #[test]
@@ -135,9 +132,12 @@ mod tests {
             assert!(crate::key::check_key(&epoch).is_err());
             assert!(crate::key::check_key(&sidecar).is_err());
         }
-        let all = Names::Cluster.epochs_of(&f);
-        assert_eq!(all.len(), usize::from(SLOTS));
-        assert!(all.iter().all(|(s, k)| slot_of(k.as_bytes()) == *s));
+        for s in 0..SLOTS {
+            let e = Names::Cluster.epoch_in(&f, s);
+            assert_eq!(slot_of(e.as_bytes()), s);
+            // As `scripts::SWEEP_EPOCHS` builds it.
+            assert_eq!(e, format!("#{{{}}}:{}", tag_for(s), f.epoch_key));
+        }
     }
 
     #[test]

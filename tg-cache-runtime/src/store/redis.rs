@@ -826,6 +826,69 @@ impl RedisStore {
         Ok(replies)
     }
 
+    /// A family's invalidation on a cluster: its epoch replaced in every
+    /// slot (`names.rs`), by one [`scripts::SWEEP_EPOCHS`] call per
+    /// primary, for the slots it serves; slots no primary was listed for,
+    /// or that moved meanwhile, one `SET` each through the routing.
+    async fn bump_every_slot(&self, family: &Family, token: &str) -> Result<()> {
+        let primaries = self.primaries().await?;
+        let mut left: Vec<u16> = (0..super::slots::SLOTS)
+            .filter(|&s| !primaries.iter().any(|p| p.serves(s)))
+            .collect();
+        let refused = futures_util::future::try_join_all(primaries.iter().map(|node| {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(super::scripts::SWEEP_EPOCHS)
+                .arg(0)
+                .arg(token)
+                .arg(&family.epoch_key);
+            for &(a, b) in &node.slots {
+                for s in a..=b {
+                    cmd.arg(super::slots::tag_for(s));
+                }
+            }
+            let mut pipe = redis::pipe();
+            pipe.add_command(cmd);
+            Box::pin(async move {
+                let reply = self.on_primary(node, pipe).await?;
+                match reply.into_iter().next() {
+                    Some(redis::Value::Array(tags)) => Ok(tags
+                        .iter()
+                        .filter_map(|t| bytes(Some(t)))
+                        .filter_map(|t| std::str::from_utf8(t).ok())
+                        .map(|t| super::slots::slot_of(t.as_bytes()))
+                        .collect::<Vec<u16>>()),
+                    other => Err(Error::Redis {
+                        addr: format!("{}:{}", node.host, node.port),
+                        source: match other {
+                            Some(redis::Value::ServerError(e)) => e.into(),
+                            _ => redis::RedisError::from((
+                                redis::ErrorKind::UnexpectedReturnType,
+                                "the epoch sweep did not return its refused slots",
+                            )),
+                        },
+                    }),
+                }
+            })
+        }))
+        .await?;
+        left.extend(refused.into_iter().flatten());
+        let cmds: Vec<(u16, redis::Cmd)> = left
+            .into_iter()
+            .map(|s| {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(self.names.epoch_in(family, s))
+                    .arg(token)
+                    .arg("XX")
+                    .arg("KEEPTTL");
+                (s, cmd)
+            })
+            .collect();
+        for (_, cmd) in cmds {
+            self.cmd::<redis::Value>(cmd).await?;
+        }
+        Ok(())
+    }
+
     /// [`RedisStore::unlink_matching`] on a cluster: every primary is
     /// scanned, and with `epochs` its internal keys of the matching names
     /// too (`#{<tag>}:<name>`, `names.rs`).
@@ -1021,26 +1084,21 @@ impl Store for RedisStore {
     fn bump<'a>(&'a self, family: &'a Family) -> StoreFuture<'a, ()> {
         // A family without an epoch has nothing live: nothing to replace.
         // The new epoch keeps the old one's lifetime (that of its values).
-        // On a cluster, every slot's epoch of the family is replaced: one
-        // pipeline per primary (`names.rs`).
         let token = generation::new_token();
-        let cmds: Vec<(u16, redis::Cmd)> = self
-            .names
-            .epochs_of(family)
-            .into_iter()
-            .map(|(slot, key)| {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(key).arg(&token).arg("XX").arg("KEEPTTL");
-                (slot, cmd)
-            })
-            .collect();
         Box::pin(async move {
             match self.names {
                 Names::Node => {
-                    let (_, cmd) = cmds.into_iter().next().expect("one epoch");
+                    // A family without an epoch has nothing live: nothing
+                    // to replace. The new epoch keeps the old one's
+                    // lifetime (that of its values).
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(&family.epoch_key)
+                        .arg(&token)
+                        .arg("XX")
+                        .arg("KEEPTTL");
                     self.cmd::<redis::Value>(cmd).await.map(drop)
                 }
-                Names::Cluster => self.on_owners(cmds).await.map(drop),
+                Names::Cluster => self.bump_every_slot(family, &token).await,
             }
         })
     }

@@ -361,6 +361,24 @@ return redis.call('PTTL', KEYS[1])
 ";
 
 /// The scripts of one store, with its read limit written in.
+/// A family's invalidation on one primary of a Redis Cluster: replaces
+/// the family's epoch in each of the node's slots whose tag is given, where
+/// it exists (`XX`, its lifetime kept), the name built as `names.rs` builds
+/// it (`#{<tag>}:<epoch key>`). It touches keys of many slots (Redis 7's
+/// `allow-cross-slot-keys`), all served by the node it runs on; a slot the
+/// node no longer serves (migrated meanwhile) is refused, and its tag
+/// returned, for the caller to write through the cluster's routing.
+/// ARGV: token, epoch key, tags. Sent with `EVAL`: its shebang must open
+/// it, so it shares no prelude.
+pub(crate) const SWEEP_EPOCHS: &str = r"#!lua flags=allow-cross-slot-keys
+local refused = {}
+for i = 3, #ARGV do
+  local ok = pcall(redis.call, 'SET', '#{' .. ARGV[i] .. '}:' .. ARGV[2], ARGV[1], 'XX', 'KEEPTTL')
+  if not ok then refused[#refused + 1] = ARGV[i] end
+end
+return refused
+";
+
 pub(crate) struct Scripts {
     pub(crate) lease: Arc<redis::Script>,
     pub(crate) renew: Arc<redis::Script>,
