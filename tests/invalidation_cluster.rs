@@ -1,0 +1,21 @@
+//! #[derive(Invalidate)] on a real Redis Cluster: the same model tests as on one Redis server.
+
+mod models;
+
+use std::sync::LazyLock;
+use tg_cache::testing::RedisCluster;
+
+static CLUSTER: LazyLock<RedisCluster> = LazyLock::new(|| {
+    let cluster = RedisCluster::start();
+    tg_cache::configure(tg_cache::Caches::new(tg_cache::CacheConfig::redis_cluster(
+        cluster.urls(),
+    )))
+    .unwrap();
+    cluster
+});
+
+fn setup() {
+    LazyLock::force(&CLUSTER);
+}
+
+model_tests!(setup);
