@@ -526,3 +526,259 @@ async fn a_killed_primary_fails_no_call_and_the_other_shards_keep_hitting() {
     );
     drop(cluster);
 }
+
+// ---- Two OS processes on one cluster ----
+
+#[path = "cross_process/helpers.rs"]
+mod helpers;
+
+/// Raw access to the cluster, by key (a foreign client; also in a child,
+/// which knows only the seed nodes).
+struct RawCluster(std::sync::Mutex<redis::cluster::ClusterConnection>);
+
+impl RawCluster {
+    fn new(nodes: &str) -> Self {
+        let client =
+            redis::cluster::ClusterClient::new(nodes.split(',').collect::<Vec<_>>()).unwrap();
+        Self(std::sync::Mutex::new(client.get_connection().unwrap()))
+    }
+    fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut *self.0.lock().unwrap()).unwrap()
+    }
+    fn get_u64(&self, key: &str) -> u64 {
+        self.cmd::<Option<u64>>(&["GET", key]).unwrap_or(0)
+    }
+    fn exists(&self, key: &str) -> bool {
+        self.cmd::<i64>(&["EXISTS", key]) == 1
+    }
+    fn wait_for(&self, key: &str, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while !self.exists(key) {
+            assert!(std::time::Instant::now() < deadline, "{key} never set");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A child's cache: from the environment, as an application builds it.
+fn child_cache() -> Option<(Cache, RawCluster)> {
+    let nodes = helpers::child_url()?;
+    let cfg = CacheConfig::from_lookup(|name| match name {
+        "TG_CACHE_BACKEND" => Some("redis-cluster".into()),
+        "TG_CACHE_REDIS_NODES" => Some(nodes.clone()),
+        _ => None,
+    })
+    .unwrap();
+    Some((cfg.build().unwrap(), RawCluster::new(&nodes)))
+}
+
+fn spawn(helper: &str, cluster: &RedisCluster) -> std::process::Child {
+    helpers::spawn_child(helper, &cluster.urls().join(","), &[])
+}
+
+const RACE_KEYS: usize = 16;
+
+/// Reads the family's race keys from 8 tasks until `until`; returns
+/// (stale reads, reads, hits), and counts hits in Redis (`hits_key`).
+async fn read_race(
+    cache: &Cache,
+    raw: &Arc<RawCluster>,
+    hits_key: &'static str,
+    until: impl Fn() -> bool + Clone + Send + 'static,
+) -> (u64, u64, u64) {
+    use std::sync::atomic::AtomicU64;
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (cache, raw, counts, until) =
+            (cache.clone(), raw.clone(), counts.clone(), until.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = t;
+            while !until() {
+                i = (i + 1) % RACE_KEYS;
+                let floor = raw.get_u64("xp:dead");
+                let v = cache.get::<u64>(&family_key(i)).await.unwrap();
+                counts[1].fetch_add(1, SeqCst);
+                if let Some(v) = v {
+                    if (counts[2].fetch_add(1, SeqCst) + 1).is_multiple_of(100) {
+                        let () = raw.cmd(&["INCRBY", hits_key, "100"]);
+                    }
+                    if v <= floor {
+                        counts[0].fetch_add(1, SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (
+        counts[0].load(SeqCst),
+        counts[1].load(SeqCst),
+        counts[2].load(SeqCst),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper: runs only as a child process"]
+async fn helper_cluster_family_reader() {
+    let Some((cache, raw)) = child_cache() else {
+        return;
+    };
+    let raw = Arc::new(raw);
+    let () = raw.cmd(&["SET", "xp:reading", "1"]);
+    let stop = raw.clone();
+    let (stale, reads, hits) = read_race(&cache, &raw, "xp:hits:child", move || {
+        stop.exists("xp:stop")
+    })
+    .await;
+    println!("XP stale={stale}");
+    println!("XP reads={reads}");
+    println!("XP hits={hits}");
+}
+
+/// Randomised across two processes: the parent writes round `r` of the
+/// family's values (keys on every primary), invalidates the family through
+/// one of two caches and publishes `xp:dead = r`, while a child process and
+/// a third cache in the parent read: no read may serve a value of a round
+/// that was killed before it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_never_serve_a_family_value_killed_before_the_read() {
+    use std::sync::atomic::AtomicBool;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _w = watchdog("cluster family race", Duration::from_secs(120));
+    let cluster = RedisCluster::start();
+    let raw = Arc::new(RawCluster::new(&cluster.urls().join(",")));
+    let child = spawn("helper_cluster_family_reader", &cluster);
+    {
+        let raw = raw.clone();
+        tokio::task::spawn_blocking(move || raw.wait_for("xp:reading", Duration::from_secs(30)))
+            .await
+            .unwrap();
+    }
+    let (a, b, reader) = (cache(&cluster), cache(&cluster), cache(&cluster));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let parent = {
+        let (raw, stopped) = (raw.clone(), stopped.clone());
+        tokio::spawn(async move {
+            read_race(&reader, &raw, "xp:hits:parent", move || {
+                stopped.load(SeqCst)
+            })
+            .await
+        })
+    };
+    let (min_stop, max_stop) = (
+        std::time::Instant::now() + Duration::from_secs(3),
+        std::time::Instant::now() + Duration::from_secs(40),
+    );
+    let enough = |raw: &RawCluster| {
+        raw.get_u64("xp:hits:child") >= 2000 && raw.get_u64("xp:hits:parent") >= 2000
+    };
+    let mut rounds = 0u64;
+    while std::time::Instant::now() < min_stop
+        || (std::time::Instant::now() < max_stop && (!enough(&raw) || rounds < 30))
+    {
+        rounds += 1;
+        let items: Vec<(String, u64)> = (0..RACE_KEYS).map(|i| (family_key(i), rounds)).collect();
+        a.set_many(&items, None).await.unwrap();
+        tokio::time::sleep(helpers::jitter(3)).await;
+        let by = if rounds.is_multiple_of(2) { &a } else { &b };
+        by.invalidate_family(FAMILY).await.unwrap();
+        let () = raw.cmd(&["SET", "xp:dead", &rounds.to_string()]);
+        tokio::time::sleep(helpers::jitter(2)).await;
+    }
+    stopped.store(true, SeqCst);
+    let (p_stale, p_reads, p_hits) = parent.await.unwrap();
+    let () = raw.cmd(&["SET", "xp:stop", "1"]);
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || helpers::finish(child, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert!(ok, "child failed:\n{out}\n{err}");
+    let get = |name| {
+        helpers::reported(&out, name)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let (c_stale, c_reads, c_hits) = (get("stale"), get("reads"), get("hits"));
+    eprintln!(
+        "cluster family race: {rounds} invalidations; child: {c_stale} stale of {c_reads} reads ({c_hits} hits); parent: {p_stale} stale of {p_reads} reads ({p_hits} hits)"
+    );
+    assert!(rounds >= 30, "only {rounds} invalidations");
+    assert!(
+        c_hits >= 1000 && p_hits >= 1000,
+        "too few hits to race: {c_hits}, {p_hits}"
+    );
+    assert_eq!((c_stale, p_stale), (0, 0), "dead values served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper: runs only as a child process"]
+async fn helper_cluster_filler() {
+    let Some((cache, raw)) = child_cache() else {
+        return;
+    };
+    let raw = Arc::new(raw);
+    let () = raw.cmd(&["SET", "xp:ready", "1"]);
+    {
+        let raw = raw.clone();
+        tokio::task::spawn_blocking(move || raw.wait_for("xp:go", Duration::from_secs(30)))
+            .await
+            .unwrap();
+    }
+    fill_all(&cache, &raw).await;
+}
+
+/// Every cold key at once from 8 tasks; each body counts its run in Redis.
+async fn fill_all(cache: &Cache, raw: &Arc<RawCluster>) {
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (cache, raw) = (cache.clone(), raw.clone());
+        tasks.push(tokio::spawn(async move {
+            cache
+                .get_or_set(&family_key(i), None, || async move {
+                    let () = raw.cmd(&["INCR", &format!("xp:runs:{i}")]);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    i as u64
+                })
+                .await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), i as u64);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_fill_each_cold_key_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _w = watchdog("cluster single flight", Duration::from_secs(120));
+    let cluster = RedisCluster::start();
+    let raw = Arc::new(RawCluster::new(&cluster.urls().join(",")));
+    let child = spawn("helper_cluster_filler", &cluster);
+    {
+        let raw = raw.clone();
+        tokio::task::spawn_blocking(move || raw.wait_for("xp:ready", Duration::from_secs(30)))
+            .await
+            .unwrap();
+    }
+    let cache = cache(&cluster);
+    let () = raw.cmd(&["SET", "xp:go", "1"]);
+    fill_all(&cache, &raw).await;
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || helpers::finish(child, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert!(ok, "child failed:\n{out}\n{err}");
+    let runs: Vec<u64> = (0..50)
+        .map(|i| raw.get_u64(&format!("xp:runs:{i}")))
+        .collect();
+    eprintln!("body runs per key across two processes: {runs:?}");
+    assert!(runs.iter().all(|&n| n == 1), "{runs:?}");
+}
