@@ -576,32 +576,50 @@ fn child_cache() -> Option<(Cache, RawCluster)> {
     Some((cfg.build().unwrap(), RawCluster::new(&nodes)))
 }
 
-fn spawn(helper: &str, cluster: &RedisCluster) -> std::process::Child {
-    helpers::spawn_child(helper, &cluster.urls().join(","), &[])
+fn spawn(helper: &str, cluster: &RedisCluster, env: &[(&str, &str)]) -> std::process::Child {
+    helpers::spawn_child(helper, &cluster.urls().join(","), env)
 }
 
-const RACE_KEYS: usize = 16;
+/// The keys of the family race: given to a child in this variable.
+const RACE_KEYS_VAR: &str = "TG_XP_RACE_KEYS";
 
-/// Reads the family's race keys from 8 tasks until `until`; returns
-/// (stale reads, reads, hits), and counts hits in Redis (`hits_key`).
+/// Keys of the family on every primary.
+fn spread_race_keys() -> Vec<String> {
+    (0..16).map(family_key).collect()
+}
+
+/// Reads `keys` from 8 tasks until `until`; returns (stale reads, reads,
+/// hits, failed reads), and counts hits in Redis (`hits_key`). A read is stale when it
+/// returns a round at or below `xp:dead` read before it.
 async fn read_race(
     cache: &Cache,
     raw: &Arc<RawCluster>,
+    keys: Arc<Vec<String>>,
     hits_key: &'static str,
     until: impl Fn() -> bool + Clone + Send + 'static,
-) -> (u64, u64, u64) {
+) -> (u64, u64, u64, u64) {
     use std::sync::atomic::AtomicU64;
-    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let counts = Arc::new([0; 4].map(AtomicU64::new));
     let mut tasks = Vec::new();
     for t in 0..8 {
-        let (cache, raw, counts, until) =
-            (cache.clone(), raw.clone(), counts.clone(), until.clone());
+        let (cache, raw, counts, until, keys) = (
+            cache.clone(),
+            raw.clone(),
+            counts.clone(),
+            until.clone(),
+            keys.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut i = t;
             while !until() {
-                i = (i + 1) % RACE_KEYS;
+                i = (i + 1) % keys.len();
                 let floor = raw.get_u64("xp:dead");
-                let v = cache.get::<u64>(&family_key(i)).await.unwrap();
+                // A read may fail while its slot migrates (counted: the
+                // manual API reports it; a cached function computes).
+                let Ok(v) = cache.get::<u64>(&keys[i]).await else {
+                    counts[3].fetch_add(1, SeqCst);
+                    continue;
+                };
                 counts[1].fetch_add(1, SeqCst);
                 if let Some(v) = v {
                     if (counts[2].fetch_add(1, SeqCst) + 1).is_multiple_of(100) {
@@ -617,11 +635,8 @@ async fn read_race(
     for t in tasks {
         t.await.unwrap();
     }
-    (
-        counts[0].load(SeqCst),
-        counts[1].load(SeqCst),
-        counts[2].load(SeqCst),
-    )
+    let [stale, reads, hits, failed] = [0, 1, 2, 3].map(|i| counts[i].load(SeqCst));
+    (stale, reads, hits, failed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,48 +645,72 @@ async fn helper_cluster_family_reader() {
     let Some((cache, raw)) = child_cache() else {
         return;
     };
+    let keys: Vec<String> = std::env::var(RACE_KEYS_VAR)
+        .unwrap()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
     let raw = Arc::new(raw);
     let () = raw.cmd(&["SET", "xp:reading", "1"]);
     let stop = raw.clone();
-    let (stale, reads, hits) = read_race(&cache, &raw, "xp:hits:child", move || {
-        stop.exists("xp:stop")
-    })
-    .await;
+    let (stale, reads, hits, failed) =
+        read_race(&cache, &raw, Arc::new(keys), "xp:hits:child", move || {
+            stop.exists("xp:stop")
+        })
+        .await;
     println!("XP stale={stale}");
     println!("XP reads={reads}");
     println!("XP hits={hits}");
+    println!("XP failed={failed}");
+}
+
+/// What one family race saw.
+struct Race {
+    rounds: u64,
+    /// Writes and invalidations that failed.
+    write_errors: u64,
+    /// (stale, reads, hits, failed reads) of the child and of the
+    /// parent's reader.
+    child: (u64, u64, u64, u64),
+    parent: (u64, u64, u64, u64),
 }
 
 /// Randomised across two processes: the parent writes round `r` of the
-/// family's values (keys on every primary), invalidates the family through
-/// one of two caches and publishes `xp:dead = r`, while a child process and
-/// a third cache in the parent read: no read may serve a value of a round
-/// that was killed before it started.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_processes_never_serve_a_family_value_killed_before_the_read() {
+/// family's `keys`, invalidates the family through one of two caches and
+/// publishes `xp:dead = r`, while a child process and a third cache in the
+/// parent read, for at least 3 s and until both had 2,000 hits and 30
+/// rounds passed; `meanwhile` runs alongside (on a thread of its own).
+async fn family_race(
+    cluster: &RedisCluster,
+    keys: Vec<String>,
+    meanwhile: impl FnOnce() + Send + 'static,
+) -> Race {
     use std::sync::atomic::AtomicBool;
-    let _one = ONE_AT_A_TIME.lock().await;
-    let _w = watchdog("cluster family race", Duration::from_secs(120));
-    let cluster = RedisCluster::start();
     let raw = Arc::new(RawCluster::new(&cluster.urls().join(",")));
-    let child = spawn("helper_cluster_family_reader", &cluster);
+    let child = spawn(
+        "helper_cluster_family_reader",
+        cluster,
+        &[(RACE_KEYS_VAR, &keys.join(","))],
+    );
     {
         let raw = raw.clone();
         tokio::task::spawn_blocking(move || raw.wait_for("xp:reading", Duration::from_secs(30)))
             .await
             .unwrap();
     }
-    let (a, b, reader) = (cache(&cluster), cache(&cluster), cache(&cluster));
+    let keys = Arc::new(keys);
+    let (a, b, reader) = (cache(cluster), cache(cluster), cache(cluster));
     let stopped = Arc::new(AtomicBool::new(false));
     let parent = {
-        let (raw, stopped) = (raw.clone(), stopped.clone());
+        let (raw, stopped, keys) = (raw.clone(), stopped.clone(), keys.clone());
         tokio::spawn(async move {
-            read_race(&reader, &raw, "xp:hits:parent", move || {
+            read_race(&reader, &raw, keys, "xp:hits:parent", move || {
                 stopped.load(SeqCst)
             })
             .await
         })
     };
+    let side = std::thread::spawn(meanwhile);
     let (min_stop, max_stop) = (
         std::time::Instant::now() + Duration::from_secs(3),
         std::time::Instant::now() + Duration::from_secs(40),
@@ -679,21 +718,30 @@ async fn two_processes_never_serve_a_family_value_killed_before_the_read() {
     let enough = |raw: &RawCluster| {
         raw.get_u64("xp:hits:child") >= 2000 && raw.get_u64("xp:hits:parent") >= 2000
     };
-    let mut rounds = 0u64;
+    let (mut rounds, mut write_errors) = (0u64, 0u64);
     while std::time::Instant::now() < min_stop
-        || (std::time::Instant::now() < max_stop && (!enough(&raw) || rounds < 30))
+        || (std::time::Instant::now() < max_stop
+            && (!enough(&raw) || rounds < 30 || !side.is_finished()))
     {
         rounds += 1;
-        let items: Vec<(String, u64)> = (0..RACE_KEYS).map(|i| (family_key(i), rounds)).collect();
-        a.set_many(&items, None).await.unwrap();
+        let items: Vec<(String, u64)> = keys.iter().map(|k| (k.clone(), rounds)).collect();
+        // A write may fail while its slot migrates (counted); a round is
+        // published dead only once an invalidation after it returned.
+        if a.set_many(&items, None).await.is_err() {
+            write_errors += 1;
+        }
         tokio::time::sleep(helpers::jitter(3)).await;
         let by = if rounds.is_multiple_of(2) { &a } else { &b };
-        by.invalidate_family(FAMILY).await.unwrap();
+        if by.invalidate_family(FAMILY).await.is_err() {
+            write_errors += 1;
+            continue;
+        }
         let () = raw.cmd(&["SET", "xp:dead", &rounds.to_string()]);
         tokio::time::sleep(helpers::jitter(2)).await;
     }
     stopped.store(true, SeqCst);
-    let (p_stale, p_reads, p_hits) = parent.await.unwrap();
+    side.join().expect("the side task failed");
+    let parent = parent.await.unwrap();
     let () = raw.cmd(&["SET", "xp:stop", "1"]);
     let (ok, out, err) =
         tokio::task::spawn_blocking(move || helpers::finish(child, Duration::from_secs(30)))
@@ -706,16 +754,119 @@ async fn two_processes_never_serve_a_family_value_killed_before_the_read() {
             .parse::<u64>()
             .unwrap()
     };
-    let (c_stale, c_reads, c_hits) = (get("stale"), get("reads"), get("hits"));
-    eprintln!(
-        "cluster family race: {rounds} invalidations; child: {c_stale} stale of {c_reads} reads ({c_hits} hits); parent: {p_stale} stale of {p_reads} reads ({p_hits} hits)"
-    );
-    assert!(rounds >= 30, "only {rounds} invalidations");
-    assert!(
-        c_hits >= 1000 && p_hits >= 1000,
-        "too few hits to race: {c_hits}, {p_hits}"
-    );
-    assert_eq!((c_stale, p_stale), (0, 0), "dead values served");
+    Race {
+        rounds,
+        write_errors,
+        child: (get("stale"), get("reads"), get("hits"), get("failed")),
+        parent,
+    }
+}
+
+impl Race {
+    fn check(&self, what: &str) {
+        let (c, p) = (self.child, self.parent);
+        eprintln!(
+            "{what}: {} rounds ({} failed writes); child: {} stale of {} reads ({} hits, {} failed); parent: {} stale of {} reads ({} hits, {} failed)",
+            self.rounds, self.write_errors, c.0, c.1, c.2, c.3, p.0, p.1, p.2, p.3
+        );
+        assert!(self.rounds >= 30, "only {} invalidations", self.rounds);
+        assert!(
+            c.2 >= 1000 && p.2 >= 1000,
+            "too few hits to race: {}, {}",
+            c.2,
+            p.2
+        );
+        assert_eq!((c.0, p.0), (0, 0), "dead values served");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_never_serve_a_family_value_killed_before_the_read() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _w = watchdog("cluster family race", Duration::from_secs(120));
+    let cluster = RedisCluster::start();
+    family_race(&cluster, spread_race_keys(), || {})
+        .await
+        .check("cluster family race");
+}
+
+/// Moves `slot` from the primary that serves it to `to`, key by key (with
+/// a pause after each), as `redis-cli --cluster reshard` does.
+fn migrate_slot(nodes: &[tg_cache::testing::ClusterNode], ports: (u16, u16), slot: u16) {
+    let conn = |port: u16| {
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    };
+    let id = |port: u16| nodes.iter().find(|n| n.port == port).unwrap().id.clone();
+    let (from, to) = ports;
+    let (mut src, mut dst) = (conn(from), conn(to));
+    let s = slot.to_string();
+    let () = redis::cmd("CLUSTER")
+        .arg(&["SETSLOT", &s, "IMPORTING", &id(from)][..])
+        .query(&mut dst)
+        .unwrap();
+    let () = redis::cmd("CLUSTER")
+        .arg(&["SETSLOT", &s, "MIGRATING", &id(to)][..])
+        .query(&mut src)
+        .unwrap();
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg(&["GETKEYSINSLOT", &s, "1"][..])
+            .query(&mut src)
+            .unwrap();
+        let Some(k) = keys.first() else { break };
+        let () = redis::cmd("MIGRATE")
+            .arg(&["127.0.0.1", &to.to_string(), "", "0", "5000", "KEYS", k][..])
+            .query(&mut src)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    for n in nodes.iter().filter(|n| n.primary) {
+        let () = redis::cmd("CLUSTER")
+            .arg(&["SETSLOT", &s, "NODE", &id(to)][..])
+            .query(&mut conn(n.port))
+            .unwrap();
+    }
+}
+
+/// A slot that holds keys of the family (and their epoch) moves to another
+/// primary, key by key, while two processes read and write the family: no
+/// read serves a killed value, before, during or after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_migration_under_reads_and_invalidations_serves_nothing_stale() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _w = watchdog("cluster slot migration", Duration::from_secs(150));
+    let cluster = RedisCluster::start();
+    let slot = cluster_slot(&family_key(0));
+    // Eight keys of the family in that slot, and some elsewhere.
+    let mut keys: Vec<String> = (0..200_000)
+        .map(family_key)
+        .filter(|k| cluster_slot(k) == slot)
+        .take(8)
+        .collect();
+    assert_eq!(keys.len(), 8);
+    keys.extend((1..9).map(family_key));
+    let nodes = cluster.nodes();
+    let from = cluster.primary_of_slot(slot).unwrap().port;
+    let to = cluster
+        .primaries()
+        .into_iter()
+        .find(|p| p.port != from)
+        .unwrap()
+        .port;
+    let race = family_race(&cluster, keys, move || {
+        std::thread::sleep(Duration::from_millis(500));
+        // Each round writes the slot's keys again: move them a few times.
+        for _ in 0..3 {
+            migrate_slot(&nodes, (from, to), slot);
+            migrate_slot(&nodes, (to, from), slot);
+        }
+    })
+    .await;
+    race.check("slot migration race");
+    assert_eq!(cluster.primary_of_slot(slot).unwrap().port, from);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -761,7 +912,7 @@ async fn two_processes_fill_each_cold_key_once() {
     let _w = watchdog("cluster single flight", Duration::from_secs(120));
     let cluster = RedisCluster::start();
     let raw = Arc::new(RawCluster::new(&cluster.urls().join(",")));
-    let child = spawn("helper_cluster_filler", &cluster);
+    let child = spawn("helper_cluster_filler", &cluster, &[]);
     {
         let raw = raw.clone();
         tokio::task::spawn_blocking(move || raw.wait_for("xp:ready", Duration::from_secs(30)))

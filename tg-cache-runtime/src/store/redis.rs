@@ -50,6 +50,36 @@ pub(crate) struct RedisStore {
     first_read: usize,
 }
 
+/// Whether a reply is a cluster's redirection (`ASK`, `MOVED`, `TRYAGAIN`).
+fn redirected(v: &redis::Value) -> bool {
+    use redis::ServerErrorKind::{Ask, Moved, TryAgain};
+    matches!(v, redis::Value::ServerError(e) if matches!(e.kind(), Some(Ask | Moved | TryAgain)))
+}
+
+/// The replies of `pipe`'s commands sent one at a time (each routed, and
+/// redirected, on its own); a command the server refused reads as
+/// [`redis::Value::Nil`], as the pipeline's ignored errors do, but for a
+/// redirection that did not settle.
+async fn one_by_one(pipe: &redis::Pipeline, c: &mut Conn) -> redis::RedisResult<Vec<redis::Value>> {
+    let mut out = Vec::new();
+    for cmd in pipe.cmd_iter() {
+        out.push(match cmd.query_async::<redis::Value>(c).await {
+            Ok(v) => v,
+            Err(e) if e.is_cluster_error() => return Err(e),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                ) =>
+            {
+                redis::Value::Nil
+            }
+            Err(e) => return Err(e),
+        });
+    }
+    Ok(out)
+}
+
 /// The first read of a value asks for at most this many bytes: almost every
 /// value fits, and a huge value at a key (a foreign writer's) costs a
 /// reader no more than this, however many read it at once.
@@ -359,7 +389,15 @@ impl RedisStore {
                         pipe.cmd("PTTL").arg(&s.key);
                     }
                 }
-                let reply: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+                let reply = match pipe.query_async::<Vec<redis::Value>>(&mut c).await {
+                    Ok(r) if !r.iter().any(redirected) => r,
+                    Err(e) if !e.is_cluster_error() => return Err(e),
+                    // A slot in migration (its keys split between two
+                    // nodes): each read alone, in order (the value before
+                    // its epoch, which is enough: an epoch never comes
+                    // back), each following `ASK`/`MOVED`/`TRYAGAIN`.
+                    _ => one_by_one(&pipe, &mut c).await?,
+                };
                 let mut reply = reply.into_iter();
                 let values: Vec<redis::Value> = reply.by_ref().take(slots.len()).collect();
                 let mut epochs: Vec<Option<Arc<[u8]>>> = Vec::with_capacity(lookups.len());

@@ -365,9 +365,12 @@ return redis.call('PTTL', KEYS[1])
 /// the family's epoch in each of the node's slots whose tag is given, where
 /// it exists (`XX`, its lifetime kept), the name built as `names.rs` builds
 /// it (`#{<tag>}:<epoch key>`). It touches keys of many slots (Redis 7's
-/// `allow-cross-slot-keys`), all served by the node it runs on; a slot the
-/// node no longer serves (migrated meanwhile) is refused, and its tag
-/// returned, for the caller to write through the cluster's routing.
+/// `allow-cross-slot-keys`), all served by the node it runs on. Redis
+/// refuses a key the node does not hold the slot of, and a missing key of
+/// a slot it is migrating away (checked on Redis 7.0.15: "Script attempted
+/// to access a non local key"): such a slot's tag is returned, for the
+/// caller to write through the cluster's routing, which follows `ASK` and
+/// `MOVED` to wherever the epoch is.
 /// ARGV: token, epoch key, tags. Sent with `EVAL`: its shebang must open
 /// it, so it shares no prelude.
 pub(crate) const SWEEP_EPOCHS: &str = r"#!lua flags=allow-cross-slot-keys
