@@ -5,8 +5,8 @@
 //!    family: one server, and a cluster of three primaries (and three
 //!    replicas), all on this machine;
 //! 2. the latency of a family's invalidation (`invalidate_family`): one
-//!    `SET` on one server; one per slot (16,384, in one pipeline per
-//!    primary) on a cluster.
+//!    `SET` on one server; one per slot on a cluster (16,384, one Lua call
+//!    per primary, `scripts.rs` `SWEEP_EPOCHS`).
 //!
 //! `cargo bench --bench cluster` (`CLUSTER_SECS` changes the 3 s per
 //! throughput row). Under `cargo test --benches` it runs a short version.

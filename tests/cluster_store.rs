@@ -150,6 +150,53 @@ async fn the_cache_api_works_on_a_cluster_with_keys_as_given() {
     assert!(left.is_empty(), "left after clear: {left:?}");
     assert!(cache.get::<u64>("patx").await.unwrap().is_none());
     assert_eq!(cache.stats().errors, 0, "{:?}", cache.stats());
+
+    // Two namespaces: one's `clear` removes its values and epochs (in
+    // every slot), and none of the other's.
+    let ns = |p: &str| {
+        CacheConfig::redis_cluster(cluster.urls())
+            .key_prefix(p)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (ns("a"), ns("b"));
+    for i in 0..40 {
+        a.get_or_set(&family_key(i), None, || async move { i as u64 })
+            .await;
+        b.get_or_set(&family_key(i), None, || async move { i as u64 })
+            .await;
+    }
+    let epochs_of = |p: &str| {
+        all_keys(&cluster)
+            .into_iter()
+            .filter(|k| k.contains(&format!("}}:{p}:1:#epoch:")))
+            .count()
+    };
+    let slots = (0..40)
+        .map(|i| cluster_slot(&format!("a:1:{}", family_key(i))))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert_eq!(epochs_of("a"), slots);
+    a.clear().await.unwrap();
+    let left = all_keys(&cluster);
+    assert!(
+        !left.iter().any(|k| k.contains("a:1:")),
+        "a's keys left: {left:?}"
+    );
+    assert_eq!(
+        epochs_of("b"),
+        (0..40)
+            .map(|i| cluster_slot(&format!("b:1:{}", family_key(i))))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    );
+    for i in 0..40 {
+        assert_eq!(
+            b.get::<u64>(&family_key(i)).await.unwrap(),
+            Some(i as u64),
+            "b's key {i}"
+        );
+    }
 }
 
 const FAMILY: &str = "tg:fn:cluster_scenes";
@@ -404,8 +451,10 @@ async fn a_killed_primary_fails_no_call_and_the_other_shards_keep_hitting() {
     let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
     // Per key on the victim: when it was first a hit again after the kill.
     let resumed: Arc<Mutex<Option<Duration>>> = Arc::default();
+    let victim_down = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for t in 0..64 {
+        let victim_down = victim_down.clone();
         let (cache, phase, stats, stop, wrong, on_victim, killed_at, resumed) = (
             cache.clone(),
             phase.clone(),
@@ -444,10 +493,16 @@ async fn a_killed_primary_fails_no_call_and_the_other_shards_keep_hitting() {
                     ph.max_ms = ph.max_ms.max(ms);
                     ph.ms.push(ms);
                 }
-                if shard == 1 && !ran && p >= 1 {
-                    let mut r = resumed.lock().unwrap();
-                    if r.is_none() {
-                        *r = killed_at.lock().unwrap().map(|k| k.elapsed());
+                // Down once a call on the victim computed after the kill;
+                // resumed at its first hit after that.
+                if shard == 1 && p >= 1 {
+                    if ran {
+                        victim_down.store(true, SeqCst);
+                    } else if victim_down.load(SeqCst) {
+                        let mut r = resumed.lock().unwrap();
+                        if r.is_none() {
+                            *r = killed_at.lock().unwrap().map(|k| k.elapsed());
+                        }
                     }
                 }
             }

@@ -49,7 +49,7 @@ fn a_bad_env_stops_the_program_at_first_use_with_the_message() {
     for (env, message) in [
         (
             &[("TG_CACHE_BACKEND", "memcached")][..],
-            "TG_CACHE_BACKEND=memcached: unknown backend; expected one of local, redis, dummy",
+            "TG_CACHE_BACKEND=memcached: unknown backend; expected one of local, redis, redis-cluster, dummy",
         ),
         (
             &[("TG_CACHE_MAX_ENTRIES", "-1")],

@@ -844,7 +844,9 @@ api! {
     /// Invalidates every entry of a key family (`tg:queryset:Character`,
     /// `tg:fn:char_scenes`, `tg:view:home`) in O(1), whatever the number of
     /// entries: their generation is bumped, so they read as misses and are
-    /// overwritten or evicted later. Fills in progress are not stored.
+    /// overwritten or evicted later. Fills in progress are not stored. (On
+    /// a Redis Cluster the family has an epoch per hash slot, and all of
+    /// them are replaced: O(16,384 slots), one Lua call per primary.)
     fn invalidate_family(family: &str) -> Result<()> => invalidate_family_in(family);
     /// Empties this cache, on every store alike: every key under its key
     /// prefix/version (`<prefix>:<version>:*`) when one is configured; for a

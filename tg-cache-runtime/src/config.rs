@@ -668,7 +668,7 @@ impl CacheConfig {
                     "the redis-cluster backend needs its seed nodes: redis://h1:7000,redis://h2:7001,...",
                 )
             })?;
-            for node in nodes.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            for node in split_nodes(&nodes) {
                 c.redis_nodes.push(RedisUrl::parse(node).map_err(|mut e| {
                     e.setting = "TG_CACHE_REDIS_NODES".to_owned();
                     e
@@ -753,6 +753,35 @@ impl CacheConfig {
     }
 }
 
+/// The seed nodes of `TG_CACHE_REDIS_NODES`: URLs separated by commas. A
+/// comma starts a new URL only before a scheme (`redis://`, `rediss://`,
+/// `redis+unix://`, `unix://`), so a password may hold commas and is never
+/// cut (and shown) in two.
+fn split_nodes(nodes: &str) -> Vec<&str> {
+    let starts_url = |rest: &str| {
+        let rest = rest.trim_start();
+        ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|scheme| {
+                rest.len() >= scheme.len() && rest[..scheme.len()].eq_ignore_ascii_case(scheme)
+            })
+    };
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, _) in nodes.match_indices(',') {
+        if starts_url(&nodes[i + 1..]) {
+            out.push(&nodes[start..i]);
+            start = i + 1;
+        }
+    }
+    out.push(&nodes[start..]);
+    // A separator before an empty entry (`a,,b`) stays on the URL before.
+    out.into_iter()
+        .map(|n| n.trim().trim_end_matches(',').trim_end())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
 /// What is wrong with a key prefix, if anything.
 fn check_key_prefix(prefix: &str) -> Result<(), &'static str> {
     if prefix
@@ -812,6 +841,37 @@ mod tests {
         let c = env(&[]).unwrap();
         assert_eq!(c.backend, Backend::Local);
         assert_eq!(c.max_entries, 1000);
+    }
+
+    #[test]
+    fn cluster_nodes_split_only_before_a_url() {
+        assert_eq!(
+            split_nodes("redis://:pa,ss@h1:7000, redis://h2:7001,,rediss://h3"),
+            vec!["redis://:pa,ss@h1:7000", "redis://h2:7001", "rediss://h3"]
+        );
+        // A password with a comma is neither cut nor shown.
+        let e = env(&[
+            ("TG_CACHE_BACKEND", "redis-cluster"),
+            (
+                "TG_CACHE_REDIS_NODES",
+                "redis://:s3c,r3t@h1:70x0,redis://h2:7001",
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(e.setting, "TG_CACHE_REDIS_NODES");
+        assert!(
+            !e.to_string().contains("s3c") && !e.to_string().contains("r3t"),
+            "{e}"
+        );
+        let c = env(&[
+            ("TG_CACHE_BACKEND", "redis-cluster"),
+            (
+                "TG_CACHE_REDIS_NODES",
+                "redis://:pa,ss@h1:7000,redis://h2:7001",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.redis_nodes.len(), 2);
     }
 
     #[test]

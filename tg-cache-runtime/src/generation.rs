@@ -8,6 +8,9 @@
 //!
 //! * **Local store**: an in-process counter per family. It only grows, and
 //!   nothing outside the process can touch it.
+//! * **Redis Cluster**: one such token per hash slot that holds keys of
+//!   the family, beside them (`store/names.rs`); invalidating replaces them
+//!   all, so it is O(16,384 slots) there, not O(1).
 //! * **Redis**: the epoch is a random 128-bit token kept at
 //!   `#epoch:<family>` (after the cache's namespace, if any). Values of the
 //!   family are stored as `#<token>:<payload>`. A bump writes a *new random

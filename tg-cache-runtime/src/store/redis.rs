@@ -195,6 +195,10 @@ impl RedisStore {
     pub(crate) fn new(s: &RedisSettings) -> Result<Self> {
         let read_limit = s.max_value_bytes.saturating_add(HEAD_BYTES);
         let conns = Connections::new(&s.connection)?;
+        if conns.is_cluster() {
+            // The slots' tags, built now rather than on the first hit.
+            super::slots::tag_for(0);
+        }
         Ok(Self {
             names: if conns.is_cluster() {
                 Names::Cluster
@@ -355,13 +359,24 @@ impl RedisStore {
             ));
         }
         let names = self.names;
-        let mut epoch_keys: Vec<std::borrow::Cow<'_, str>> = slots
-            .iter()
-            .filter_map(|s| s.family.as_ref().map(|f| names.epoch(f, &s.key)))
-            .collect();
+        // On one server the epoch names are the families' own (borrowed);
+        // a cluster's call reads one key, whose slot's epoch is named here.
+        let cluster_epoch: Option<String> = match names {
+            Names::Node => None,
+            Names::Cluster => slots[0]
+                .family
+                .as_ref()
+                .map(|f| names.epoch(f, &slots[0].key).into_owned()),
+        };
+        let mut epoch_keys: Vec<&str> = match &cluster_epoch {
+            Some(e) => vec![e.as_str()],
+            None => slots
+                .iter()
+                .filter_map(|s| s.family.as_ref().map(|f| f.epoch_key.as_str()))
+                .collect(),
+        };
         epoch_keys.sort_unstable();
         epoch_keys.dedup();
-        let epoch_keys: Vec<&str> = epoch_keys.iter().map(|e| &**e).collect();
         // On a cluster the call reads one slot (above).
         let key_slot = self.key_slot(&slots[0].key);
         let first_read = self.first_read;
@@ -474,9 +489,8 @@ impl RedisStore {
                 }
             };
             let epoch = slot.family.as_ref().map(|f| {
-                let i = epoch_keys
-                    .binary_search(&&*names.epoch(f, &slot.key))
-                    .ok()?;
+                let name = cluster_epoch.as_deref().unwrap_or(&f.epoch_key);
+                let i = epoch_keys.binary_search(&name).ok()?;
                 epochs.get(i)?.as_deref()
             });
             if raw.len() == self.first_read && self.first_read <= self.read_limit {
@@ -519,8 +533,18 @@ impl RedisStore {
     }
 
     async fn set_now(&self, slot: &Slot, value: &dyn Value, ttl: Option<Duration>) -> Result<()> {
+        self.set_encoded(slot, self.encode(slot, value)?, ttl).await
+    }
+
+    /// [`RedisStore::set_now`] of a value already encoded.
+    async fn set_encoded(
+        &self,
+        slot: &Slot,
+        payload: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
         let mut call = Call::with_sidecar(&self.scripts.set, self.names, slot);
-        call.arg(self.encode(slot, value)?)
+        call.arg(payload)
             .arg(ttl_arg(ttl))
             .arg(generation::new_token())
             .arg("");
@@ -538,11 +562,17 @@ impl RedisStore {
             return Ok(());
         }
         if self.names == Names::Cluster {
-            // Each write on its own key's node, all at once.
+            // Every value encoded first (one refused writes none), then
+            // each write on its own key's node, all at once.
+            let payloads = items
+                .iter()
+                .map(|(slot, value)| self.encode(slot, *value))
+                .collect::<Result<Vec<_>>>()?;
             futures_util::future::try_join_all(
                 items
                     .iter()
-                    .map(|(slot, value)| Box::pin(self.set_now(slot, *value, ttl))),
+                    .zip(payloads)
+                    .map(|((slot, _), p)| Box::pin(self.set_encoded(slot, p, ttl))),
             )
             .await?;
             return Ok(());
@@ -711,7 +741,11 @@ impl RedisStore {
         }
         if self.names == Names::Cluster && keys.len() > 1 {
             // A `DEL` of many keys spans slots: one per key (with its
-            // sidecar, in its slot), all at once.
+            // sidecar, in its slot), all at once; a key given twice counts
+            // once, as in one `DEL`.
+            let mut keys = keys.to_vec();
+            keys.sort_unstable();
+            keys.dedup();
             let n = futures_util::future::try_join_all(
                 keys.iter()
                     .map(|k| Box::pin(self.delete_now(std::slice::from_ref(k)))),
@@ -738,8 +772,9 @@ impl RedisStore {
     /// Deletes every key `pattern` matches with `SCAN` in batches (never
     /// `KEYS`), epoch keys too when `epochs`; returns how many it deleted.
     ///
-    /// A fill that began before this call cannot survive it, on a database
-    /// of any size: its key holds its placeholder, then its value, from
+    /// On one server a fill that began before this call cannot survive it,
+    /// on a database of any size (a cluster: see
+    /// [`RedisStore::unlink_matching_on_primaries`]): its key holds its placeholder, then its value, from
     /// before the scan began until it is deleted, and `SCAN` returns every
     /// key present from its start to its end.
     async fn unlink_matching(&self, pattern: &str, epochs: bool) -> Result<usize> {
@@ -873,7 +908,7 @@ impl RedisStore {
         let mut left: Vec<u16> = (0..super::slots::SLOTS)
             .filter(|&s| !primaries.iter().any(|p| p.serves(s)))
             .collect();
-        let refused = futures_util::future::try_join_all(primaries.iter().map(|node| {
+        let swept = futures_util::future::join_all(primaries.iter().map(|node| {
             let mut cmd = redis::cmd("EVAL");
             cmd.arg(super::scripts::SWEEP_EPOCHS)
                 .arg(0)
@@ -887,56 +922,53 @@ impl RedisStore {
             let mut pipe = redis::pipe();
             pipe.add_command(cmd);
             Box::pin(async move {
-                let reply = self.on_primary(node, pipe).await?;
-                match reply.into_iter().next() {
-                    Some(redis::Value::Array(tags)) => Ok(tags
+                let reply = self.on_primary(node, pipe).await;
+                match reply.map(|r| r.into_iter().next()) {
+                    Ok(Some(redis::Value::Array(tags))) => tags
                         .iter()
                         .filter_map(|t| bytes(Some(t)))
                         .filter_map(|t| std::str::from_utf8(t).ok())
                         .map(|t| super::slots::slot_of(t.as_bytes()))
-                        .collect::<Vec<u16>>()),
-                    other => Err(Error::Redis {
-                        addr: format!("{}:{}", node.host, node.port),
-                        source: match other {
-                            Some(redis::Value::ServerError(e)) => e.into(),
-                            _ => redis::RedisError::from((
-                                redis::ErrorKind::UnexpectedReturnType,
-                                "the epoch sweep did not return its refused slots",
-                            )),
-                        },
-                    }),
+                        .collect::<Vec<u16>>(),
+                    // The node failed (or was demoted meanwhile): its slots
+                    // are written through the routing, wherever they are.
+                    _ => node.slots.iter().flat_map(|&(a, b)| a..=b).collect(),
                 }
             })
         }))
+        .await;
+        left.extend(swept.into_iter().flatten());
+        // Each through the routing, all at once (behind the fair queue and
+        // each slot's breaker), with a token of its own per run.
+        futures_util::future::try_join_all(left.into_iter().map(|s| {
+            let call = Call {
+                script: self.scripts.bump_epoch.clone(),
+                keys: vec![self.names.epoch_in(family, s)],
+                args: vec![token.as_bytes().to_vec()],
+            };
+            Box::pin(self.invoke::<redis::Value>(call))
+        }))
         .await?;
-        left.extend(refused.into_iter().flatten());
-        let cmds: Vec<(u16, redis::Cmd)> = left
-            .into_iter()
-            .map(|s| {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(self.names.epoch_in(family, s))
-                    .arg(token)
-                    .arg("XX")
-                    .arg("KEEPTTL");
-                (s, cmd)
-            })
-            .collect();
-        for (_, cmd) in cmds {
-            self.cmd::<redis::Value>(cmd).await?;
-        }
         Ok(())
     }
 
     /// [`RedisStore::unlink_matching`] on a cluster: every primary is
-    /// scanned, and with `epochs` its internal keys of the matching names
-    /// too (`#{<tag>}:<name>`, `names.rs`).
+    /// scanned, for the keys and for the internal keys of the matching
+    /// names (`#{<tag>}:<name>`, `names.rs`: sidecars, and epochs with
+    /// `epochs`).
+    ///
+    /// A key that a slot migration moves from a primary not yet scanned to
+    /// one already scanned is missed, so during a migration a fill begun
+    /// before the call may survive it (on one server it cannot).
     async fn unlink_matching_on_primaries(&self, pattern: &str, epochs: bool) -> Result<usize> {
         let mut deleted = 0;
         for node in self.primaries().await? {
-            let mut scans = vec![(pattern.to_owned(), false)];
-            if epochs {
-                scans.push((format!("#{{*}}:{pattern}"), true));
-            }
+            // The keys, then the internal keys (sidecars, and epochs with
+            // `epochs`) of names the pattern matches: `#{<tag>}:<name>`.
+            let scans = [
+                (pattern.to_owned(), false),
+                (format!("#{{*}}:{pattern}"), true),
+            ];
             for (scan, internal) in scans {
                 let mut cursor: u64 = 0;
                 loop {
@@ -958,14 +990,14 @@ impl RedisStore {
                     let keys: Vec<String> = keys
                         .into_iter()
                         .filter(|k| {
-                            if internal {
-                                // Only names of keys the pattern matches: a
-                                // `*` of the scan may match across `}:`.
-                                self.names
-                                    .untagged(k)
-                                    .is_some_and(|name| crate::key::glob_match(pattern, name))
-                            } else {
-                                epochs || !generation::is_epoch_key(k)
+                            let kept = epochs || !generation::is_epoch_key(k);
+                            match self.names.untagged(k) {
+                                // Only names the pattern matches: a `*` of
+                                // either scan may match across `#{<tag>}:`.
+                                Some(name) => {
+                                    internal && kept && crate::key::glob_match(pattern, name)
+                                }
+                                None => !internal && kept,
                             }
                         })
                         .collect();
@@ -1120,8 +1152,6 @@ impl Store for RedisStore {
     }
 
     fn bump<'a>(&'a self, family: &'a Family) -> StoreFuture<'a, ()> {
-        // A family without an epoch has nothing live: nothing to replace.
-        // The new epoch keeps the old one's lifetime (that of its values).
         let token = generation::new_token();
         Box::pin(async move {
             match self.names {

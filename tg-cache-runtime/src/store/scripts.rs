@@ -360,7 +360,6 @@ end
 return redis.call('PTTL', KEYS[1])
 ";
 
-/// The scripts of one store, with its read limit written in.
 /// A family's invalidation on one primary of a Redis Cluster: replaces
 /// the family's epoch in each of the node's slots whose tag is given, where
 /// it exists (`XX`, its lifetime kept), the name built as `names.rs` builds
@@ -373,15 +372,31 @@ return redis.call('PTTL', KEYS[1])
 /// `MOVED` to wherever the epoch is.
 /// ARGV: token, epoch key, tags. Sent with `EVAL`: its shebang must open
 /// it, so it shares no prelude.
+///
+/// Each run writes a token of its own (the caller's, with the server's
+/// clock appended): a run that redis-rs sends again after a lost reply, once
+/// a later invalidation wrote its own token, cannot bring an old epoch
+/// back.
 pub(crate) const SWEEP_EPOCHS: &str = r"#!lua flags=allow-cross-slot-keys
+local t = redis.call('TIME')
+local token = ARGV[1] .. t[1] .. t[2]
 local refused = {}
 for i = 3, #ARGV do
-  local ok = pcall(redis.call, 'SET', '#{' .. ARGV[i] .. '}:' .. ARGV[2], ARGV[1], 'XX', 'KEEPTTL')
+  local ok = pcall(redis.call, 'SET', '#{' .. ARGV[i] .. '}:' .. ARGV[2], token, 'XX', 'KEEPTTL')
   if not ok then refused[#refused + 1] = ARGV[i] end
 end
 return refused
 ";
 
+/// One slot's epoch replaced (`KEYS[1]`), as [`SWEEP_EPOCHS`] does, for a
+/// slot the sweep could not write: routed by its key, so it follows `ASK`
+/// and `MOVED`. ARGV: token.
+pub(crate) const BUMP_EPOCH: &str = r"
+local t = redis.call('TIME')
+return redis.call('SET', KEYS[1], ARGV[1] .. t[1] .. t[2], 'XX', 'KEEPTTL')
+";
+
+/// The scripts of one store, with its read limit written in.
 pub(crate) struct Scripts {
     pub(crate) lease: Arc<redis::Script>,
     pub(crate) renew: Arc<redis::Script>,
@@ -395,6 +410,7 @@ pub(crate) struct Scripts {
     pub(crate) read_big: Arc<redis::Script>,
     pub(crate) incr: Arc<redis::Script>,
     pub(crate) ttl: Arc<redis::Script>,
+    pub(crate) bump_epoch: Arc<redis::Script>,
 }
 
 impl Scripts {
@@ -421,6 +437,7 @@ impl Scripts {
             read_big: script(READ_BIG),
             incr: script(INCR),
             ttl: script(TTL),
+            bump_epoch: Arc::new(redis::Script::new(BUMP_EPOCH)),
         }
     }
 }
