@@ -170,7 +170,7 @@ async fn helper_race_filler() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fill_never_survives_a_pattern_delete_over_300k_keys() {
-    let _w = watchdog("a_fill_never_survives_a_pattern_delete_over_300k_keys", 120);
+    let _w = watchdog("a_fill_never_survives_a_pattern_delete_over_300k_keys", 300);
     let stale = fills_surviving_a_sweep(Sweep::Pattern).await;
     assert_eq!(
         stale,
@@ -182,7 +182,7 @@ async fn a_fill_never_survives_a_pattern_delete_over_300k_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fill_never_survives_a_clear_over_300k_keys() {
-    let _w = watchdog("a_fill_never_survives_a_clear_over_300k_keys", 120);
+    let _w = watchdog("a_fill_never_survives_a_clear_over_300k_keys", 300);
     let stale = fills_surviving_a_sweep(Sweep::Clear).await;
     assert_eq!(
         stale,
