@@ -1,4 +1,8 @@
-//! The chronicle example over HTTP (cache_page, template fragments, invalidation on save) on a real Redis Cluster.
+//! The chronicle example over HTTP (cache_page, template fragments,
+//! invalidation on save) on a real Redis Cluster, with a near cache in
+//! front (as a production deployment would run it; the plain cluster store
+//! runs the model and macro suites: `invalidation_cluster.rs`,
+//! `cache_function_cluster.rs`).
 
 mod chronicle;
 
@@ -7,9 +11,9 @@ use tg_cache::testing::RedisCluster;
 
 static CLUSTER: LazyLock<RedisCluster> = LazyLock::new(|| {
     let cluster = RedisCluster::start();
-    tg_cache::configure(tg_cache::Caches::new(tg_cache::CacheConfig::redis_cluster(
-        cluster.urls(),
-    )))
+    tg_cache::configure(tg_cache::Caches::new(
+        tg_cache::CacheConfig::redis_cluster(cluster.urls()).near_cache(10_000),
+    ))
     .unwrap();
     cluster
 });

@@ -24,6 +24,15 @@ fn cache(cluster: &RedisCluster) -> Cache {
         .unwrap()
 }
 
+/// [`cache`] with a near cache.
+fn near_cache(cluster: &RedisCluster) -> Cache {
+    CacheConfig::redis_cluster(cluster.urls())
+        .response_timeout(Duration::from_secs(2))
+        .near_cache(10_000)
+        .build()
+        .unwrap()
+}
+
 /// A raw cluster client: the keys as Redis holds them.
 async fn raw(cluster: &RedisCluster) -> redis::cluster_async::ClusterConnection {
     redis::cluster::ClusterClient::new(cluster.urls())
@@ -374,11 +383,6 @@ fn the_environment_selects_a_cluster_and_names_what_is_wrong() {
     ]))
     .unwrap_err();
     assert_eq!(e.setting, "TG_CACHE_REDIS_NODES");
-    let e = CacheConfig::redis_cluster(["redis://127.0.0.1:7000"])
-        .near_cache(100)
-        .build()
-        .unwrap_err();
-    assert!(e.to_string().contains("TG_CACHE_NEAR_CACHE"), "{e}");
     let e = CacheConfig::redis_cluster(Vec::<String>::new())
         .build()
         .unwrap_err();
@@ -625,6 +629,7 @@ fn child_cache() -> Option<(Cache, RawCluster)> {
     let cfg = CacheConfig::from_lookup(|name| match name {
         "TG_CACHE_BACKEND" => Some("redis-cluster".into()),
         "TG_CACHE_REDIS_NODES" => Some(nodes.clone()),
+        "TG_CACHE_NEAR_CACHE" => std::env::var(name).ok(),
         _ => None,
     })
     .unwrap();
@@ -643,18 +648,43 @@ fn spread_race_keys() -> Vec<String> {
     (0..16).map(family_key).collect()
 }
 
-/// Reads `keys` from 8 tasks until `until`; returns (stale reads, reads,
-/// hits, failed reads), and counts hits in Redis (`hits_key`). A read is stale when it
-/// returns a round at or below `xp:dead` read before it.
+/// How long after an invalidation returned a near cache in another process
+/// may still serve the value it killed, in these tests (its push crosses
+/// another connection: see `near_cache.rs`).
+const NEAR_BOUND: Duration = Duration::from_millis(100);
+
+/// What one process's readers saw in a race.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reads {
+    /// Killed values served.
+    stale: u64,
+    /// Of those, still served [`NEAR_BOUND`] later.
+    beyond: u64,
+    reads: u64,
+    hits: u64,
+    failed: u64,
+    /// Near-cache hits.
+    near: u64,
+}
+
+fn near_hits(cache: &Cache) -> u64 {
+    cache
+        .near_stats()
+        .map_or(0, |s| s.iter().map(|(_, f)| f.hits).sum())
+}
+
+/// Reads `keys` from 8 tasks until `until`, and counts hits in Redis
+/// (`hits_key`). A read is stale when it returns a round at or below
+/// `xp:dead` read before it.
 async fn read_race(
     cache: &Cache,
     raw: &Arc<RawCluster>,
     keys: Arc<Vec<String>>,
     hits_key: &'static str,
     until: impl Fn() -> bool + Clone + Send + 'static,
-) -> (u64, u64, u64, u64) {
+) -> Reads {
     use std::sync::atomic::AtomicU64;
-    let counts = Arc::new([0; 4].map(AtomicU64::new));
+    let counts = Arc::new([0; 5].map(AtomicU64::new));
     let mut tasks = Vec::new();
     for t in 0..8 {
         let (cache, raw, counts, until, keys) = (
@@ -682,6 +712,12 @@ async fn read_race(
                     }
                     if v <= floor {
                         counts[0].fetch_add(1, SeqCst);
+                        tokio::time::sleep(NEAR_BOUND).await;
+                        if let Ok(Some(again)) = cache.get::<u64>(&keys[i]).await
+                            && again <= floor
+                        {
+                            counts[4].fetch_add(1, SeqCst);
+                        }
                     }
                 }
             }
@@ -690,8 +726,15 @@ async fn read_race(
     for t in tasks {
         t.await.unwrap();
     }
-    let [stale, reads, hits, failed] = [0, 1, 2, 3].map(|i| counts[i].load(SeqCst));
-    (stale, reads, hits, failed)
+    let [stale, reads, hits, failed, beyond] = [0, 1, 2, 3, 4].map(|i| counts[i].load(SeqCst));
+    Reads {
+        stale,
+        beyond,
+        reads,
+        hits,
+        failed,
+        near: near_hits(cache),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -708,15 +751,16 @@ async fn helper_cluster_family_reader() {
     let raw = Arc::new(raw);
     let () = raw.cmd(&["SET", "xp:reading", "1"]);
     let stop = raw.clone();
-    let (stale, reads, hits, failed) =
-        read_race(&cache, &raw, Arc::new(keys), "xp:hits:child", move || {
-            stop.exists("xp:stop")
-        })
-        .await;
-    println!("XP stale={stale}");
-    println!("XP reads={reads}");
-    println!("XP hits={hits}");
-    println!("XP failed={failed}");
+    let r = read_race(&cache, &raw, Arc::new(keys), "xp:hits:child", move || {
+        stop.exists("xp:stop")
+    })
+    .await;
+    println!("XP stale={}", r.stale);
+    println!("XP beyond={}", r.beyond);
+    println!("XP reads={}", r.reads);
+    println!("XP hits={}", r.hits);
+    println!("XP failed={}", r.failed);
+    println!("XP near={}", r.near);
 }
 
 /// What one family race saw.
@@ -724,10 +768,11 @@ struct Race {
     rounds: u64,
     /// Writes and invalidations that failed.
     write_errors: u64,
-    /// (stale, reads, hits, failed reads) of the child and of the
-    /// parent's reader.
-    child: (u64, u64, u64, u64),
-    parent: (u64, u64, u64, u64),
+    /// Whether every cache had a near cache.
+    near: bool,
+    /// What the child and the parent's reader saw.
+    child: Reads,
+    parent: Reads,
 }
 
 /// Randomised across two processes: the parent writes round `r` of the
@@ -735,18 +780,21 @@ struct Race {
 /// publishes `xp:dead = r`, while a child process and a third cache in the
 /// parent read, for at least 3 s and until both had 2,000 hits and 30
 /// rounds passed; `meanwhile` runs alongside (on a thread of its own).
+/// With `near`, every cache (the child's too) has a near cache.
 async fn family_race(
     cluster: &RedisCluster,
     keys: Vec<String>,
+    near: bool,
     meanwhile: impl FnOnce() + Send + 'static,
 ) -> Race {
     use std::sync::atomic::AtomicBool;
     let raw = Arc::new(RawCluster::new(&cluster.urls().join(",")));
-    let child = spawn(
-        "helper_cluster_family_reader",
-        cluster,
-        &[(RACE_KEYS_VAR, &keys.join(","))],
-    );
+    let joined = keys.join(",");
+    let mut env = vec![(RACE_KEYS_VAR, joined.as_str())];
+    if near {
+        env.push(("TG_CACHE_NEAR_CACHE", "10000"));
+    }
+    let child = spawn("helper_cluster_family_reader", cluster, &env);
     {
         let raw = raw.clone();
         tokio::task::spawn_blocking(move || raw.wait_for("xp:reading", Duration::from_secs(30)))
@@ -754,7 +802,14 @@ async fn family_race(
             .unwrap();
     }
     let keys = Arc::new(keys);
-    let (a, b, reader) = (cache(cluster), cache(cluster), cache(cluster));
+    let build = || {
+        if near {
+            near_cache(cluster)
+        } else {
+            cache(cluster)
+        }
+    };
+    let (a, b, reader) = (build(), build(), build());
     let stopped = Arc::new(AtomicBool::new(false));
     let parent = {
         let (raw, stopped, keys) = (raw.clone(), stopped.clone(), keys.clone());
@@ -812,7 +867,15 @@ async fn family_race(
     Race {
         rounds,
         write_errors,
-        child: (get("stale"), get("reads"), get("hits"), get("failed")),
+        near,
+        child: Reads {
+            stale: get("stale"),
+            beyond: get("beyond"),
+            reads: get("reads"),
+            hits: get("hits"),
+            failed: get("failed"),
+            near: get("near"),
+        },
         parent,
     }
 }
@@ -821,17 +884,34 @@ impl Race {
     fn check(&self, what: &str) {
         let (c, p) = (self.child, self.parent);
         eprintln!(
-            "{what}: {} rounds ({} failed writes); child: {} stale of {} reads ({} hits, {} failed); parent: {} stale of {} reads ({} hits, {} failed)",
-            self.rounds, self.write_errors, c.0, c.1, c.2, c.3, p.0, p.1, p.2, p.3
+            "{what}: {} rounds ({} failed writes); child: {c:?}; parent: {p:?}",
+            self.rounds, self.write_errors
         );
         assert!(self.rounds >= 30, "only {} invalidations", self.rounds);
         assert!(
-            c.2 >= 1000 && p.2 >= 1000,
+            c.hits >= 1000 && p.hits >= 1000,
             "too few hits to race: {}, {}",
-            c.2,
-            p.2
+            c.hits,
+            p.hits
         );
-        assert_eq!((c.0, p.0), (0, 0), "dead values served");
+        if self.near {
+            // A near cache hears of an invalidation by a push on its own
+            // connection, which may come just after the other process's
+            // next read: never a bound later.
+            assert!(
+                c.near > 0 && p.near > 0,
+                "no near hit: {} and {}",
+                c.near,
+                p.near
+            );
+            assert_eq!(
+                (c.beyond, p.beyond),
+                (0, 0),
+                "dead values served {NEAR_BOUND:?} after their invalidation"
+            );
+        } else {
+            assert_eq!((c.stale, p.stale), (0, 0), "dead values served");
+        }
     }
 }
 
@@ -840,7 +920,7 @@ async fn two_processes_never_serve_a_family_value_killed_before_the_read() {
     let _one = ONE_AT_A_TIME.lock().await;
     let _w = watchdog("cluster family race", Duration::from_secs(120));
     let cluster = RedisCluster::start();
-    family_race(&cluster, spread_race_keys(), || {})
+    family_race(&cluster, spread_race_keys(), false, || {})
         .await
         .check("cluster family race");
 }
@@ -893,6 +973,12 @@ fn migrate_slot(nodes: &[tg_cache::testing::ClusterNode], ports: (u16, u16), slo
 async fn a_slot_migration_under_reads_and_invalidations_serves_nothing_stale() {
     let _one = ONE_AT_A_TIME.lock().await;
     let _w = watchdog("cluster slot migration", Duration::from_secs(150));
+    migration_race(false).await;
+}
+
+/// A slot that holds keys of the family moves back and forth during a
+/// [`family_race`] (with near caches if `near`).
+async fn migration_race(near: bool) {
     let cluster = RedisCluster::start();
     let slot = cluster_slot(&family_key(0));
     // Eight keys of the family in that slot, and some elsewhere.
@@ -911,7 +997,7 @@ async fn a_slot_migration_under_reads_and_invalidations_serves_nothing_stale() {
         .find(|p| p.port != from)
         .unwrap()
         .port;
-    let race = family_race(&cluster, keys, move || {
+    let race = family_race(&cluster, keys, near, move || {
         std::thread::sleep(Duration::from_millis(500));
         // Each round writes the slot's keys again: move them a few times.
         for _ in 0..3 {
@@ -987,4 +1073,362 @@ async fn two_processes_fill_each_cold_key_once() {
         .collect();
     eprintln!("body runs per key across two processes: {runs:?}");
     assert!(runs.iter().all(|&n| n == 1), "{runs:?}");
+}
+
+// ---------------------------------------------------------------------------
+// The near cache on a cluster: tracked connections to every primary
+// ---------------------------------------------------------------------------
+
+/// Commands that read or write keys, summed over every primary (not the
+/// `PING`s, `CLUSTER SLOTS` and `INFO` of pingers and topology readers).
+fn key_commands(cluster: &RedisCluster) -> BTreeMap<String, u64> {
+    let mut calls = BTreeMap::new();
+    for p in cluster.primaries() {
+        for (name, n) in cluster.server(p.port).command_calls() {
+            let admin = ["ping", "info", "cluster|", "client|"];
+            if !admin.iter().any(|a| name.starts_with(a)) {
+                *calls.entry(name).or_default() += n;
+            }
+        }
+    }
+    calls
+}
+
+/// Reads every key until one whole pass is near hits; returns the values
+/// served in that pass.
+async fn until_all_near(cache: &Cache, keys: &[String], limit: Duration) -> Vec<Option<String>> {
+    let start = std::time::Instant::now();
+    loop {
+        let before = near_hits(cache);
+        let mut served = Vec::new();
+        for k in keys {
+            served.push(cache.get::<String>(k).await.unwrap());
+        }
+        if near_hits(cache) - before == keys.len() as u64 {
+            return served;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no pass of near hits within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `cache` serves `want` at every key, at most [`NEAR_BOUND`]
+/// after the change; returns how long it took.
+async fn converges(cache: &Cache, keys: &[String], want: Option<&str>, what: &str) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let mut all = true;
+        for k in keys {
+            if cache.get::<String>(k).await.unwrap().as_deref() != want {
+                all = false;
+            }
+        }
+        if all {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < NEAR_BOUND,
+            "{what}: old values still served after {NEAR_BOUND:?}"
+        );
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+/// A near cache on a cluster: hits send no command to any node; a write by
+/// another cache (independently built), a raw `SET` and `DEL`, a family
+/// invalidation, a `FLUSHALL` of one primary, a slot migration and a
+/// failover each reach it, on every primary, within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_cache_on_a_cluster_hits_locally_and_hears_every_primary() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _w = watchdog("near cache on a cluster", Duration::from_secs(150));
+    let cluster = RedisCluster::start();
+    let near = near_cache(&cluster);
+    let other = cache(&cluster);
+    let mut raw = raw(&cluster).await;
+    // Keys of one family over every primary, and keys of no family.
+    let fam: Vec<String> = (0..12).map(family_key).collect();
+    let plain = spread_keys(12);
+    let all: Vec<String> = fam.iter().chain(&plain).cloned().collect();
+    let primaries: std::collections::BTreeSet<u16> = all
+        .iter()
+        .map(|k| cluster.primary_of_slot(cluster_slot(k)).unwrap().port)
+        .collect();
+    assert_eq!(primaries.len(), 3, "keys on every primary");
+    for k in &all {
+        other.set(k, &"v1".to_owned(), None).await.unwrap();
+    }
+    let served = until_all_near(&near, &all, Duration::from_secs(10)).await;
+    assert!(served.iter().all(|v| v.as_deref() == Some("v1")));
+    let before = key_commands(&cluster);
+    for _ in 0..10 {
+        for k in &all {
+            assert_eq!(near.get::<String>(k).await.unwrap().as_deref(), Some("v1"));
+        }
+    }
+    assert_eq!(key_commands(&cluster), before, "near hits sent commands");
+    let mut took = Vec::new();
+
+    for k in &all {
+        other.set(k, &"v2".to_owned(), None).await.unwrap();
+    }
+    took.push((
+        "set by another cache",
+        converges(&near, &all, Some("v2"), "set").await,
+    ));
+
+    until_all_near(&near, &all, Duration::from_secs(5)).await;
+    for k in &plain {
+        let () = raw.set(k, "\"v3\"").await.unwrap();
+    }
+    took.push((
+        "raw SET",
+        converges(&near, &plain, Some("v3"), "raw SET").await,
+    ));
+
+    until_all_near(&near, &plain, Duration::from_secs(5)).await;
+    for k in &plain {
+        let _: i64 = raw.del(k).await.unwrap();
+    }
+    took.push(("raw DEL", converges(&near, &plain, None, "raw DEL").await));
+
+    until_all_near(&near, &fam, Duration::from_secs(5)).await;
+    other.invalidate_family(FAMILY).await.unwrap();
+    took.push((
+        "invalidate_family",
+        converges(&near, &fam, None, "a family invalidation").await,
+    ));
+
+    // A FLUSHALL of one primary: a null invalidation on its connection.
+    for k in &all {
+        other.set(k, &"v4".to_owned(), None).await.unwrap();
+    }
+    until_all_near(&near, &all, Duration::from_secs(5)).await;
+    let victim = cluster.primaries()[0].clone();
+    let on_victim: Vec<String> = all
+        .iter()
+        .filter(|k| cluster.primary_of_slot(cluster_slot(k)).unwrap().port == victim.port)
+        .cloned()
+        .collect();
+    assert!(!on_victim.is_empty());
+    let () = cluster.server(victim.port).cmd(&["FLUSHALL"]);
+    took.push((
+        "FLUSHALL of one primary",
+        converges(&near, &on_victim, None, "FLUSHALL").await,
+    ));
+    let flushes = |c: &Cache| {
+        c.near_stats()
+            .unwrap()
+            .first()
+            .map_or(0, |(_, s)| s.flushes)
+    };
+
+    // A key of a slot in migration, already moved: its primary answers
+    // its reads with `ASK`, and the cluster connection that follows it
+    // tracks nothing. Its value is served but not kept: a write after it
+    // is seen at once.
+    let half = &plain[3];
+    other.set(half, &"v9".to_owned(), None).await.unwrap();
+    let slot = cluster_slot(half);
+    let (from, to) = {
+        let from = cluster.primary_of_slot(slot).unwrap();
+        let to = cluster
+            .primaries()
+            .into_iter()
+            .find(|p| p.port != from.port)
+            .unwrap();
+        (from, to)
+    };
+    let (src, dst) = (cluster.server(from.port), cluster.server(to.port));
+    let s = slot.to_string();
+    let () = dst.cmd(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &from.id]);
+    let () = src.cmd(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &to.id]);
+    let to_port = to.port.to_string();
+    let () = src.cmd(&[
+        "MIGRATE",
+        "127.0.0.1",
+        &to_port,
+        "",
+        "0",
+        "5000",
+        "KEYS",
+        half,
+    ]);
+    for _ in 0..3 {
+        assert_eq!(
+            near.get::<String>(half).await.unwrap().as_deref(),
+            Some("v9")
+        );
+    }
+    let () = raw.set(half, "\"v10\"").await.unwrap();
+    took.push((
+        "a key in migration, then raw SET",
+        converges(
+            &near,
+            std::slice::from_ref(half),
+            Some("v10"),
+            "a write to a key in migration",
+        )
+        .await,
+    ));
+    let nodes = cluster.nodes();
+    let ports = (from.port, to.port);
+    tokio::task::spawn_blocking(move || migrate_slot(&nodes, ports, slot))
+        .await
+        .unwrap();
+
+    // A slot migration changes the topology: the near cache is dropped
+    // once it is read (within a second).
+    for k in &all {
+        other.set(k, &"v5".to_owned(), None).await.unwrap();
+    }
+    until_all_near(&near, &all, Duration::from_secs(5)).await;
+    let dropped = flushes(&near);
+    // Raw writes of a family's keys carry no epoch (a miss): plain keys.
+    let moved = &plain[0];
+    let slot = cluster_slot(moved);
+    let from = cluster.primary_of_slot(slot).unwrap().port;
+    let to = cluster
+        .primaries()
+        .into_iter()
+        .find(|p| p.port != from)
+        .unwrap()
+        .port;
+    let nodes = cluster.nodes();
+    tokio::task::spawn_blocking(move || migrate_slot(&nodes, (from, to), slot))
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    while flushes(&near) == dropped {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a migration did not drop it"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    took.push(("slot migration (topology read)", start.elapsed()));
+    let () = raw.set(moved, "\"v6\"").await.unwrap();
+    converges(
+        &near,
+        std::slice::from_ref(moved),
+        Some("v6"),
+        "a write after a migration",
+    )
+    .await;
+
+    // A manual failover (`CLUSTER FAILOVER` on a replica): the old
+    // primary stays up as a replica, and so do the near cache's
+    // connections to it; writes go to the promoted one.
+    let handed = &plain[2];
+    until_all_near(&near, std::slice::from_ref(handed), Duration::from_secs(5)).await;
+    let slot = cluster_slot(handed);
+    let old = cluster.primary_of_slot(slot).unwrap();
+    let replica = cluster
+        .nodes()
+        .into_iter()
+        .find(|n| n.replica_of.as_deref() == Some(old.id.as_str()))
+        .unwrap();
+    let () = cluster.server(replica.port).cmd(&["CLUSTER", "FAILOVER"]);
+    let mut cluster = tokio::task::spawn_blocking(move || {
+        cluster.wait_until(Duration::from_secs(10), "a manual failover", |c| {
+            c.primary_of_slot(slot)
+                .is_some_and(|n| n.port == replica.port)
+        });
+        cluster
+    })
+    .await
+    .unwrap();
+    let mut raw = raw_retrying(&cluster).await;
+    let () = raw.set(handed, "\"v8\"").await.unwrap();
+    took.push((
+        "manual failover, then raw SET",
+        converges(
+            &near,
+            std::slice::from_ref(handed),
+            Some("v8"),
+            "a write after a manual failover",
+        )
+        .await,
+    ));
+
+    // A failover: the killed primary's connections are lost, the near
+    // cache with them; the promoted replica's values are served.
+    until_all_near(&near, &all, Duration::from_secs(5)).await;
+    let failed = &plain[1];
+    let victim = cluster.primary_of_slot(cluster_slot(failed)).unwrap();
+    let dropped = flushes(&near);
+    cluster.server_mut(victim.port).kill9();
+    let killed = std::time::Instant::now();
+    let slot = cluster_slot(failed);
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.wait_until(
+            tg_cache::testing::NODE_TIMEOUT * 6,
+            "a replica takes over",
+            |c| {
+                c.primary_of_slot(slot)
+                    .is_some_and(|n| n.port != victim.port)
+            },
+        );
+        cluster.wait_until_ok(tg_cache::testing::NODE_TIMEOUT * 6);
+        cluster
+    })
+    .await
+    .unwrap();
+    assert!(
+        flushes(&near) > dropped,
+        "the lost primary did not drop the near cache"
+    );
+    let mut raw = raw_retrying(&cluster).await;
+    let start = std::time::Instant::now();
+    while raw.set::<_, _, ()>(failed, "\"v7\"").await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no write after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed = std::slice::from_ref(failed);
+    converges(&near, failed, Some("v7"), "a write after a failover").await;
+    until_all_near(&near, failed, Duration::from_secs(10)).await;
+    eprintln!(
+        "near cache on a cluster: {took:?}; failover handled {:?} after the kill; {} flushes",
+        killed.elapsed(),
+        flushes(&near)
+    );
+}
+
+/// A raw cluster client made once the cluster answers again.
+async fn raw_retrying(cluster: &RedisCluster) -> redis::cluster_async::ClusterConnection {
+    redis::cluster::ClusterClient::new(
+        cluster
+            .primaries()
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{}", p.port))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap()
+    .get_async_connection()
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_with_near_caches_never_serve_a_killed_family_value_beyond_the_bound() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _w = watchdog("cluster near family race", Duration::from_secs(120));
+    let cluster = RedisCluster::start();
+    family_race(&cluster, spread_race_keys(), true, || {})
+        .await
+        .check("cluster near family race");
+}
+
+/// The migration race, with near caches in both processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_migration_under_near_caches_serves_nothing_stale_beyond_the_bound() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _w = watchdog("cluster near slot migration", Duration::from_secs(150));
+    migration_race(true).await;
 }

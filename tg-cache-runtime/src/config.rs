@@ -543,8 +543,9 @@ impl CacheConfig {
     /// change of a key by any client (another process, Django,
     /// `redis-cli`), an expiry, a family invalidation, a `FLUSHDB` or the
     /// loss of the connection drops what it affects, in every process;
-    /// this process's own writes drop it at once. Figures in
-    /// `BENCHMARKS.md`.
+    /// this process's own writes drop it at once. On a Redis Cluster it
+    /// reads through tracked connections to each primary, and a change of
+    /// the topology drops it. Figures in `BENCHMARKS.md`.
     pub fn near_cache(mut self, max_entries: u64) -> Self {
         self.near_cache = (max_entries > 0).then_some(max_entries);
         self
@@ -704,21 +705,12 @@ impl CacheConfig {
         if self.backend == Backend::Local && self.max_entries == 0 {
             return zero("max_entries");
         }
-        if self.backend == Backend::RedisCluster {
-            if self.redis_nodes.is_empty() {
-                return Err(ConfigError::new(
-                    "TG_CACHE_REDIS_NODES",
-                    "",
-                    "the redis-cluster backend needs at least one seed node",
-                ));
-            }
-            if let Some(n) = self.near_cache {
-                return Err(ConfigError::new(
-                    "TG_CACHE_NEAR_CACHE",
-                    n.to_string(),
-                    "the near cache does not run on a Redis Cluster yet; leave it off (`off`)",
-                ));
-            }
+        if self.backend == Backend::RedisCluster && self.redis_nodes.is_empty() {
+            return Err(ConfigError::new(
+                "TG_CACHE_REDIS_NODES",
+                "",
+                "the redis-cluster backend needs at least one seed node",
+            ));
         }
         if matches!(self.backend, Backend::Redis | Backend::RedisCluster) {
             if self.max_connections == 0 {

@@ -4,8 +4,10 @@
 //! ([`Conn::Cluster`]): each connection is then a redis-rs cluster
 //! connection (`cluster-async`), which routes every command by its key's
 //! slot, follows `MOVED`/`ASK` and refreshes the topology itself; it
-//! tracks nothing yet, so its family epochs are always read
-//! ([`KnownEpochs::never`]). On a cluster the breaker is kept per range of
+//! tracks nothing, so its family epochs are always read
+//! ([`KnownEpochs::never`]). A near cache on a cluster reads through
+//! tracked connections to each primary instead ([`Connections::to_primary`],
+//! `primaries.rs`). On a cluster the breaker is kept per range of
 //! [`SLOTS_PER_BREAKER`] slots: a failed shard fails fast alone while the
 //! others serve, and a node's errors never replace the cluster connection
 //! (redis-rs reconnects its nodes itself); only one whose `PING`s (one a
@@ -275,13 +277,38 @@ thread_local! {
 
 impl Connections {
     pub(crate) fn new(s: &ConnectionSettings) -> Result<Self> {
+        Self::with_tracking(s, None, Arc::default())
+    }
+
+    /// Tracked connections to one primary of the Redis Cluster `s` names,
+    /// at `host:port`, with the seed URL's credentials and TLS settings,
+    /// whose pushes go to `tracking` (shared with the cluster's store:
+    /// `primaries.rs`). They are one server's connections in all: RESP3,
+    /// `CLIENT TRACKING ON`, the known epochs, one breaker.
+    pub(crate) fn to_primary(
+        s: &ConnectionSettings,
+        host: &str,
+        port: u16,
+        tracking: Arc<Tracking>,
+    ) -> Result<Self> {
+        Self::with_tracking(s, Some((host, port)), tracking)
+    }
+
+    fn with_tracking(
+        s: &ConnectionSettings,
+        primary: Option<(&str, u16)>,
+        tracking: Arc<Tracking>,
+    ) -> Result<Self> {
         #[cfg(feature = "tls")]
         {
             // rustls needs a process-wide crypto provider; keep the
             // application's if it installed one.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let addr = s.url.address();
+        let addr = match primary {
+            Some((host, port)) => format!("{host}:{port}"),
+            None => s.url.address(),
+        };
         let failed = |source| Error::Redis {
             addr: addr.clone(),
             source,
@@ -295,12 +322,29 @@ impl Connections {
                 .set_protocol(redis::ProtocolVersion::RESP3);
             Ok(info.set_redis_settings(settings))
         };
-        let cluster = s.cluster.is_some();
-        let client = match &s.cluster {
-            None => {
+        let cluster = s.cluster.is_some() && primary.is_none();
+        let client = match (&s.cluster, primary) {
+            (None, _) => {
                 Dialer::Node(redis::Client::open(resp3(&s.url).map_err(failed)?).map_err(failed)?)
             }
-            Some(nodes) => {
+            (Some(_), Some((host, port))) => {
+                let info = resp3(&s.url).map_err(failed)?;
+                let at = match info.addr().clone() {
+                    redis::ConnectionAddr::TcpTls {
+                        insecure,
+                        tls_params,
+                        ..
+                    } => redis::ConnectionAddr::TcpTls {
+                        host: host.to_owned(),
+                        port,
+                        insecure,
+                        tls_params,
+                    },
+                    _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
+                };
+                Dialer::Node(redis::Client::open(info.set_addr(at)).map_err(failed)?)
+            }
+            (Some(nodes), None) => {
                 let infos = nodes
                     .iter()
                     .map(|u| u.expose().into_connection_info())
@@ -340,7 +384,7 @@ impl Connections {
                     cooldown: s.breaker_cooldown,
                 })
                 .collect(),
-            tracking: Arc::default(),
+            tracking,
             alive: Arc::new(()),
         })
     }
@@ -419,8 +463,8 @@ impl Connections {
     }
 
     /// What opens one connection: RESP3, its pushes to [`Tracking`],
-    /// tracking on. A cluster connection tracks nothing (yet): its known
-    /// epochs are [`KnownEpochs::never`].
+    /// tracking on. A cluster connection tracks nothing: its known epochs
+    /// are [`KnownEpochs::never`].
     fn opener(
         &self,
         dead: Arc<Death>,

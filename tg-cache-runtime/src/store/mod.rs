@@ -20,6 +20,7 @@ pub(crate) mod epochs;
 pub(crate) mod local;
 pub(crate) mod names;
 pub(crate) mod near;
+pub(crate) mod primaries;
 pub(crate) mod redis;
 pub(crate) mod scripts;
 pub(crate) mod slots;

@@ -33,7 +33,10 @@
 //! * **Loss of tracking empties it**: a connection lost, replaced or
 //!   `CLIENT KILL`ed, a `FLUSHDB`/`FLUSHALL` (a null invalidation), and
 //!   every pending ticket is void.
-//! * **Expiry** is the value's own: its `PTTL`, read with it.
+//! * **Expiry** is the value's own (its `PTTL`, read with it), and at most
+//!   [`LAST_RESORT_MS`] (a minute) after the read.
+//! * **On a Redis Cluster** its reads go to tracked connections of each
+//!   key's primary (`primaries.rs`); a change of the topology drops it.
 //! * **One type per entry**: it keeps the value as its first reader decoded
 //!   it. A reader of another type gets that value's JSON re-encoded (as from
 //!   the local store): a type that drops fields it does not know loses them
@@ -69,6 +72,13 @@ fn segments(max_entries: u64) -> u64 {
     let n = (max_entries / MIN_ENTRIES_PER_SEGMENT).clamp(1, MAX_SEGMENTS);
     1 << n.ilog2()
 }
+
+/// The longest an entry is kept, whatever its value's own lifetime: a last
+/// resort, should an invalidation ever be missed (a server's tracking
+/// table is lost in a failover, `primaries.rs`), bounding how long it
+/// could be served. An entry read again after it costs one Redis read a
+/// minute.
+const LAST_RESORT_MS: u64 = 60_000;
 
 /// Counters of one key family's near-cache entries.
 #[derive(Debug, Default)]
@@ -114,6 +124,8 @@ pub(crate) struct Near {
     pending: Mutex<HashMap<String, u64>>,
     next_ticket: AtomicU64,
     tracking: Arc<Tracking>,
+    /// How its store names internal keys (a cluster's epochs are tagged).
+    names: super::names::Names,
     /// Whole-cache drops (flushes, lost connections).
     flushes: AtomicU64,
     /// Test support (`CacheConfig::testing_near_ignores_pushes`).
@@ -174,10 +186,10 @@ impl Ticket {
     fn lifetime(&mut self, ttl: Option<Ttl>) {
         self.timed = true;
         self.expires_at = match ttl {
-            Some(Ttl::Forever) => None,
+            Some(Ttl::Forever) => Some(clock::now().saturating_add(LAST_RESORT_MS)),
             Some(Ttl::Remaining(d)) => {
                 let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-                Some(clock::now().saturating_add(ms))
+                Some(clock::now().saturating_add(ms.min(LAST_RESORT_MS)))
             }
             None => {
                 self.timed = false;
@@ -339,6 +351,16 @@ impl Listener for Near {
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
             .cloned();
+        let family = family.or_else(|| {
+            // On a cluster, a family has an epoch in each slot it has keys
+            // in (`names.rs`): each is its family's epoch.
+            let untagged = self.names.untagged(key)?;
+            self.epoch_keys
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(untagged)
+                .cloned()
+        });
         if let Some(name) = family {
             self.forget_family(&name);
         }
@@ -374,6 +396,7 @@ impl NearStore {
             pending: Mutex::default(),
             next_ticket: AtomicU64::new(0),
             tracking: tracking.clone(),
+            names: inner.names(),
             flushes: AtomicU64::new(0),
             ignores_pushes,
             #[cfg(feature = "test-support")]
@@ -384,10 +407,10 @@ impl NearStore {
         // A weak subscription, alive as long as this store.
         let listener: std::sync::Weak<Near> = Arc::downgrade(&near);
         tracking.subscribe(listener);
-        Self {
-            inner: Arc::new(inner),
-            near,
-        }
+        let inner = Arc::new(inner);
+        // On a cluster, tracked reads go to each primary's own connections.
+        inner.track_primaries();
+        Self { inner, near }
     }
 
     /// Tracked reads of `slots`, each reply with its ticket.

@@ -13,6 +13,7 @@
 use super::connection::{Conn, ConnectionSettings, Connections};
 use super::epochs::Lookup;
 use super::names::Names;
+use super::primaries::TrackedPrimaries;
 use super::scripts::Scripts;
 use super::slots::Primary;
 use super::{
@@ -38,6 +39,10 @@ pub(crate) struct RedisSettings {
 
 pub(crate) struct RedisStore {
     conns: Connections,
+    /// On a cluster with a near cache: the tracked connections of each
+    /// primary, where tracked reads go (`primaries.rs`).
+    tracked: std::sync::OnceLock<Arc<TrackedPrimaries>>,
+    connection: ConnectionSettings,
     /// Where internal keys live: beside their key, or in its slot.
     names: Names,
     scripts: Scripts,
@@ -84,6 +89,10 @@ async fn one_by_one(pipe: &redis::Pipeline, c: &mut Conn) -> redis::RedisResult<
 /// value fits, and a huge value at a key (a foreign writer's) costs a
 /// reader no more than this, however many read it at once.
 const FIRST_READ_BYTES: usize = 1 << 20;
+
+/// How often a cluster's topology is read for its tracked connections
+/// (`primaries.rs`).
+const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
 
 /// One script call being built: its keys and arguments, owned, so that it
 /// can be sent to the connection's task.
@@ -200,6 +209,8 @@ impl RedisStore {
             super::slots::tag_for(0);
         }
         Ok(Self {
+            tracked: std::sync::OnceLock::new(),
+            connection: s.connection.clone(),
             names: if conns.is_cluster() {
                 Names::Cluster
             } else {
@@ -332,6 +343,52 @@ impl RedisStore {
         self.conns.tracking()
     }
 
+    /// Where its internal keys live.
+    pub(crate) fn names(&self) -> Names {
+        self.names
+    }
+
+    /// On a cluster: from now on, tracked reads ([`RedisStore::read_tracked`])
+    /// go to tracked connections of each key's primary (`primaries.rs`),
+    /// whose topology is read now and then once a second (at once after a
+    /// redirected read) for as long as this store lives. Nothing on one
+    /// server, whose connections all track.
+    pub(crate) fn track_primaries(self: &Arc<Self>) {
+        if self.names != Names::Cluster {
+            return;
+        }
+        let tracked = Arc::new(TrackedPrimaries::new(
+            self.connection.clone(),
+            self.conns.tracking().clone(),
+        ));
+        if self.tracked.set(tracked.clone()).is_err() {
+            return;
+        }
+        let addr = self.connection.url.address();
+        let seed_host = addr
+            .rsplit_once(':')
+            .map_or(addr.as_str(), |(h, _)| h)
+            .to_owned();
+        let store = Arc::downgrade(self);
+        crate::exec::io_runtime().spawn(async move {
+            loop {
+                let Some(s) = store.upgrade() else { return };
+                match s.primaries().await {
+                    Ok(p) => match tracked.update(p, &seed_host) {
+                        Ok(true) => tracing::debug!(
+                            "tg-cache: the cluster's topology changed; the near cache was dropped"
+                        ),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(error = %e, "tg-cache: no tracked connection to a primary"),
+                    },
+                    Err(e) => tracing::debug!(error = %e, "tg-cache: the cluster's topology could not be read"),
+                }
+                drop(s);
+                tracked.next_turn(TOPOLOGY_EVERY).await;
+            }
+        });
+    }
+
     async fn read_with(
         &self,
         slots: &[Slot],
@@ -358,6 +415,41 @@ impl RedisStore {
                 },
             ));
         }
+        if lifetimes && let Some(tracked) = self.tracked.get() {
+            // A cluster's tracked read: from the key's primary, on a
+            // connection that tracks it (`primaries.rs`).
+            let slot = super::slots::slot_of(slots[0].key.as_bytes());
+            if let Some(node) = tracked.owner(slot) {
+                match self.read_on(&node, slots, true, true).await {
+                    Ok(Some(read)) => return Ok(read),
+                    Ok(None) => tracked.moved(),
+                    // A slow primary: its deadline is spent.
+                    Err(e @ (Error::Timeout { .. } | Error::Saturated { .. })) => return Err(e),
+                    // Unreachable or failing fast: the cluster connection
+                    // follows a failover.
+                    Err(e) => {
+                        tracing::debug!(error = %e, "tg-cache: a primary's tracked read failed; reading through the cluster")
+                    }
+                }
+            }
+            // Untracked: no lifetime, so the near cache does not keep it.
+            let (values, _) = Box::pin(self.read_with(slots, false)).await?;
+            return Ok((values, vec![None; slots.len()]));
+        }
+        let read = self.read_on(&self.conns, slots, lifetimes, false).await?;
+        Ok(read.expect("only a primary's own connection is refused a redirection"))
+    }
+
+    /// One slot's read (or one server's) on `conns`: `None` if
+    /// `refuse_moved` and a reply said the slot is served elsewhere (on a
+    /// primary's own connection, which follows no redirection).
+    async fn read_on(
+        &self,
+        conns: &Connections,
+        slots: &[Slot],
+        lifetimes: bool,
+        refuse_moved: bool,
+    ) -> Result<Option<(Vec<Option<Stored>>, Vec<Option<Ttl>>)>> {
         let names = self.names;
         // On one server the epoch names are the families' own (borrowed);
         // a cluster's call reads one key, whose slot's epoch is named here.
@@ -381,8 +473,7 @@ impl RedisStore {
         let key_slot = self.key_slot(&slots[0].key);
         let first_read = self.first_read;
         let epoch_keys = &epoch_keys;
-        let (values, epochs, ttls) = self
-            .conns
+        let read = conns
             .run_on(key_slot, move |mut c, known| async move {
                 // Epochs this connection knows are not read (`epochs.rs`).
                 let lookups: Vec<Lookup> = epoch_keys.iter().map(|e| known.lookup(e)).collect();
@@ -407,6 +498,8 @@ impl RedisStore {
                 let reply = match pipe.query_async::<Vec<redis::Value>>(&mut c).await {
                     Ok(r) if !r.iter().any(redirected) => r,
                     Err(e) if !e.is_cluster_error() => return Err(e),
+                    // The slot moved away from this primary.
+                    _ if refuse_moved => return Ok(None),
                     // A slot in migration (its keys split between two
                     // nodes): each read alone, in order (the value before
                     // its epoch, which is enough: an epoch never comes
@@ -474,9 +567,12 @@ impl RedisStore {
                         _ => None,
                     })
                     .collect();
-                Ok((values, epochs, ttls))
+                Ok(Some((values, epochs, ttls)))
             })
             .await?;
+        let Some((values, epochs, ttls)) = read else {
+            return Ok(None);
+        };
         let n = slots.len();
         let mut out = Vec::with_capacity(n);
         for (slot, v) in slots.iter().zip(values) {
@@ -516,7 +612,7 @@ impl RedisStore {
             }
             out.push(self.classify(raw, epoch));
         }
-        Ok((out, ttls))
+        Ok(Some((out, ttls)))
     }
 
     /// The whole value at a key longer than the first read: `Some(None)`
