@@ -10,7 +10,8 @@
 //!
 //! `cargo bench --bench cluster` (`CLUSTER_SECS` changes the 3 s per
 //! throughput row). Under `cargo test --benches` it runs a short version.
-//! No near cache: it does not run on a cluster yet.
+//! The hit rows also run each store with a near cache of 10,000 entries
+//! (after one pass that fills it): a hit is then local on both.
 #![allow(missing_docs)]
 
 use std::sync::Arc;
@@ -94,17 +95,33 @@ fn main() {
     rt.block_on(async {
         let single = CacheConfig::redis(&server.url()).build().unwrap();
         let clustered = CacheConfig::redis_cluster(cluster.urls()).build().unwrap();
+        let near_single = CacheConfig::redis(&server.url())
+            .near_cache(10_000)
+            .build()
+            .unwrap();
+        let near_clustered = CacheConfig::redis_cluster(cluster.urls())
+            .near_cache(10_000)
+            .build()
+            .unwrap();
         println!("### Hits (1,000 keys of one family, `Cache::get`)\n");
-        println!("| tasks | one server | cluster (3 primaries) | cluster / one server |");
-        println!("|---:|---:|---:|---:|");
+        println!(
+            "| tasks | one server | cluster (3 primaries) | cluster / one server | one server, near | cluster, near | cluster near / one server near |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
         for tasks in [1, 64] {
             fill(&single).await;
             fill(&clustered).await;
             let one = hits(&single, tasks, secs).await;
             let many = hits(&clustered, tasks, secs).await;
+            // One short pass fills each near cache.
+            hits(&near_single, 1, secs.min(0.5)).await;
+            hits(&near_clustered, 1, secs.min(0.5)).await;
+            let near_one = hits(&near_single, tasks, secs).await;
+            let near_many = hits(&near_clustered, tasks, secs).await;
             println!(
-                "| {tasks} | {one:.0}/s | {many:.0}/s | {:.2}x |",
-                many / one
+                "| {tasks} | {one:.0}/s | {many:.0}/s | {:.2}x | {near_one:.0}/s | {near_many:.0}/s | {:.2}x |",
+                many / one,
+                near_many / near_one
             );
         }
         let trials = if quick { 5 } else { 200 };
@@ -115,6 +132,8 @@ fn main() {
             let (p50, p99, max) = invalidations(cache, trials).await;
             println!("| {name} | {p50:.3} ms | {p99:.3} ms | {max:.3} ms |");
         }
-        assert_eq!(single.stats().errors + clustered.stats().errors, 0);
+        for c in [&single, &clustered, &near_single, &near_clustered] {
+            assert_eq!(c.stats().errors, 0);
+        }
     });
 }
