@@ -5,14 +5,7 @@ mod shapes;
 use std::sync::LazyLock;
 use tg_cache::testing::RedisCluster;
 
-static CLUSTER: LazyLock<RedisCluster> = LazyLock::new(|| {
-    let cluster = RedisCluster::start();
-    tg_cache::configure(tg_cache::Caches::new(tg_cache::CacheConfig::redis_cluster(
-        cluster.urls(),
-    )))
-    .unwrap();
-    cluster
-});
+static CLUSTER: LazyLock<RedisCluster> = LazyLock::new(|| RedisCluster::start_as_default(|c| c));
 
 fn setup() {
     LazyLock::force(&CLUSTER);

@@ -9,14 +9,8 @@ mod chronicle;
 use std::sync::LazyLock;
 use tg_cache::testing::RedisCluster;
 
-static CLUSTER: LazyLock<RedisCluster> = LazyLock::new(|| {
-    let cluster = RedisCluster::start();
-    tg_cache::configure(tg_cache::Caches::new(
-        tg_cache::CacheConfig::redis_cluster(cluster.urls()).near_cache(10_000),
-    ))
-    .unwrap();
-    cluster
-});
+static CLUSTER: LazyLock<RedisCluster> =
+    LazyLock::new(|| RedisCluster::start_as_default(|c| c.near_cache(10_000)));
 
 fn setup() {
     LazyLock::force(&CLUSTER);

@@ -210,6 +210,22 @@ impl RedisCluster {
         p
     }
 
+    /// Starts a cluster ([`RedisCluster::start`]) and makes it the
+    /// process-wide default cache ([`crate::configure`]), configured by
+    /// `config` from [`crate::CacheConfig::redis_cluster`] of its nodes: the
+    /// setup of a test binary whose suites run on a cluster.
+    ///
+    /// # Panics
+    /// As [`RedisCluster::start`], or if the configuration is refused.
+    pub fn start_as_default(config: impl FnOnce(crate::CacheConfig) -> crate::CacheConfig) -> Self {
+        let cluster = Self::start();
+        crate::configure(crate::Caches::new(config(
+            crate::CacheConfig::redis_cluster(cluster.urls()),
+        )))
+        .expect("the cluster's configuration");
+        cluster
+    }
+
     /// Waits until `done` holds for the cluster, at most `limit`.
     ///
     /// # Panics
