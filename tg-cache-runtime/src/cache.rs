@@ -204,7 +204,7 @@ impl Cache {
                 let url = cfg.redis_url.clone().ok_or_else(|| {
                     crate::ConfigError::new("REDIS_URL", "", "the redis backend needs a URL")
                 })?;
-                let redis = RedisStore::new(&RedisSettings {
+                let redis = RedisStore::shared(&RedisSettings {
                     connection: ConnectionSettings {
                         url,
                         cluster: (cfg.backend == Backend::RedisCluster)
@@ -221,7 +221,7 @@ impl Cache {
                 })?;
                 match cfg.near_cache {
                     Some(n) => Arc::new(NearStore::new(redis, n, cfg.near_ignores_pushes)),
-                    None => Arc::new(redis),
+                    None => redis,
                 }
             }
         };

@@ -5,7 +5,7 @@
 //! connection (`cluster-async`), which routes every command by its key's
 //! slot, follows `MOVED`/`ASK` and refreshes the topology itself; it
 //! tracks nothing, so its family epochs are always read
-//! ([`KnownEpochs::never`]). A near cache on a cluster reads through
+//! ([`KnownEpochs::never`]). A cluster store reads through
 //! tracked connections to each primary instead ([`Connections::to_primary`],
 //! `primaries.rs`). On a cluster the breaker is kept per range of
 //! [`SLOTS_PER_BREAKER`] slots: a failed shard fails fast alone while the

@@ -35,7 +35,7 @@
 //!   every pending ticket is void.
 //! * **Expiry** is the value's own (its `PTTL`, read with it), and at most
 //!   [`LAST_RESORT_MS`] (a minute) after the read.
-//! * **On a Redis Cluster** its reads go to tracked connections of each
+//! * **On a Redis Cluster** its reads go to the tracked connections of each
 //!   key's primary (`primaries.rs`); a change of the topology drops it.
 //! * **One type per entry**: it keeps the value as its first reader decoded
 //!   it. A reader of another type gets that value's JSON re-encoded (as from
@@ -379,7 +379,7 @@ pub(crate) struct NearStore {
 }
 
 impl NearStore {
-    pub(crate) fn new(inner: RedisStore, max_entries: u64, ignores_pushes: bool) -> Self {
+    pub(crate) fn new(inner: Arc<RedisStore>, max_entries: u64, ignores_pushes: bool) -> Self {
         clock::start();
         let tracking = inner.tracking().clone();
         let segments = segments(max_entries);
@@ -407,9 +407,6 @@ impl NearStore {
         // A weak subscription, alive as long as this store.
         let listener: std::sync::Weak<Near> = Arc::downgrade(&near);
         tracking.subscribe(listener);
-        let inner = Arc::new(inner);
-        // On a cluster, tracked reads go to each primary's own connections.
-        inner.track_primaries();
         Self { inner, near }
     }
 

@@ -1,16 +1,20 @@
-//! Tracked connections to each primary of a Redis Cluster: where the near
-//! cache's reads go on a cluster (`near.rs`).
+//! Tracked connections to each primary of a Redis Cluster: where a cluster
+//! store's reads and lease requests go (`redis.rs`), for the near cache
+//! (`near.rs`), the family epochs a connection knows (`epochs.rs`) and the
+//! wake-ups of lease waiters (`tracking.rs`).
 //!
 //! A server tracks the keys that a connection to *it* read, and pushes their
 //! invalidations on that connection. redis-rs' cluster connection hides its
 //! node connections (a `CLIENT TRACKING` sent through it reaches one node,
 //! and the connections it makes after a topology refresh would not have
-//! it), so the near cache's reads do not use it: each primary gets
+//! it), so reads do not use it: each primary gets
 //! connections of its own ([`Connections::to_primary`]), made exactly as a
 //! single server's are (RESP3, `CLIENT TRACKING ON` in the handshake, the
 //! known family epochs, its own breaker), whose pushes go to the store's
-//! one [`Tracking`]. Everything else (writes, scripts, pattern deletes)
-//! still goes through the cluster connection and its routing.
+//! one [`Tracking`]. Everything else (writes, fills, invalidations,
+//! pattern deletes) still goes through the cluster connection and its
+//! routing. A lease request is sent again through it only when the primary
+//! surely did not run it (a refused slot or connection, an open breaker).
 //!
 //! * **Which primary.** A read goes to the primary that served the key's
 //!   slot when the topology was last read (`CLUSTER SLOTS`, once a second).

@@ -242,8 +242,40 @@ impl RedisStore {
     }
 
     async fn invoke<T: redis::FromRedisValue + Send + 'static>(&self, call: Call) -> Result<T> {
+        self.invoke_on(&self.conns, &call).await
+    }
+
+    /// [`RedisStore::invoke`], on a cluster through the tracked connection
+    /// of the key's primary (`primaries.rs`), so that what the script read
+    /// is tracked there and its change wakes a waiter ([`Store::watch`]).
+    /// Sent again through the cluster connection only when the primary
+    /// surely did not run it: it refused the slot (`MOVED`, `ASK`,
+    /// `TRYAGAIN`, `CLUSTERDOWN`), refused the connection, or its breaker
+    /// is open.
+    async fn invoke_tracked<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        call: Call,
+    ) -> Result<T> {
+        if let Some(tracked) = self.tracked.get()
+            && let Some(node) = tracked.owner(super::slots::slot_of(call.keys[0].as_bytes()))
+        {
+            match self.invoke_on(&node, &call).await {
+                Err(Error::Redis { source, .. }) if source.is_cluster_error() => tracked.moved(),
+                Err(Error::Redis { source, .. }) if source.is_connection_refusal() => {}
+                Err(Error::Unavailable { .. }) => {}
+                done => return done,
+            }
+        }
+        self.invoke(call).await
+    }
+
+    async fn invoke_on<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        conns: &Connections,
+        call: &Call,
+    ) -> Result<T> {
         let slot = self.key_slot(&call.keys[0]);
-        self.conns
+        conns
             .run(slot, |mut c| async move {
                 let mut i = call.script.prepare_invoke();
                 for k in &call.keys {
@@ -348,12 +380,21 @@ impl RedisStore {
         self.names
     }
 
-    /// On a cluster: from now on, tracked reads ([`RedisStore::read_tracked`])
-    /// go to tracked connections of each key's primary (`primaries.rs`),
-    /// whose topology is read now and then once a second (at once after a
-    /// redirected read) for as long as this store lives. Nothing on one
-    /// server, whose connections all track.
-    pub(crate) fn track_primaries(self: &Arc<Self>) {
+    /// A store, shared; on a cluster its reads and lease requests go to
+    /// tracked connections of each key's primary from now on
+    /// ([`RedisStore::track_primaries`]).
+    pub(crate) fn shared(s: &RedisSettings) -> Result<Arc<Self>> {
+        let store = Arc::new(Self::new(s)?);
+        store.track_primaries();
+        Ok(store)
+    }
+
+    /// On a cluster: from now on, reads and lease requests go to tracked
+    /// connections of each key's primary (`primaries.rs`), whose topology
+    /// is read now and then once a second (at once after a redirected
+    /// read) for as long as this store lives. Nothing on one server, whose
+    /// connections all track.
+    fn track_primaries(self: &Arc<Self>) {
         if self.names != Names::Cluster {
             return;
         }
@@ -415,12 +456,13 @@ impl RedisStore {
                 },
             ));
         }
-        if lifetimes && let Some(tracked) = self.tracked.get() {
-            // A cluster's tracked read: from the key's primary, on a
-            // connection that tracks it (`primaries.rs`).
+        if let Some(tracked) = self.tracked.get() {
+            // A cluster's read: from the key's primary, on a connection
+            // that tracks it and knows the family epochs it read
+            // (`primaries.rs`, `epochs.rs`).
             let slot = super::slots::slot_of(slots[0].key.as_bytes());
             if let Some(node) = tracked.owner(slot) {
-                match self.read_on(&node, slots, true, true).await {
+                match self.read_on(&node, slots, lifetimes, true).await {
                     Ok(Some(read)) => return Ok(read),
                     Ok(None) => tracked.moved(),
                     // A slow primary: its deadline is spent.
@@ -432,8 +474,10 @@ impl RedisStore {
                     }
                 }
             }
-            // Untracked: no lifetime, so the near cache does not keep it.
-            let (values, _) = Box::pin(self.read_with(slots, false)).await?;
+            // Through the cluster connection, which tracks nothing: no
+            // lifetime, so a near cache does not keep it.
+            let read = Box::pin(self.read_on(&self.conns, slots, false, false)).await?;
+            let (values, _) = read.expect("the cluster connection follows redirections");
             return Ok((values, vec![None; slots.len()]));
         }
         let read = self.read_on(&self.conns, slots, lifetimes, false).await?;
@@ -727,7 +771,7 @@ impl RedisStore {
                 .arg(generation::new_token())
                 .arg(ttl_arg(ttl))
                 .arg("");
-            self.invoke(call).await?
+            self.invoke_tracked(call).await?
         } else {
             let mut call = Call::on(&self.scripts.lease, self.names, slot);
             call.arg(token)
@@ -744,7 +788,7 @@ impl RedisStore {
                     call.arg("big").arg("");
                 }
             }
-            self.invoke(call).await?
+            self.invoke_tracked(call).await?
         };
         match int(reply.first()) {
             4 => Ok(LeaseOutcome::Found(Stored::Oversized)),
@@ -1165,8 +1209,12 @@ impl Store for RedisStore {
     }
 
     fn watch(&self, slot: &Slot) -> Option<super::tracking::Watch> {
-        // A cluster's connections track nothing yet: its waiters poll.
-        (self.names == Names::Node).then(|| self.conns.tracking().watch(&slot.key))
+        // A cluster's lease requests are tracked by their primary's own
+        // connection (`invoke_tracked`); one sent through the cluster
+        // connection instead (a slot in migration) wakes no one, and its
+        // waiter polls again after `WATCH_NET` (`protocol.rs`).
+        (self.names == Names::Node || self.tracked.get().is_some())
+            .then(|| self.conns.tracking().watch(&slot.key))
     }
 
     fn get<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, Option<Stored>> {
