@@ -1432,3 +1432,74 @@ async fn a_slot_migration_under_near_caches_serves_nothing_stale_beyond_the_boun
     let _w = watchdog("cluster near slot migration", Duration::from_secs(150));
     migration_race(true).await;
 }
+
+/// A lease waiter on a cluster is woken by its primary's push when the
+/// holder (another, independently built cache) stores: it returns within
+/// milliseconds of the holder, having polled the lease about twice, not
+/// every few milliseconds (a waiter without tracking would poll 2–8 ms
+/// apart, or sleep out its 250 ms safety net if its poll were untracked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_on_a_cluster_is_woken_by_its_primarys_push() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _w = watchdog("cluster waiter wake-up", Duration::from_secs(120));
+    let cluster = RedisCluster::start();
+    let (holder, waiter) = (cache(&cluster), cache(&cluster));
+    // Connections made and the topology read before timing anything.
+    for c in [&holder, &waiter] {
+        for k in spread_keys(6) {
+            let _ = c.get::<u64>(&k).await.unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let scripts = |cluster: &RedisCluster| -> u64 {
+        cluster
+            .primaries()
+            .iter()
+            .map(|p| {
+                cluster
+                    .server(p.port)
+                    .command_calls()
+                    .get("evalsha")
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    const KEYS: usize = 12;
+    let mut late = Vec::new();
+    let before = scripts(&cluster);
+    for i in 0..KEYS {
+        let key = format!("wake:{i}");
+        let held = {
+            let (holder, key) = (holder.clone(), key.clone());
+            tokio::spawn(async move {
+                let v = holder
+                    .get_or_set(&key, None, || async {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        i as u64
+                    })
+                    .await;
+                (v, std::time::Instant::now())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let v = waiter.get_or_set(&key, None, || async { u64::MAX }).await;
+        let got = std::time::Instant::now();
+        let (held_v, stored) = held.await.unwrap();
+        assert_eq!((v, held_v), (i as u64, i as u64), "the waiter computed");
+        late.push(got.saturating_duration_since(stored));
+    }
+    let per_key = (scripts(&cluster) - before) as f64 / KEYS as f64;
+    late.sort();
+    eprintln!(
+        "cluster waiter: returned after the holder by p50 {:?}, max {:?}; {per_key:.1} scripts per key",
+        late[KEYS / 2],
+        late[KEYS - 1]
+    );
+    assert!(late[KEYS / 2] < Duration::from_millis(100), "{late:?}");
+    // The holder's lease and fill, and about two polls of the waiter.
+    assert!(
+        per_key < 12.0,
+        "{per_key:.1} scripts per key: the waiter polled"
+    );
+}
