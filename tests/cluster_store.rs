@@ -1080,13 +1080,18 @@ async fn two_processes_fill_each_cold_key_once() {
 // ---------------------------------------------------------------------------
 
 /// Commands that read or write keys, summed over every primary (not the
-/// `PING`s, `CLUSTER SLOTS` and `INFO` of pingers and topology readers).
+/// `PING`s, `CLUSTER SLOTS`, `INFO` and handshakes of pingers, topology
+/// readers and reconnects).
 fn key_commands(cluster: &RedisCluster) -> BTreeMap<String, u64> {
     let mut calls = BTreeMap::new();
     for p in cluster.primaries() {
         for (name, n) in cluster.server(p.port).command_calls() {
-            let admin = ["ping", "info", "cluster|", "client|"];
-            if !admin.iter().any(|a| name.starts_with(a)) {
+            // Reads and writes of keys (not a reconnect's `hello`).
+            let keyed = [
+                "get", "getrange", "pttl", "strlen", "exists", "evalsha", "eval", "mget", "set",
+                "del",
+            ];
+            if keyed.contains(&name.as_str()) {
                 *calls.entry(name).or_default() += n;
             }
         }
@@ -1122,7 +1127,8 @@ async fn converges(cache: &Cache, keys: &[String], want: Option<&str>, what: &st
     loop {
         let mut all = true;
         for k in keys {
-            if cache.get::<String>(k).await.unwrap().as_deref() != want {
+            // A read may fail just after a failover: not a value served.
+            if cache.get::<String>(k).await.ok().flatten().as_deref() != want {
                 all = false;
             }
         }
@@ -1286,7 +1292,18 @@ async fn a_near_cache_on_a_cluster_hits_locally_and_hears_every_primary() {
         other.set(k, &"v5".to_owned(), None).await.unwrap();
     }
     until_all_near(&near, &all, Duration::from_secs(5)).await;
-    let dropped = flushes(&near);
+    // No drop pending from the migration before (the topology is read
+    // once a second): the count stays put for 1.5 s first.
+    let mut dropped = flushes(&near);
+    let mut still = std::time::Instant::now();
+    while still.elapsed() < Duration::from_millis(1500) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if flushes(&near) != dropped {
+            dropped = flushes(&near);
+            still = std::time::Instant::now();
+        }
+    }
+    until_all_near(&near, &all, Duration::from_secs(5)).await;
     // Raw writes of a family's keys carry no epoch (a miss): plain keys.
     let moved = &plain[0];
     let slot = cluster_slot(moved);

@@ -29,13 +29,23 @@
 //!   when any tracked connection is lost, as on one server.
 //! * **A failed primary** fails fast behind its own breaker; its reads fall
 //!   back to the cluster connection (untracked, so not kept), which follows
-//!   the failover.
+//!   the failover. If the topology cannot be read twice in a row, nothing
+//!   is routed by the last one read (every read goes through the cluster
+//!   connection, untracked) and the near cache is dropped, until it is
+//!   read again.
 
 use super::connection::{ConnectionSettings, Connections};
 use super::slots::{Primary, SLOTS};
 use super::tracking::Tracking;
 use crate::error::Result;
 use std::sync::{Arc, RwLock};
+
+/// The least time between two reads of the topology.
+const MIN_TURN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Failed topology reads in a row after which nothing is routed by the
+/// last one read ([`TrackedPrimaries::unreadable`]).
+const LOST_AFTER: u32 = 2;
 
 /// The tracked connections of a cluster's primaries, by slot.
 pub(crate) struct TrackedPrimaries {
@@ -49,8 +59,9 @@ pub(crate) struct TrackedPrimaries {
 #[derive(Default)]
 struct Topology {
     primaries: Vec<Primary>,
-    /// Per primary, its connections (made when the topology lists it).
-    conns: Vec<Arc<Connections>>,
+    /// Per primary, its connections (made when the topology lists it;
+    /// `None` if they could not be).
+    conns: Vec<Option<Arc<Connections>>>,
     /// Per slot, the index of its primary in `conns`; `u16::MAX`: none.
     owner: Vec<u16>,
 }
@@ -70,7 +81,7 @@ impl TrackedPrimaries {
     pub(crate) fn owner(&self, slot: u16) -> Option<Arc<Connections>> {
         let t = self.topology.read().unwrap_or_else(|p| p.into_inner());
         let i = *t.owner.get(usize::from(slot))?;
-        t.conns.get(usize::from(i)).cloned()
+        t.conns.get(usize::from(i))?.clone()
     }
 
     /// A read of `slot`'s primary was redirected: the topology is read
@@ -79,26 +90,51 @@ impl TrackedPrimaries {
         self.stale.notify_one();
     }
 
-    /// Until the next turn of the topology reader, or a [`Self::moved`].
+    /// Until the next turn of the topology reader: `every` from now, or
+    /// sooner after a [`Self::moved`], but never sooner than
+    /// [`MIN_TURN`] (a slot in migration redirects every read of it).
     pub(crate) async fn next_turn(&self, every: std::time::Duration) {
-        let _ = crate::exec::timeout(every, self.stale.notified()).await;
+        crate::exec::sleep(MIN_TURN).await;
+        let rest = every.saturating_sub(MIN_TURN);
+        let _ = crate::exec::timeout(rest, self.stale.notified()).await;
+    }
+
+    /// The topology could not be read `failures` times in a row: after
+    /// [`LOST_AFTER`], what is tracked may be out of date (a failover that
+    /// could not be seen), so nothing is routed by it until it is read
+    /// again (reads go through the cluster connection, untracked) and the
+    /// near cache is dropped, once.
+    pub(crate) fn unreadable(&self, failures: u32) {
+        if failures < LOST_AFTER {
+            return;
+        }
+        let mut t = self.topology.write().unwrap_or_else(|p| p.into_inner());
+        if t.primaries.is_empty() {
+            return;
+        }
+        *t = Topology::default();
+        drop(t);
+        self.tracking.flushed();
     }
 
     /// Installs the topology `primaries` (a `CLUSTER SLOTS` reply read).
     /// If it differs from the one in use, the near cache is dropped and
     /// the reads in flight are void (module docs). Returns whether it did.
-    pub(crate) fn update(&self, mut primaries: Vec<Primary>, seed_host: &str) -> Result<bool> {
+    pub(crate) fn update(&self, mut primaries: Vec<Primary>) -> Result<bool> {
         if primaries.is_empty() {
-            // No answer to go by (a cluster in trouble): keep what is known.
+            // No answer to go by (a cluster in trouble): as unreadable.
             return Ok(false);
         }
         for p in &mut primaries {
             p.slots.sort_unstable();
-            if p.host.is_empty() {
-                // "The node that answered": the seed's host.
-                p.host = seed_host.to_owned();
+            if let Some(bare) = p.host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                p.host = bare.to_owned();
             }
         }
+        // An empty host means "the node that answered", which redis-rs
+        // chose: unknown here, so that primary's slots are not tracked
+        // (their reads go through the cluster connection).
+        primaries.retain(|p| !p.host.is_empty());
         primaries.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
         {
             let t = self.topology.read().unwrap_or_else(|p| p.into_inner());
@@ -108,6 +144,7 @@ impl TrackedPrimaries {
         }
         let mut conns = Vec::with_capacity(primaries.len());
         let mut owner = vec![u16::MAX; usize::from(SLOTS)];
+        let mut refused = None;
         {
             let t = self.topology.read().unwrap_or_else(|p| p.into_inner());
             for (i, p) in primaries.iter().enumerate() {
@@ -117,16 +154,28 @@ impl TrackedPrimaries {
                     .primaries
                     .iter()
                     .position(|q| q.host == p.host && q.port == p.port)
-                    .map(|j| t.conns[j].clone());
-                conns.push(match kept {
-                    Some(c) => c,
-                    None => Arc::new(Connections::to_primary(
+                    .and_then(|j| t.conns[j].clone());
+                let made = match kept {
+                    Some(c) => Ok(c),
+                    None => Connections::to_primary(
                         &self.settings,
                         &p.host,
                         p.port,
                         self.tracking.clone(),
-                    )?),
-                });
+                    )
+                    .map(Arc::new),
+                };
+                // One that cannot be made leaves its slots untracked; the
+                // change is installed (and the near cache dropped) anyway.
+                let made = match made {
+                    Ok(c) => c,
+                    Err(e) => {
+                        refused.get_or_insert(e);
+                        conns.push(None);
+                        continue;
+                    }
+                };
+                conns.push(Some(made));
                 for &(from, to) in &p.slots {
                     for s in from..=to.min(SLOTS - 1) {
                         owner[usize::from(s)] = i as u16;
@@ -142,6 +191,9 @@ impl TrackedPrimaries {
         // After the new topology is in place: a read that found the old one
         // took its ticket before this, and is void.
         self.tracking.flushed();
-        Ok(true)
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(true),
+        }
     }
 }

@@ -405,24 +405,31 @@ impl RedisStore {
         if self.tracked.set(tracked.clone()).is_err() {
             return;
         }
-        let addr = self.connection.url.address();
-        let seed_host = addr
-            .rsplit_once(':')
-            .map_or(addr.as_str(), |(h, _)| h)
-            .to_owned();
         let store = Arc::downgrade(self);
         crate::exec::io_runtime().spawn(async move {
+            let mut failures = 0;
             loop {
                 let Some(s) = store.upgrade() else { return };
                 match s.primaries().await {
-                    Ok(p) => match tracked.update(p, &seed_host) {
-                        Ok(true) => tracing::debug!(
-                            "tg-cache: the cluster's topology changed; the near cache was dropped"
-                        ),
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!(error = %e, "tg-cache: no tracked connection to a primary"),
-                    },
-                    Err(e) => tracing::debug!(error = %e, "tg-cache: the cluster's topology could not be read"),
+                    Ok(p) if !p.is_empty() => {
+                        failures = 0;
+                        match tracked.update(p) {
+                            Ok(true) => tracing::debug!(
+                                "tg-cache: the cluster's topology changed; the near cache was dropped"
+                            ),
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(error = %e, "tg-cache: no tracked connection to a primary; its keys are read untracked"),
+                        }
+                    }
+                    Ok(_) => {
+                        failures += 1;
+                        tracked.unreadable(failures);
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracked.unreadable(failures);
+                        tracing::debug!(error = %e, "tg-cache: the cluster's topology could not be read");
+                    }
                 }
                 drop(s);
                 tracked.next_turn(TOPOLOGY_EVERY).await;
