@@ -469,11 +469,17 @@ impl RedisStore {
             // (`primaries.rs`, `epochs.rs`).
             let slot = super::slots::slot_of(slots[0].key.as_bytes());
             if let Some(node) = tracked.owner(slot) {
+                let started = std::time::Instant::now();
                 match self.read_on(&node, slots, lifetimes, true).await {
                     Ok(Some(read)) => return Ok(read),
                     Ok(None) => tracked.moved(),
                     // A slow primary: its deadline is spent.
                     Err(e @ (Error::Timeout { .. } | Error::Saturated { .. })) => return Err(e),
+                    // Most of it, at least: a second read could double the
+                    // call's time (this way it is at most 1.5 deadlines).
+                    Err(e) if started.elapsed() > self.connection.response_timeout / 2 => {
+                        return Err(e);
+                    }
                     // Unreachable or failing fast: the cluster connection
                     // follows a failover.
                     Err(e) => {
