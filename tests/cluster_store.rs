@@ -1520,3 +1520,128 @@ async fn a_waiter_on_a_cluster_is_woken_by_its_primarys_push() {
         "{per_key:.1} scripts per key: the waiter polled"
     );
 }
+
+/// A primary frozen (`SIGSTOP`, 3 s: shorter than the node timeout, so no
+/// failover) while 32 tasks call `get_or_set` on keys of every shard, with
+/// a near cache and without: no call fails, none takes much longer than
+/// the response timeout, the other shards keep hitting, and the frozen
+/// shard's keys hit again once it thaws.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_fails_no_call_and_hangs_none() {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _w = watchdog("cluster frozen primary", Duration::from_secs(120));
+    let cluster = RedisCluster::start();
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    const KEYS: usize = 300;
+    let build = |near: bool| {
+        let c = CacheConfig::redis_cluster(cluster.urls()).response_timeout(TIMEOUT);
+        if near { c.near_cache(10_000) } else { c }.build().unwrap()
+    };
+    let victim = cluster.primaries()[1].clone();
+    let on_victim: Arc<Vec<bool>> = Arc::new(
+        (0..KEYS)
+            .map(|i| {
+                let s = cluster_slot(&family_key(i));
+                victim.slots.iter().any(|&(a, b)| (a..=b).contains(&s))
+            })
+            .collect(),
+    );
+    for near in [false, true] {
+        let cache = build(near);
+        for i in 0..KEYS {
+            cache
+                .get_or_set(&family_key(i), None, || async move { i as u64 })
+                .await;
+        }
+        // Phase 0 frozen, 1 thawed; per phase and shard (other, victim):
+        // calls, computed, slowest.
+        let phase = Arc::new(AtomicUsize::new(0));
+        let stats: Arc<Mutex<[[(u64, u64, Duration); 2]; 2]>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let wrong = Arc::new(AtomicUsize::new(0));
+        cluster.server(victim.port).pause();
+        let frozen = Instant::now();
+        let mut tasks = Vec::new();
+        for t in 0..32 {
+            let (cache, phase, stats, stop, wrong, on_victim) = (
+                cache.clone(),
+                phase.clone(),
+                stats.clone(),
+                stop.clone(),
+                wrong.clone(),
+                on_victim.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut i = t * 11;
+                while !stop.load(SeqCst) {
+                    i = (i + 1) % KEYS;
+                    let p = phase.load(SeqCst);
+                    let ran = Arc::new(AtomicBool::new(false));
+                    let r2 = ran.clone();
+                    let start = Instant::now();
+                    let v = cache
+                        .get_or_set(&family_key(i), None, || async move {
+                            r2.store(true, SeqCst);
+                            i as u64
+                        })
+                        .await;
+                    let took = start.elapsed();
+                    if v != i as u64 {
+                        wrong.fetch_add(1, SeqCst);
+                    }
+                    {
+                        let mut s = stats.lock().unwrap();
+                        let e = &mut s[p][usize::from(on_victim[i])];
+                        e.0 += 1;
+                        e.1 += u64::from(ran.load(SeqCst));
+                        e.2 = e.2.max(took);
+                    }
+                    // A near hit has no await point: let the others run.
+                    tokio::task::yield_now().await;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.server(victim.port).resume();
+        let thawed = frozen.elapsed();
+        phase.store(1, SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.store(true, SeqCst);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let s = *stats.lock().unwrap();
+        eprintln!(
+            "frozen primary (near cache {near}): frozen {thawed:?}; (calls, computed, slowest) frozen: other shards {:?}, victim {:?}; thawed: other shards {:?}, victim {:?}",
+            s[0][0], s[0][1], s[1][0], s[1][1]
+        );
+        assert_eq!(wrong.load(SeqCst), 0, "a call returned a wrong value");
+        for (p, shards) in s.iter().enumerate() {
+            for (k, shard) in shards.iter().enumerate() {
+                assert!(shard.0 > 0, "phase {p} shard {k}: no calls");
+                // One deadline, and a second read at most (1.5x), plus
+                // a loaded machine's slack.
+                assert!(
+                    shard.2 < TIMEOUT * 3,
+                    "phase {p} shard {k}: a call took {:?}",
+                    shard.2
+                );
+            }
+        }
+        // The other shards served hits while the victim was frozen.
+        let other = s[0][0];
+        assert!(
+            other.1 * 2 < other.0,
+            "other shards mostly computed while one was frozen: {other:?}"
+        );
+        // The victim's keys hit again after the thaw.
+        let victim_after = s[1][1];
+        assert!(
+            victim_after.1 * 2 < victim_after.0,
+            "the thawed shard's keys mostly computed: {victim_after:?}"
+        );
+    }
+}
