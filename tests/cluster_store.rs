@@ -1521,6 +1521,9 @@ async fn a_waiter_on_a_cluster_is_woken_by_its_primarys_push() {
     );
 }
 
+/// Calls, of which computed, and the slowest.
+type Tally = (u64, u64, Duration);
+
 /// A primary frozen (`SIGSTOP`, 3 s: shorter than the node timeout, so no
 /// failover) while 32 tasks call `get_or_set` on keys of every shard, with
 /// a near cache and without: no call fails, none takes much longer than
@@ -1559,7 +1562,7 @@ async fn a_frozen_primary_fails_no_call_and_hangs_none() {
         // Phase 0 frozen, 1 thawed; per phase and shard (other, victim):
         // calls, computed, slowest.
         let phase = Arc::new(AtomicUsize::new(0));
-        let stats: Arc<Mutex<[[(u64, u64, Duration); 2]; 2]>> = Arc::default();
+        let stats: Arc<Mutex<[[Tally; 2]; 2]>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let wrong = Arc::new(AtomicUsize::new(0));
         cluster.server(victim.port).pause();
