@@ -1648,3 +1648,101 @@ async fn a_frozen_primary_fails_no_call_and_hangs_none() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper: runs only as a child process"]
+async fn helper_cluster_paused_fill() {
+    let Some((cache, raw)) = child_cache() else {
+        return;
+    };
+    let key = std::env::var("XP_KEY").unwrap();
+    let raw = Arc::new(raw);
+    let r = raw.clone();
+    let v = cache
+        .get_or_set(&key, None, || async move {
+            let v = r.get_u64("xp:db");
+            let () = r.cmd(&["SET", "xp:read", "1"]);
+            let r2 = r.clone();
+            tokio::task::spawn_blocking(move || r2.wait_for("xp:resume", Duration::from_secs(30)))
+                .await
+                .unwrap();
+            v
+        })
+        .await;
+    println!("XP value={v}");
+}
+
+/// A child process's fill reads version 1 and pauses; the parent writes
+/// version 2 and then deletes, sets, invalidates the family or clears
+/// (`kind`) through another cache; the child resumes and returns 1. The
+/// reads after it, through that cache and a fresh one, that still see
+/// version 1.
+async fn stale_after_paused_fill(cluster: &RedisCluster, kind: &str, key: &str) -> Vec<String> {
+    let raw = Arc::new(RawCluster::new(&cluster.urls().join(",")));
+    let _: i64 = raw.cmd(&["DEL", "xp:read"]);
+    let _: i64 = raw.cmd(&["DEL", "xp:resume"]);
+    let () = raw.cmd(&["SET", "xp:db", "1"]);
+    let child = spawn("helper_cluster_paused_fill", cluster, &[("XP_KEY", key)]);
+    {
+        let raw = raw.clone();
+        tokio::task::spawn_blocking(move || raw.wait_for("xp:read", Duration::from_secs(30)))
+            .await
+            .unwrap();
+    }
+    let () = raw.cmd(&["SET", "xp:db", "2"]);
+    let b = cache(cluster);
+    match kind {
+        "delete" => {
+            b.delete(key).await.unwrap();
+        }
+        "set" => b.set(key, &2u64, None).await.unwrap(),
+        "invalidate_family" => b.invalidate_family(FAMILY).await.unwrap(),
+        "clear" => b.clear().await.unwrap(),
+        other => unreachable!("{other}"),
+    }
+    let () = raw.cmd(&["SET", "xp:resume", "1"]);
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || helpers::finish(child, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert!(ok, "child failed:\n{out}\n{err}");
+    assert_eq!(
+        helpers::reported(&out, "value").as_deref(),
+        Some("1"),
+        "{out}"
+    );
+    let mut stale = Vec::new();
+    let fresh = cache(cluster);
+    for (name, c) in [("B", &b), ("fresh", &fresh)] {
+        if c.get::<u64>(key).await.unwrap() == Some(1) {
+            stale.push(format!("{kind}: {name}.get"));
+        }
+        let raw = raw.clone();
+        if c.get_or_set(key, None, || async move { raw.get_u64("xp:db").max(2) })
+            .await
+            == 1
+        {
+            stale.push(format!("{kind}: {name}.get_or_set"));
+        }
+    }
+    stale
+}
+
+/// No set after a delete, a set, a family invalidation or a clear, across
+/// two processes on a cluster: the paused fill of the child is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_never_store_a_fill_begun_before_a_delete_set_invalidation_or_clear() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _w = watchdog("cluster no set after", Duration::from_secs(120));
+    let cluster = RedisCluster::start();
+    let mut stale = Vec::new();
+    for (kind, key) in [
+        ("delete", "xp:plain:{a}".to_owned()),
+        ("set", "xp:plain:b".to_owned()),
+        ("invalidate_family", family_key(3)),
+        ("clear", family_key(4)),
+    ] {
+        stale.extend(stale_after_paused_fill(&cluster, kind, &key).await);
+    }
+    assert!(stale.is_empty(), "stale reads: {stale:?}");
+}
