@@ -135,5 +135,9 @@ fn main() {
         for c in [&single, &clustered, &near_single, &near_clustered] {
             assert_eq!(c.stats().errors, 0);
         }
+        for c in [&near_single, &near_clustered] {
+            let near_hits: u64 = c.near_stats().unwrap().iter().map(|(_, s)| s.hits).sum();
+            assert!(near_hits > 0, "the near rows measured no near hit");
+        }
     });
 }

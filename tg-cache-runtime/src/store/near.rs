@@ -186,17 +186,24 @@ impl Ticket {
     fn lifetime(&mut self, ttl: Option<Ttl>) {
         self.timed = true;
         self.expires_at = match ttl {
-            Some(Ttl::Forever) => Some(clock::now().saturating_add(LAST_RESORT_MS)),
-            Some(Ttl::Remaining(d)) => {
-                let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-                Some(clock::now().saturating_add(ms.min(LAST_RESORT_MS)))
-            }
+            Some(ttl) => Some(deadline(ttl, clock::now())),
             None => {
                 self.timed = false;
                 None
             }
         };
     }
+}
+
+/// When an entry read at `now` (in [`clock`] milliseconds) with Redis
+/// lifetime `ttl` expires: with its value, and never later than
+/// [`LAST_RESORT_MS`] after its read.
+fn deadline(ttl: Ttl, now: u64) -> u64 {
+    let ms = match ttl {
+        Ttl::Forever => u64::MAX,
+        Ttl::Remaining(d) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+    };
+    now.saturating_add(ms.min(LAST_RESORT_MS))
 }
 
 impl Drop for Ticket {
@@ -655,5 +662,33 @@ impl Store for NearStore {
             std::iter::once(slot.key.as_str()),
             self.inner.drop_oversized(slot),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_lives_as_its_value_and_never_over_a_minute() {
+        let now = 1_000;
+        assert_eq!(
+            deadline(Ttl::Remaining(Duration::from_secs(10)), now),
+            11_000
+        );
+        assert_eq!(deadline(Ttl::Remaining(Duration::ZERO), now), now);
+        assert_eq!(
+            deadline(Ttl::Remaining(Duration::from_secs(7200)), now),
+            now + LAST_RESORT_MS
+        );
+        assert_eq!(deadline(Ttl::Forever, now), now + LAST_RESORT_MS);
+        assert_eq!(deadline(Ttl::Forever, u64::MAX - 1), u64::MAX);
+    }
+
+    #[test]
+    fn a_small_near_cache_keeps_one_segment() {
+        assert_eq!(segments(100), 1);
+        assert_eq!(segments(10_000), 8);
+        assert_eq!(segments(1_000_000), 16);
     }
 }
