@@ -61,6 +61,12 @@ fn redirected(v: &redis::Value) -> bool {
     matches!(v, redis::Value::ServerError(e) if matches!(e.kind(), Some(Ask | Moved | TryAgain)))
 }
 
+/// Whether a reply is one the server read a key for (a string, or none):
+/// not an error, so the key is tracked.
+fn answered(v: &redis::Value) -> bool {
+    matches!(v, redis::Value::BulkString(_) | redis::Value::Nil)
+}
+
 /// The replies of `pipe`'s commands sent one at a time (each routed, and
 /// redirected, on its own); a command the server refused reads as
 /// [`redis::Value::Nil`], as the pipeline's ignored errors do, but for a
@@ -572,7 +578,11 @@ impl RedisStore {
                         Lookup::Read(ticket) => {
                             let v = reply.next();
                             let token = valid(bytes(v.as_ref())).map(Arc::from);
-                            known.learn(e, ticket, &token);
+                            // Only what the server read (and so tracks):
+                            // never an error reply (`CLUSTERDOWN`).
+                            if v.as_ref().is_some_and(answered) {
+                                known.learn(e, ticket, &token);
+                            }
                             epochs.push(token);
                         }
                         Lookup::Known(ticket, token) => {
@@ -607,9 +617,15 @@ impl RedisStore {
                             .arg(generation::MAX_TOKEN_LEN);
                     }
                     let fresh: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+                    if refuse_moved && fresh.iter().any(redirected) {
+                        // The slot moved away meanwhile (a migration).
+                        return Ok(None);
+                    }
                     for ((&i, ticket), v) in again.iter().zip(tickets).zip(&fresh) {
                         let token = valid(bytes(Some(v))).map(Arc::from);
-                        if let Some(t) = ticket {
+                        if let Some(t) = ticket
+                            && answered(v)
+                        {
                             known.learn(epoch_keys[i], t, &token);
                         }
                         epochs[i] = token;
@@ -1226,8 +1242,14 @@ impl Store for RedisStore {
         // connection (`invoke_tracked`); one sent through the cluster
         // connection instead (a slot in migration) wakes no one, and its
         // waiter polls again after `WATCH_NET` (`protocol.rs`).
-        (self.names == Names::Node || self.tracked.get().is_some())
-            .then(|| self.conns.tracking().watch(&slot.key))
+        let tracked = match self.tracked.get() {
+            None => self.names == Names::Node,
+            // Only if its lease request will go to a tracked connection.
+            Some(t) => t
+                .owner(super::slots::slot_of(slot.key.as_bytes()))
+                .is_some(),
+        };
+        tracked.then(|| self.conns.tracking().watch(&slot.key))
     }
 
     fn get<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, Option<Stored>> {
