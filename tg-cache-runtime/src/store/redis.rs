@@ -96,6 +96,37 @@ async fn one_by_one(pipe: &redis::Pipeline, c: &mut Conn) -> redis::RedisResult<
 /// reader no more than this, however many read it at once.
 const FIRST_READ_BYTES: usize = 1 << 20;
 
+/// The indices of `items` grouped by their key, each group with the
+/// value of its first item, in the order the groups first appear.
+fn grouped<K: Eq + std::hash::Hash, V>(
+    items: impl Iterator<Item = (K, V)>,
+) -> Vec<(V, Vec<usize>)> {
+    let mut at: std::collections::HashMap<K, usize> = std::collections::HashMap::new();
+    let mut groups: Vec<(V, Vec<usize>)> = Vec::new();
+    for (i, (k, v)) in items.enumerate() {
+        let g = *at.entry(k).or_insert_with(|| {
+            groups.push((v, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
+    }
+    groups
+}
+
+/// The results of [`grouped`] parts put back in the order of the `n`
+/// items they were grouped from.
+fn in_order<T>(n: usize, parts: Vec<(Vec<usize>, Vec<T>)>) -> Vec<T> {
+    let mut out: Vec<Option<T>> = std::iter::repeat_with(|| None).take(n).collect();
+    for (ix, values) in parts {
+        for (i, v) in ix.into_iter().zip(values) {
+            out[i] = Some(v);
+        }
+    }
+    out.into_iter()
+        .map(|v| v.expect("every item is in one group"))
+        .collect()
+}
+
 /// How often a cluster's topology is read for its tracked connections
 /// (`primaries.rs`).
 const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
@@ -451,56 +482,88 @@ impl RedisStore {
         if slots.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        if self.names == Names::Cluster && slots.len() > 1 {
-            // One slot per call on a cluster: each key (with its slot's
-            // epoch) is read from its own node, all at once.
-            let reads = futures_util::future::try_join_all(
-                slots
-                    .iter()
-                    .map(|s| Box::pin(self.read_with(std::slice::from_ref(s), lifetimes))),
-            )
-            .await?;
-            return Ok(reads.into_iter().fold(
-                (Vec::new(), Vec::new()),
-                |(mut v, mut t), (v1, t1)| {
-                    v.extend(v1);
-                    t.extend(t1);
-                    (v, t)
-                },
-            ));
+        if self.names == Names::Node {
+            let read = self.read_on(&self.conns, slots, lifetimes, false).await?;
+            return Ok(read.expect("only a primary's own connection is refused a redirection"));
         }
-        if let Some(tracked) = self.tracked.get() {
-            // A cluster's read: from the key's primary, on a connection
-            // that tracks it and knows the family epochs it read
-            // (`primaries.rs`, `epochs.rs`).
-            let slot = super::slots::slot_of(slots[0].key.as_bytes());
-            if let Some(node) = tracked.owner(slot) {
-                let started = std::time::Instant::now();
-                match self.read_on(&node, slots, lifetimes, true).await {
-                    Ok(Some(read)) => return Ok(read),
-                    Ok(None) => tracked.moved(),
-                    // A slow primary: its deadline is spent.
-                    Err(e @ (Error::Timeout { .. } | Error::Saturated { .. })) => return Err(e),
-                    // Most of it, at least: a second read could double the
-                    // call's time (this way it is at most 1.5 deadlines).
-                    Err(e) if started.elapsed() > self.connection.response_timeout / 2 => {
-                        return Err(e);
-                    }
-                    // Unreachable or failing fast: the cluster connection
-                    // follows a failover.
-                    Err(e) => {
-                        tracing::debug!(error = %e, "tg-cache: a primary's tracked read failed; reading through the cluster")
+        // A cluster's read: from each key's primary, on a connection that
+        // tracks it and knows the family epochs it read (`primaries.rs`,
+        // `epochs.rs`); one pipeline per primary, all at once.
+        let owner = |s: &Slot| {
+            self.tracked
+                .get()
+                .and_then(|t| t.owner(super::slots::slot_of(s.key.as_bytes())))
+        };
+        if slots.len() == 1 {
+            return self.read_owned(owner(&slots[0]), slots, lifetimes).await;
+        }
+        let groups = grouped(slots.iter().map(|s| {
+            let node = owner(s);
+            (node.as_ref().map(|n| Arc::as_ptr(n) as usize), node)
+        }));
+        let reads = futures_util::future::try_join_all(groups.into_iter().map(|(node, ix)| {
+            let part: Vec<Slot> = ix.iter().map(|&i| slots[i].clone()).collect();
+            Box::pin(async move {
+                let (values, mut ttls) = self.read_owned(node, &part, lifetimes).await?;
+                // Without `lifetimes`, no lifetime was read.
+                ttls.resize(values.len(), None);
+                Ok::<_, Error>((ix, values.into_iter().zip(ttls).collect::<Vec<_>>()))
+            })
+        }))
+        .await?;
+        Ok(in_order(slots.len(), reads).into_iter().unzip())
+    }
+
+    /// A cluster's read of `slots`, whose keys `node` serves (`None`: no
+    /// tracked primary is known for them): on its tracked connection, or
+    /// else through the cluster connection.
+    async fn read_owned(
+        &self,
+        node: Option<Arc<Connections>>,
+        slots: &[Slot],
+        lifetimes: bool,
+    ) -> Result<(Vec<Option<Stored>>, Vec<Option<Ttl>>)> {
+        if let Some(node) = node {
+            let started = std::time::Instant::now();
+            match self.read_on(&node, slots, lifetimes, true).await {
+                Ok(Some(read)) => return Ok(read),
+                Ok(None) => {
+                    if let Some(t) = self.tracked.get() {
+                        t.moved();
                     }
                 }
+                // A slow primary: its deadline is spent.
+                Err(e @ (Error::Timeout { .. } | Error::Saturated { .. })) => return Err(e),
+                // Most of it, at least: a second read could double the
+                // call's time (this way it is at most 1.5 deadlines).
+                Err(e) if started.elapsed() > self.connection.response_timeout / 2 => {
+                    return Err(e);
+                }
+                // Unreachable or failing fast: the cluster connection
+                // follows a failover.
+                Err(e) => {
+                    tracing::debug!(error = %e, "tg-cache: a primary's tracked read failed; reading through the cluster")
+                }
             }
-            // Through the cluster connection, which tracks nothing: no
-            // lifetime, so a near cache does not keep it.
-            let read = Box::pin(self.read_on(&self.conns, slots, false, false)).await?;
-            let (values, _) = read.expect("the cluster connection follows redirections");
-            return Ok((values, vec![None; slots.len()]));
         }
-        let read = self.read_on(&self.conns, slots, lifetimes, false).await?;
-        Ok(read.expect("only a primary's own connection is refused a redirection"))
+        // Through the cluster connection, which tracks nothing (no
+        // lifetime, so a near cache does not keep it); its pipelines hold
+        // one hash slot each.
+        let groups = grouped(
+            slots
+                .iter()
+                .map(|s| (super::slots::slot_of(s.key.as_bytes()), ())),
+        );
+        let reads = futures_util::future::try_join_all(groups.into_iter().map(|((), ix)| {
+            let part: Vec<Slot> = ix.iter().map(|&i| slots[i].clone()).collect();
+            Box::pin(async move {
+                let read = self.read_on(&self.conns, &part, false, false).await?;
+                let (values, _) = read.expect("the cluster connection follows redirections");
+                Ok::<_, Error>((ix, values))
+            })
+        }))
+        .await?;
+        Ok((in_order(slots.len(), reads), vec![None; slots.len()]))
     }
 
     /// One slot's read (or one server's) on `conns`: `None` if
@@ -513,26 +576,17 @@ impl RedisStore {
         lifetimes: bool,
         refuse_moved: bool,
     ) -> Result<Option<(Vec<Option<Stored>>, Vec<Option<Ttl>>)>> {
-        let names = self.names;
-        // On one server the epoch names are the families' own (borrowed);
-        // a cluster's call reads one key, whose slot's epoch is named here.
-        let cluster_epoch: Option<String> = match names {
-            Names::Node => None,
-            Names::Cluster => slots[0]
-                .family
-                .as_ref()
-                .map(|f| names.epoch(f, &slots[0].key).into_owned()),
-        };
-        let mut epoch_keys: Vec<&str> = match &cluster_epoch {
-            Some(e) => vec![e.as_str()],
-            None => slots
-                .iter()
-                .filter_map(|s| s.family.as_ref().map(|f| f.epoch_key.as_str()))
-                .collect(),
-        };
+        // Each key's family epoch: on one server the family's own, on a
+        // cluster the one in the key's slot (`names.rs`); each read once.
+        let epoch_names: Vec<Option<std::borrow::Cow<'_, str>>> = slots
+            .iter()
+            .map(|s| s.family.as_ref().map(|f| self.names.epoch(f, &s.key)))
+            .collect();
+        let mut epoch_keys: Vec<&str> = epoch_names.iter().flatten().map(|e| &**e).collect();
         epoch_keys.sort_unstable();
         epoch_keys.dedup();
-        // On a cluster the call reads one slot (above).
+        // On a cluster the keys share one primary (its own connection) or
+        // one hash slot (the cluster connection's routing).
         let key_slot = self.key_slot(&slots[0].key);
         let first_read = self.first_read;
         let epoch_keys = &epoch_keys;
@@ -648,7 +702,7 @@ impl RedisStore {
         };
         let n = slots.len();
         let mut out = Vec::with_capacity(n);
-        for (slot, v) in slots.iter().zip(values) {
+        for ((slot, v), name) in slots.iter().zip(values).zip(&epoch_names) {
             let mut raw = match v {
                 redis::Value::BulkString(raw) => raw,
                 // Another type than a string (a WRONGTYPE error): foreign.
@@ -657,9 +711,8 @@ impl RedisStore {
                     continue;
                 }
             };
-            let epoch = slot.family.as_ref().map(|f| {
-                let name = cluster_epoch.as_deref().unwrap_or(&f.epoch_key);
-                let i = epoch_keys.binary_search(&name).ok()?;
+            let epoch = name.as_ref().map(|name| {
+                let i = epoch_keys.binary_search(&&**name).ok()?;
                 epochs.get(i)?.as_deref()
             });
             if raw.len() == self.first_read && self.first_read <= self.read_limit {
@@ -1382,5 +1435,28 @@ impl Store for RedisStore {
             call.keys.truncate(1);
             Ok(self.invoke::<i64>(call).await? == 1)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{grouped, in_order};
+
+    #[test]
+    fn groups_keep_their_first_value_and_results_return_in_order() {
+        let items = [("a", 1), ("b", 2), ("a", 3), ("c", 4), ("b", 5)];
+        let groups = grouped(items.iter().copied());
+        assert_eq!(groups, vec![(1, vec![0, 2]), (2, vec![1, 4]), (4, vec![3])]);
+        // Each group's results, in the group's order; and back in the
+        // items' order.
+        let parts: Vec<(Vec<usize>, Vec<i32>)> = groups
+            .into_iter()
+            .map(|(_, ix)| {
+                let values = ix.iter().map(|&i| items[i].1 * 10).collect();
+                (ix, values)
+            })
+            .rev()
+            .collect();
+        assert_eq!(in_order(items.len(), parts), vec![10, 20, 30, 40, 50]);
     }
 }
