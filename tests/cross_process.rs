@@ -21,7 +21,8 @@
 mod helpers;
 
 use helpers::{
-    Raw, TTL, build, child_url, finish, jitter, reported, spawn_child, two_caches, watchdog,
+    Backend, Raw, TTL, Where, build, child_url, finish, jitter, reported, spawn_child, two_caches,
+    watchdog,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -31,15 +32,55 @@ use tg_cache::testing::RedisServer;
 use tg_cache::{Cache, CacheConfig, Caches, Error, cache_function};
 use tokio::sync::{Barrier, Notify, oneshot};
 
+/// Tests run twice: `<name>::on_redis`, on a server of its own, and
+/// `<name>::on_cluster`, on the shared Redis Cluster (one at a time, the
+/// watchdog started once it is the test's turn).
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn on_redis() {
+                super::$name(super::Where::Node).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn on_cluster() {
+                let _turn = super::helpers::CLUSTER_TURN.lock().await;
+                super::$name(super::Where::Cluster).await
+            }
+        }
+    )*};
+}
+
+on_both!(
+    single_flight_across_two_caches,
+    single_flight_across_two_caches_randomised,
+    single_flight_across_two_processes,
+    single_flight_across_two_processes_randomised,
+    late_joiner_after_delete_gets_no_stale_value,
+    late_joiner_after_invalidate_family_gets_no_stale_value,
+    no_set_after_delete_across_processes,
+    no_set_after_invalidate_family_across_processes,
+    no_set_after_set_across_processes,
+    no_set_after_clear_across_processes,
+    guarded_store_keeps_a_value_set_by_another_cache,
+    guarded_store_keeps_a_value_set_by_a_foreign_writer,
+    guarded_store_never_overwrites_randomised,
+    killed_holder_waiter_takes_over_within_the_lease_bound,
+    killed_holder_waiter_takes_over_randomised,
+    cancelled_holder_waiter_takes_over_at_once,
+    panicking_holder_waiter_takes_over_at_once,
+    cancelled_or_panicking_holder_randomised,
+);
+
 // ---------------------------------------------------------------------------
 // 1. Single flight across caches and processes
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn single_flight_across_two_caches() {
+async fn single_flight_across_two_caches(place: Where) {
     let _w = watchdog("single_flight_across_two_caches");
-    let server = RedisServer::start();
-    let (a, b) = two_caches(&server);
+    let server = Backend::start(place);
+    let (a, b) = two_caches(&server.url());
     let runs = Arc::new(AtomicUsize::new(0));
     let barrier = Arc::new(Barrier::new(32));
     let mut tasks = Vec::new();
@@ -71,11 +112,10 @@ async fn single_flight_across_two_caches() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn single_flight_across_two_caches_randomised() {
+async fn single_flight_across_two_caches_randomised(place: Where) {
     let _w = watchdog("single_flight_across_two_caches_randomised");
-    let server = RedisServer::start();
-    let (a, b) = two_caches(&server);
+    let server = Backend::start(place);
+    let (a, b) = two_caches(&server.url());
     const KEYS: usize = 40;
     let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..KEYS).map(|_| AtomicUsize::new(0)).collect());
     let mut tasks = Vec::new();
@@ -121,9 +161,9 @@ const PROCESS_KEYS: u64 = 20;
 /// 200 ms; "random": 4 tasks on each of PROCESS_KEYS keys, random starts and
 /// body times) released together; returns, per key, the body runs (a Redis
 /// INCR counter) and the distinct values the callers got, and their count.
-async fn two_processes(mode: &str) -> (Vec<(String, u64, BTreeSet<String>)>, usize) {
-    let server = RedisServer::start();
-    let raw = Raw::of(&server);
+async fn two_processes(place: Where, mode: &str) -> (Vec<(String, u64, BTreeSet<String>)>, usize) {
+    let server = Backend::start(place);
+    let raw = Raw::new(server.url());
     let children: Vec<_> = (0..2)
         .map(|_| spawn_child("helper_single_flight", &server.url(), &[("XP_MODE", mode)]))
         .collect();
@@ -158,20 +198,18 @@ async fn two_processes(mode: &str) -> (Vec<(String, u64, BTreeSet<String>)>, usi
     (per_key, count)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn single_flight_across_two_processes() {
+async fn single_flight_across_two_processes(place: Where) {
     let _w = watchdog("single_flight_across_two_processes");
-    let (per_key, count) = two_processes("fixed").await;
+    let (per_key, count) = two_processes(place, "fixed").await;
     assert_eq!(count, 32);
     let (_, runs, values) = &per_key[0];
     assert_eq!(*runs, 1, "body ran {runs} times for 2 processes x 16 tasks");
     assert_eq!(values.len(), 1, "callers got different values: {values:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn single_flight_across_two_processes_randomised() {
+async fn single_flight_across_two_processes_randomised(place: Where) {
     let _w = watchdog("single_flight_across_two_processes_randomised");
-    let (per_key, count) = two_processes("random").await;
+    let (per_key, count) = two_processes(place, "random").await;
     assert_eq!(
         (per_key.len(), count),
         (PROCESS_KEYS as usize, 8 * PROCESS_KEYS as usize)
@@ -283,9 +321,9 @@ async fn invalidate(cache: &Cache, kind: Kind, key: &str, new_value: u64) {
 /// Deterministic: A's body reads db=1 and pauses; B writes db=2 and
 /// invalidates; A resumes and returns 1. Returns the stale reads (1) among
 /// reads through B, A and a fresh cache that started after the invalidation.
-async fn stale_reads_after_paused_fill(kind: Kind, key: &'static str) -> Vec<String> {
-    let server = RedisServer::start();
-    let (a, b) = two_caches(&server);
+async fn stale_reads_after_paused_fill(place: Where, kind: Kind, key: &'static str) -> Vec<String> {
+    let server = Backend::start(place);
+    let (a, b) = two_caches(&server.url());
     let db = Arc::new(AtomicU64::new(1));
     let (read_tx, read_rx) = oneshot::channel();
     let resume = Arc::new(Notify::new());
@@ -335,9 +373,13 @@ async fn stale_reads_after_paused_fill(kind: Kind, key: &'static str) -> Vec<Str
 /// started (a `get_or_set` that joined an in-process fill begun before the
 /// invalidation counts too). Returns (stale `get`s, stale `get_or_set`s,
 /// reads, invalidations).
-async fn stale_reads_randomised(kind: Kind, key: &'static str) -> (usize, usize, usize, u64) {
-    let server = RedisServer::start();
-    let (a, b) = two_caches(&server);
+async fn stale_reads_randomised(
+    place: Where,
+    kind: Kind,
+    key: &'static str,
+) -> (usize, usize, usize, u64) {
+    let server = Backend::start(place);
+    let (a, b) = two_caches(&server.url());
     let db = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let stale_get = Arc::new(AtomicUsize::new(0));
@@ -399,23 +441,23 @@ async fn stale_reads_randomised(kind: Kind, key: &'static str) -> (usize, usize,
 
 macro_rules! stale_tests {
     ($($det:ident, $rnd:ident: $kind:expr, $key:expr;)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $det() {
+        async fn $det(place: Where) {
             let _w = watchdog(stringify!($det));
-            let stale = stale_reads_after_paused_fill($kind, $key).await;
+            let stale = stale_reads_after_paused_fill(place, $kind, $key).await;
             assert!(stale.is_empty(), "{:?} on {}: stale reads after the invalidation: {stale:?}", $kind, $key);
         }
 
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $rnd() {
+        async fn $rnd(place: Where) {
             let _w = watchdog(stringify!($rnd));
-            let (by_get, by_get_or_set, reads, invalidations) = stale_reads_randomised($kind, $key).await;
+            let (by_get, by_get_or_set, reads, invalidations) = stale_reads_randomised(place, $kind, $key).await;
             assert_eq!(
                 (by_get, by_get_or_set), (0, 0),
                 "{:?} on {}: stale reads of {reads}: {by_get} by get, {by_get_or_set} by get_or_set ({invalidations} invalidations)",
                 $kind, $key
             );
         }
+
+        on_both!($det, $rnd);
     )*};
 }
 
@@ -437,9 +479,13 @@ stale_tests! {
 /// invalidation completed) while A's first fill still runs. It must not get
 /// the first fill's value 1 (a value computed before the invalidation).
 /// Returns (what the first and the late caller got, late caller's body runs).
-async fn late_joiner_after_invalidation(kind: Kind, key: &'static str) -> (u64, u64, usize) {
-    let server = RedisServer::start();
-    let (a, b) = two_caches(&server);
+async fn late_joiner_after_invalidation(
+    place: Where,
+    kind: Kind,
+    key: &'static str,
+) -> (u64, u64, usize) {
+    let server = Backend::start(place);
+    let (a, b) = two_caches(&server.url());
     let db = Arc::new(AtomicU64::new(1));
     let (read_tx, read_rx) = oneshot::channel();
     let resume = Arc::new(Notify::new());
@@ -480,10 +526,9 @@ async fn late_joiner_after_invalidation(kind: Kind, key: &'static str) -> (u64, 
     (first, late, late_runs.load(SeqCst))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn late_joiner_after_delete_gets_no_stale_value() {
+async fn late_joiner_after_delete_gets_no_stale_value(place: Where) {
     let _w = watchdog("late_joiner_after_delete_gets_no_stale_value");
-    let (first, late, runs) = late_joiner_after_invalidation(Kind::Delete, PLAIN).await;
+    let (first, late, runs) = late_joiner_after_invalidation(place, Kind::Delete, PLAIN).await;
     assert_eq!(first, 1);
     assert_eq!(
         late, 2,
@@ -491,10 +536,10 @@ async fn late_joiner_after_delete_gets_no_stale_value() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn late_joiner_after_invalidate_family_gets_no_stale_value() {
+async fn late_joiner_after_invalidate_family_gets_no_stale_value(place: Where) {
     let _w = watchdog("late_joiner_after_invalidate_family_gets_no_stale_value");
-    let (first, late, runs) = late_joiner_after_invalidation(Kind::InvalidateFamily, FAMILY).await;
+    let (first, late, runs) =
+        late_joiner_after_invalidation(place, Kind::InvalidateFamily, FAMILY).await;
     assert_eq!(first, 1);
     assert_eq!(
         late, 2,
@@ -504,8 +549,12 @@ async fn late_joiner_after_invalidate_family_gets_no_stale_value() {
 
 /// The same race with the filler in another OS process: the child's body
 /// reads `xp:db`, sets `xp:read`, and waits for `xp:resume`.
-async fn stale_reads_after_fill_in_other_process(kind: Kind, key: &'static str) -> Vec<String> {
-    let server = RedisServer::start();
+async fn stale_reads_after_fill_in_other_process(
+    place: Where,
+    kind: Kind,
+    key: &'static str,
+) -> Vec<String> {
+    let server = Backend::start(place);
     let raw = Raw::data(&server.url());
     let _: () = raw.cmd(&["SET", "xp:db", "1"]);
     let child = spawn_child("helper_paused_fill", &server.url(), &[("XP_KEY", key)]);
@@ -538,17 +587,16 @@ async fn stale_reads_after_fill_in_other_process(kind: Kind, key: &'static str) 
     stale
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_set_after_delete_across_processes() {
+async fn no_set_after_delete_across_processes(place: Where) {
     let _w = watchdog("no_set_after_delete_across_processes");
-    let stale = stale_reads_after_fill_in_other_process(Kind::Delete, PLAIN).await;
+    let stale = stale_reads_after_fill_in_other_process(place, Kind::Delete, PLAIN).await;
     assert!(stale.is_empty(), "stale reads: {stale:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_set_after_invalidate_family_across_processes() {
+async fn no_set_after_invalidate_family_across_processes(place: Where) {
     let _w = watchdog("no_set_after_invalidate_family_across_processes");
-    let stale = stale_reads_after_fill_in_other_process(Kind::InvalidateFamily, FAMILY).await;
+    let stale =
+        stale_reads_after_fill_in_other_process(place, Kind::InvalidateFamily, FAMILY).await;
     assert!(stale.is_empty(), "stale reads: {stale:?}");
 }
 
@@ -570,17 +618,15 @@ async fn helper_paused_fill() {
     println!("XP value={v}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_set_after_set_across_processes() {
+async fn no_set_after_set_across_processes(place: Where) {
     let _w = watchdog("no_set_after_set_across_processes");
-    let stale = stale_reads_after_fill_in_other_process(Kind::Set, PLAIN).await;
+    let stale = stale_reads_after_fill_in_other_process(place, Kind::Set, PLAIN).await;
     assert!(stale.is_empty(), "stale reads: {stale:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_set_after_clear_across_processes() {
+async fn no_set_after_clear_across_processes(place: Where) {
     let _w = watchdog("no_set_after_clear_across_processes");
-    let stale = stale_reads_after_fill_in_other_process(Kind::Clear, FAMILY).await;
+    let stale = stale_reads_after_fill_in_other_process(place, Kind::Clear, FAMILY).await;
     assert!(stale.is_empty(), "stale reads: {stale:?}");
 }
 
@@ -590,16 +636,17 @@ async fn no_set_after_clear_across_processes() {
 /// `xp:db`, random pause). Returns (stale in child, stale in parent, reads,
 /// invalidations).
 async fn stale_reads_across_processes_randomised(
+    place: Where,
     kind: Kind,
     key: &'static str,
 ) -> (u64, usize, u64, u64) {
-    let server = RedisServer::start();
+    let server = Backend::start(place);
     let raw = Raw::data(&server.url());
     let _: () = raw.cmd(&["SET", "xp:db", "0"]);
     let _: () = raw.cmd(&["SET", "xp:done", "0"]);
     let child = spawn_child("helper_stale_reader", &server.url(), &[("XP_KEY", key)]);
     raw.wait_for("xp:reading", Duration::from_secs(20)).await;
-    let (a, b) = two_caches(&server);
+    let (a, b) = two_caches(&server.url());
     let stop = Instant::now() + Duration::from_millis(800);
     let stale = Arc::new(AtomicUsize::new(0));
     let reads = Arc::new(AtomicUsize::new(0));
@@ -653,16 +700,17 @@ async fn stale_reads_across_processes_randomised(
 
 macro_rules! stale_process_tests {
     ($($name:ident: $kind:expr, $key:expr;)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
+        async fn $name(place: Where) {
             let _w = watchdog(stringify!($name));
-            let (child, parent, reads, invalidations) = stale_reads_across_processes_randomised($kind, $key).await;
+            let (child, parent, reads, invalidations) = stale_reads_across_processes_randomised(place, $kind, $key).await;
             assert_eq!(
                 (child, parent), (0, 0),
                 "{:?} on {}: stale reads of {reads}: {child} in the child process, {parent} in the parent ({invalidations} invalidations)",
                 $kind, $key
             );
         }
+
+        on_both!($name);
     )*};
 }
 
@@ -710,10 +758,13 @@ const GUARD: &str = "xp:guard";
 
 /// A misses and computes "old" (paused); B `set`s "X" (or a foreign writer
 /// does a raw `SET`); A finishes. Returns the raw bytes and what A and B read.
-async fn guarded_store(foreign: bool) -> (Option<Vec<u8>>, Option<String>, Option<String>) {
-    let server = RedisServer::start();
-    let raw = Raw::of(&server);
-    let (a, b) = two_caches(&server);
+async fn guarded_store(
+    place: Where,
+    foreign: bool,
+) -> (Option<Vec<u8>>, Option<String>, Option<String>) {
+    let server = Backend::start(place);
+    let raw = Raw::new(server.url());
+    let (a, b) = two_caches(&server.url());
     let (started_tx, started_rx) = oneshot::channel();
     let resume = Arc::new(Notify::new());
     let fill = {
@@ -742,10 +793,9 @@ async fn guarded_store(foreign: bool) -> (Option<Vec<u8>>, Option<String>, Optio
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn guarded_store_keeps_a_value_set_by_another_cache() {
+async fn guarded_store_keeps_a_value_set_by_another_cache(place: Where) {
     let _w = watchdog("guarded_store_keeps_a_value_set_by_another_cache");
-    let (raw, a, b) = guarded_store(false).await;
+    let (raw, a, b) = guarded_store(place, false).await;
     let raw = raw.map(|r| String::from_utf8_lossy(&r).into_owned());
     assert_eq!(
         (raw.as_deref(), a.as_deref(), b.as_deref()),
@@ -753,10 +803,9 @@ async fn guarded_store_keeps_a_value_set_by_another_cache() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn guarded_store_keeps_a_value_set_by_a_foreign_writer() {
+async fn guarded_store_keeps_a_value_set_by_a_foreign_writer(place: Where) {
     let _w = watchdog("guarded_store_keeps_a_value_set_by_a_foreign_writer");
-    let (raw, a, b) = guarded_store(true).await;
+    let (raw, a, b) = guarded_store(place, true).await;
     let raw = raw.map(|r| String::from_utf8_lossy(&r).into_owned());
     assert_eq!(
         (raw.as_deref(), a.as_deref(), b.as_deref()),
@@ -764,12 +813,11 @@ async fn guarded_store_keeps_a_value_set_by_a_foreign_writer() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn guarded_store_never_overwrites_randomised() {
+async fn guarded_store_never_overwrites_randomised(place: Where) {
     let _w = watchdog("guarded_store_never_overwrites_randomised");
-    let server = RedisServer::start();
-    let raw = Raw::of(&server);
-    let (a, b) = two_caches(&server);
+    let server = Backend::start(place);
+    let raw = Raw::new(server.url());
+    let (a, b) = two_caches(&server.url());
     let mut tasks = Vec::new();
     const N: usize = 60;
     for i in 0..N {
@@ -878,11 +926,10 @@ fn start_waiter(cache: &Cache, key: &str, value: u64) -> Waiter {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn killed_holder_waiter_takes_over_within_the_lease_bound() {
+async fn killed_holder_waiter_takes_over_within_the_lease_bound(place: Where) {
     let _w = watchdog("killed_holder_waiter_takes_over_within_the_lease_bound");
-    let server = RedisServer::start();
-    let raw = Raw::of(&server);
+    let server = Backend::start(place);
+    let raw = Raw::new(server.url());
     let key = "xp:hold";
     let mut child = spawn_child("helper_hold_forever", &server.url(), &[("XP_KEYS", key)]);
     raw.wait_for("xp:holding:xp:hold", Duration::from_secs(20))
@@ -936,11 +983,10 @@ async fn killed_holder_waiter_takes_over_within_the_lease_bound() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn killed_holder_waiter_takes_over_randomised() {
+async fn killed_holder_waiter_takes_over_randomised(place: Where) {
     let _w = watchdog("killed_holder_waiter_takes_over_randomised");
-    let server = RedisServer::start();
-    let raw = Raw::of(&server);
+    let server = Backend::start(place);
+    let raw = Raw::new(server.url());
     const N: usize = 6;
     let keys: Vec<String> = (0..N).map(|i| format!("xp:holdr:{i}")).collect();
     let mut child = spawn_child(
@@ -952,7 +998,7 @@ async fn killed_holder_waiter_takes_over_randomised() {
         raw.wait_for(&format!("xp:holding:{k}"), Duration::from_secs(20))
             .await;
     }
-    let (a, b) = two_caches(&server);
+    let (a, b) = two_caches(&server.url());
     // Waiters start at random times before and after the kill.
     let kill_after = Duration::from_millis(50) + jitter(100);
     let start = Instant::now();
@@ -1073,9 +1119,9 @@ async fn takeover(
     )
 }
 
-async fn takeover_test(ending: Ending) {
-    let server = RedisServer::start();
-    let (a, b) = two_caches(&server);
+async fn takeover_test(place: Where, ending: Ending) {
+    let server = Backend::start(place);
+    let (a, b) = two_caches(&server.url());
     let (took, runs, early) =
         takeover(&a, &b, "xp:takeover", ending, Duration::from_millis(400)).await;
     eprintln!(
@@ -1092,23 +1138,20 @@ async fn takeover_test(ending: Ending) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cancelled_holder_waiter_takes_over_at_once() {
+async fn cancelled_holder_waiter_takes_over_at_once(place: Where) {
     let _w = watchdog("cancelled_holder_waiter_takes_over_at_once");
-    takeover_test(Ending::Cancel).await;
+    takeover_test(place, Ending::Cancel).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn panicking_holder_waiter_takes_over_at_once() {
+async fn panicking_holder_waiter_takes_over_at_once(place: Where) {
     let _w = watchdog("panicking_holder_waiter_takes_over_at_once");
-    takeover_test(Ending::Panic).await;
+    takeover_test(place, Ending::Panic).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cancelled_or_panicking_holder_randomised() {
+async fn cancelled_or_panicking_holder_randomised(place: Where) {
     let _w = watchdog("cancelled_or_panicking_holder_randomised");
-    let server = RedisServer::start();
-    let (a, b) = two_caches(&server);
+    let server = Backend::start(place);
+    let (a, b) = two_caches(&server.url());
     let start = Instant::now();
     let (mut slow, mut early, mut worst) = (0, 0, Duration::ZERO);
     let mut i = 0;
@@ -1280,7 +1323,7 @@ fn epoch_keys(raw: &Raw) -> Vec<String> {
 async fn v1_reads_after(tamper: impl AsyncFnOnce(&Raw, &Cache)) -> (Vec<String>, RedisServer) {
     let server = RedisServer::start();
     let raw = Raw::of(&server);
-    let (a, b) = two_caches(&server);
+    let (a, b) = two_caches(&server.url());
     let v1 = a.get_or_set(GEN_KEY, TTL, || async { 1u64 }).await;
     assert_eq!(v1, 1);
     assert_eq!(b.get::<u64>(GEN_KEY).await.unwrap(), Some(1));
@@ -1370,7 +1413,7 @@ async fn junk_epoch(junk: Vec<u8>) {
         "v1 read again after the epoch key became junk: {seen:?}"
     );
     // Caching still works in the family.
-    let (a, b) = two_caches(&server);
+    let (a, b) = two_caches(&server.url());
     let runs = AtomicUsize::new(0);
     for cache in [&a, &b, &a] {
         let v = cache
@@ -1433,7 +1476,7 @@ async fn reserved_keys_are_refused() {
 async fn old_generation_key_no_longer_affects_the_family() {
     let _w = watchdog("old_generation_key_no_longer_affects_the_family");
     let server = RedisServer::start();
-    let (a, b) = two_caches(&server);
+    let (a, b) = two_caches(&server.url());
     assert_eq!(
         a.get_or_set("tg:fn:x:id=1", TTL, || async { 1u64 }).await,
         1
@@ -1498,7 +1541,7 @@ async fn guarded_store_keeps_a_foreign_write_to_a_family_key() {
     let _w = watchdog("guarded_store_keeps_a_foreign_write_to_a_family_key");
     let server = RedisServer::start();
     let raw = Raw::of(&server);
-    let (a, _b) = two_caches(&server);
+    let (a, _b) = two_caches(&server.url());
     let key = "tg:fn:xp_guard:id=1";
     let (started_tx, started_rx) = oneshot::channel();
     let resume = Arc::new(Notify::new());
@@ -1618,7 +1661,7 @@ async fn a_family_hit_never_serves_a_value_killed_before_it_started() {
     let raw = Raw::data(&url);
     let child = spawn_child("helper_family_reader", &url, &[]);
     raw.wait_for("xp:reading", Duration::from_secs(20)).await;
-    let (a, b) = two_caches(&server);
+    let (a, b) = two_caches(&server.url());
     let reader = build(&url);
     let () = server.cmd(&["CONFIG", "RESETSTAT"]);
     // At least 3 s, and on until every reader has had enough hits to race

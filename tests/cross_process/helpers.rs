@@ -17,21 +17,91 @@ pub const ROLE_VAR: &str = "TG_XPROC_CHILD";
 /// The Redis URL a child process uses.
 pub const URL_VAR: &str = "TG_XPROC_URL";
 
+/// The prefix of a cluster's address (see [`Backend::url`]).
+const CLUSTER_URL: &str = "cluster:";
+
+/// Where a test's caches keep their entries: a Redis server of its own, or
+/// the shared Redis Cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Where {
+    Node,
+    Cluster,
+}
+
+/// The cluster the cluster runs of these tests share: one test at a time
+/// (hold [`CLUSTER_TURN`]), on an emptied cluster.
+pub static CLUSTER: std::sync::LazyLock<tg_cache::testing::RedisCluster> =
+    std::sync::LazyLock::new(tg_cache::testing::RedisCluster::start);
+pub static CLUSTER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One test's Redis: a server of its own; on a cluster, the emptied shared
+/// cluster too (the server then keeps only the application's data, see
+/// [`Raw::data`]).
+pub struct Backend {
+    pub server: RedisServer,
+    cluster: bool,
+}
+
+impl Backend {
+    /// A fresh backend (on a cluster, hold [`CLUSTER_TURN`]).
+    pub fn start(place: Where) -> Self {
+        let server = RedisServer::start();
+        if place == Where::Cluster {
+            for p in CLUSTER.primaries() {
+                let () = CLUSTER.server(p.port).cmd(&["FLUSHALL"]);
+            }
+        }
+        Self {
+            server,
+            cluster: place == Where::Cluster,
+        }
+    }
+
+    /// What caches, [`Raw`] and child processes connect with: the server's
+    /// URL, or `cluster:<node URL>,...|<data server URL>`.
+    pub fn url(&self) -> String {
+        if self.cluster {
+            format!(
+                "{CLUSTER_URL}{}|{}",
+                CLUSTER.urls().join(","),
+                self.server.url()
+            )
+        } else {
+            self.server.url()
+        }
+    }
+}
+
+/// The configuration of a cache on `url` (a server's URL, or a cluster's,
+/// [`Backend::url`]).
+pub fn config(url: &str) -> CacheConfig {
+    match url.strip_prefix(CLUSTER_URL) {
+        Some(rest) => {
+            let nodes = rest.split('|').next().unwrap_or_default();
+            CacheConfig::redis_cluster(nodes.split(','))
+        }
+        None => CacheConfig::redis(url),
+    }
+}
+
 /// A cache of its own on `url`: its own pool and its own in-process flights.
 pub fn build(url: &str) -> Cache {
-    CacheConfig::redis(url).build().unwrap()
+    config(url).build().unwrap()
 }
 
 /// Two independently built caches on one Redis (two `build()` calls), so
 /// only the Redis-side guard can coordinate them.
-pub fn two_caches(server: &RedisServer) -> (Cache, Cache) {
-    (build(&server.url()), build(&server.url()))
+pub fn two_caches(url: &str) -> (Cache, Cache) {
+    (build(url), build(url))
 }
 
-/// Raw Redis access by URL, bypassing tg-cache (a "foreign writer"). Keeps
-/// its idle connections for reuse.
+type Con = Box<dyn redis::ConnectionLike + Send>;
+
+/// Raw Redis access by URL (a server's or a cluster's, [`Backend::url`]),
+/// bypassing tg-cache (a "foreign writer"). Keeps its idle connections for
+/// reuse.
 #[derive(Clone)]
-pub struct Raw(pub String, Arc<Mutex<Vec<redis::Connection>>>);
+pub struct Raw(pub String, Arc<Mutex<Vec<Con>>>);
 
 impl Raw {
     pub fn new(url: String) -> Self {
@@ -42,23 +112,35 @@ impl Raw {
         Raw::new(server.url())
     }
 
-    /// The application's own data (the "database" a cached body reads), in
-    /// another Redis database of the server at `url` (db 9): `clear()` on
-    /// a cache empties the cache's database, never this one.
+    /// The application's own data (the "database" a cached body reads):
+    /// another Redis database of the server at `url` (db 9), or a
+    /// cluster's data server: `clear()` on a cache empties the cache's
+    /// database, never this one.
     pub fn data(url: &str) -> Self {
+        let url = url.rsplit_once('|').map_or(url, |(_, data)| data);
         let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
         Raw::new(format!("{base}/9"))
     }
 
-    /// Runs `f` on an idle (or new) connection.
-    pub fn with<T>(&self, f: impl FnOnce(&mut redis::Connection) -> T) -> T {
+    /// The cluster's node URLs, if this is a cluster.
+    fn nodes(&self) -> Option<Vec<&str>> {
+        let rest = self.0.strip_prefix(CLUSTER_URL)?;
+        Some(rest.split('|').next()?.split(',').collect())
+    }
+
+    fn connect(&self) -> redis::RedisResult<Con> {
+        Ok(match self.nodes() {
+            Some(nodes) => Box::new(redis::cluster::ClusterClient::new(nodes)?.get_connection()?),
+            None => Box::new(redis::Client::open(self.0.as_str())?.get_connection()?),
+        })
+    }
+
+    /// Runs `f` on an idle (or new) connection (on a cluster, one that
+    /// routes each command by its key).
+    pub fn with<T>(&self, f: impl FnOnce(&mut dyn redis::ConnectionLike) -> T) -> T {
         let idle = self.1.lock().unwrap().pop();
-        let mut con = idle.unwrap_or_else(|| {
-            redis::Client::open(self.0.as_str())
-                .and_then(|c| c.get_connection())
-                .expect("raw redis connection")
-        });
-        let out = f(&mut con);
+        let mut con = idle.unwrap_or_else(|| self.connect().expect("raw redis connection"));
+        let out = f(&mut *con);
         self.1.lock().unwrap().push(con);
         out
     }
@@ -83,9 +165,9 @@ impl Raw {
         let idle = self.1.lock().unwrap().pop();
         let mut con = match idle {
             Some(c) => c,
-            None => redis::Client::open(self.0.as_str())?.get_connection()?,
+            None => self.connect()?,
         };
-        let r = cmd.query(&mut con);
+        let r = cmd.query(&mut *con);
         if r.is_ok() {
             self.1.lock().unwrap().push(con);
         }
@@ -115,28 +197,23 @@ impl Raw {
         self.cmd::<i64>(&["EXISTS", key]) == 1
     }
 
-    /// Every key matching the glob `pattern` (SCAN, not KEYS).
+    /// Every key matching the glob `pattern` (SCAN, not KEYS; on a
+    /// cluster, of every primary).
     pub fn scan(&self, pattern: &str) -> Vec<String> {
-        let mut cursor = 0u64;
+        let Some(nodes) = self.nodes() else {
+            return self.with(|con| scan(con, pattern));
+        };
         let mut out = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .with(|con| {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query(con)
-                })
-                .unwrap();
-            out.extend(keys);
-            if next == 0 {
-                return out;
+        for node in nodes {
+            let mut con = redis::Client::open(node)
+                .and_then(|c| c.get_connection())
+                .expect("a connection to a cluster node");
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut con).unwrap();
+            if matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
+                out.extend(scan(&mut con, pattern));
             }
-            cursor = next;
         }
+        out
     }
 
     /// Deletes every key matching `pattern`; returns them.
@@ -158,6 +235,27 @@ impl Raw {
             );
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
+    }
+}
+
+/// Every key of one server matching the glob `pattern`.
+fn scan(con: &mut dyn redis::ConnectionLike, pattern: &str) -> Vec<String> {
+    let mut cursor = 0u64;
+    let mut out = Vec::new();
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(con)
+            .unwrap();
+        out.extend(keys);
+        if next == 0 {
+            return out;
+        }
+        cursor = next;
     }
 }
 
