@@ -1307,6 +1307,18 @@ async fn unstored_results_go_to_waiters_randomised() {
 // 7. Generations never go backwards
 // ---------------------------------------------------------------------------
 
+on_both!(
+    deleted_epoch_never_resurrects_old_values,
+    clear_never_resurrects_old_values,
+    clear_then_restored_old_bytes_stay_dead,
+    junk_epoch_never_resurrects_nor_disables_caching,
+    large_junk_epoch_never_resurrects_nor_disables_caching,
+    reserved_keys_are_refused,
+    old_generation_key_no_longer_affects_the_family,
+    a_live_holder_keeps_its_lease_past_the_lease_timeout,
+    guarded_store_keeps_a_foreign_write_to_a_family_key,
+);
+
 const GEN_FAMILY: &str = "tg:fn:xp_gen";
 const GEN_KEY: &str = "tg:fn:xp_gen:id=1";
 
@@ -1320,9 +1332,12 @@ fn epoch_keys(raw: &Raw) -> Vec<String> {
 
 /// Stores v1 at GEN_KEY, hides it with `invalidate_family`, then runs
 /// `tamper`; returns which reads (through A, B and a fresh cache) gave v1.
-async fn v1_reads_after(tamper: impl AsyncFnOnce(&Raw, &Cache)) -> (Vec<String>, RedisServer) {
-    let server = RedisServer::start();
-    let raw = Raw::of(&server);
+async fn v1_reads_after(
+    place: Where,
+    tamper: impl AsyncFnOnce(&Raw, &Cache),
+) -> (Vec<String>, Backend) {
+    let server = Backend::start(place);
+    let raw = Raw::new(server.url());
     let (a, b) = two_caches(&server.url());
     let v1 = a.get_or_set(GEN_KEY, TTL, || async { 1u64 }).await;
     assert_eq!(v1, 1);
@@ -1347,15 +1362,19 @@ async fn v1_reads_after(tamper: impl AsyncFnOnce(&Raw, &Cache)) -> (Vec<String>,
     (seen, server)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn deleted_epoch_never_resurrects_old_values() {
+async fn deleted_epoch_never_resurrects_old_values(place: Where) {
     let _w = watchdog("deleted_epoch_never_resurrects_old_values");
-    let (seen, _server) = v1_reads_after(async |raw: &Raw, _: &Cache| {
-        let deleted: Vec<String> = epoch_keys(raw)
-            .iter()
-            .flat_map(|k| raw.del_matching(k))
-            .collect();
-        eprintln!("deleted epoch keys: {deleted:?}");
+    let (seen, _server) = v1_reads_after(place, async |raw: &Raw, _: &Cache| {
+        // One on a server, one per slot on a cluster.
+        let deleted = epoch_keys(raw);
+        for k in &deleted {
+            let _: i64 = raw.cmd(&["DEL", k]);
+        }
+        eprintln!(
+            "deleted {} epoch keys: {:?}...",
+            deleted.len(),
+            deleted.first()
+        );
     })
     .await;
     assert!(
@@ -1364,19 +1383,18 @@ async fn deleted_epoch_never_resurrects_old_values() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn clear_never_resurrects_old_values() {
+async fn clear_never_resurrects_old_values(place: Where) {
     let _w = watchdog("clear_never_resurrects_old_values");
-    let (seen, _server) = v1_reads_after(async |_: &Raw, b: &Cache| b.clear().await.unwrap()).await;
+    let (seen, _server) =
+        v1_reads_after(place, async |_: &Raw, b: &Cache| b.clear().await.unwrap()).await;
     assert!(seen.is_empty(), "v1 read again after clear(): {seen:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn clear_then_restored_old_bytes_stay_dead() {
+async fn clear_then_restored_old_bytes_stay_dead(place: Where) {
     let _w = watchdog("clear_then_restored_old_bytes_stay_dead");
     // v1's bytes are put back after clear() (as a fill racing the clear, or
     // a key the clear did not reach, would leave them): they must stay dead.
-    let (seen, _server) = v1_reads_after(async |raw: &Raw, b: &Cache| {
+    let (seen, _server) = v1_reads_after(place, async |raw: &Raw, b: &Cache| {
         let dump: Option<Vec<u8>> = raw.cmd(&["DUMP", GEN_KEY]);
         b.clear().await.unwrap();
         let dump = dump.expect("v1 is still in Redis after invalidate_family");
@@ -1398,9 +1416,9 @@ async fn clear_then_restored_old_bytes_stay_dead() {
     );
 }
 
-async fn junk_epoch(junk: Vec<u8>) {
+async fn junk_epoch(place: Where, junk: Vec<u8>) {
     let junk2 = junk.clone();
-    let (seen, server) = v1_reads_after(async move |raw: &Raw, _: &Cache| {
+    let (seen, server) = v1_reads_after(place, async move |raw: &Raw, _: &Cache| {
         let keys = epoch_keys(raw);
         assert!(!keys.is_empty(), "invalidate_family left no epoch key");
         for k in keys {
@@ -1433,27 +1451,24 @@ async fn junk_epoch(junk: Vec<u8>) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn junk_epoch_never_resurrects_nor_disables_caching() {
+async fn junk_epoch_never_resurrects_nor_disables_caching(place: Where) {
     let _w = watchdog("junk_epoch_never_resurrects_nor_disables_caching");
-    junk_epoch(b"junk".to_vec()).await;
+    junk_epoch(place, b"junk".to_vec()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn large_junk_epoch_never_resurrects_nor_disables_caching() {
+async fn large_junk_epoch_never_resurrects_nor_disables_caching(place: Where) {
     let _w = watchdog("large_junk_epoch_never_resurrects_nor_disables_caching");
-    junk_epoch(vec![b'z'; 10 * 1024]).await;
+    junk_epoch(place, vec![b'z'; 10 * 1024]).await;
 }
 
 // ---------------------------------------------------------------------------
 // 8. Reserved keys
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn reserved_keys_are_refused() {
+async fn reserved_keys_are_refused(place: Where) {
     let _w = watchdog("reserved_keys_are_refused");
-    let server = RedisServer::start();
-    let raw = Raw::of(&server);
+    let server = Backend::start(place);
+    let raw = Raw::new(server.url());
     let cache = build(&server.url());
     let set = cache.set("a:#lease", &1u64, TTL).await;
     let get = cache.get::<u64>("#epoch:tg:fn:x").await;
@@ -1472,10 +1487,9 @@ async fn reserved_keys_are_refused() {
     assert!(!raw.exists("a:#lease"), "set wrote a reserved key");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn old_generation_key_no_longer_affects_the_family() {
+async fn old_generation_key_no_longer_affects_the_family(place: Where) {
     let _w = watchdog("old_generation_key_no_longer_affects_the_family");
-    let server = RedisServer::start();
+    let server = Backend::start(place);
     let (a, b) = two_caches(&server.url());
     assert_eq!(
         a.get_or_set("tg:fn:x:id=1", TTL, || async { 1u64 }).await,
@@ -1502,12 +1516,11 @@ async fn old_generation_key_no_longer_affects_the_family() {
 /// A holder whose body runs five lease timeouts long keeps its lease by
 /// renewing it: a waiter on another cache never takes over, the body runs
 /// once, and both get its value.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_live_holder_keeps_its_lease_past_the_lease_timeout() {
+async fn a_live_holder_keeps_its_lease_past_the_lease_timeout(place: Where) {
     let _w = watchdog("a_live_holder_keeps_its_lease_past_the_lease_timeout");
-    let server = RedisServer::start();
+    let server = Backend::start(place);
     let short = |_| {
-        CacheConfig::redis(&server.url())
+        helpers::config(&server.url())
             .lease_timeout(Duration::from_millis(300))
             .build()
             .unwrap()
@@ -1536,11 +1549,10 @@ async fn a_live_holder_keeps_its_lease_past_the_lease_timeout() {
 /// A foreign writer (Django, `redis-cli`) sets a *family* key while a fill
 /// of it runs: the fill does not overwrite it, even though tg-cache itself
 /// never reads a value without its family's epoch header.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn guarded_store_keeps_a_foreign_write_to_a_family_key() {
+async fn guarded_store_keeps_a_foreign_write_to_a_family_key(place: Where) {
     let _w = watchdog("guarded_store_keeps_a_foreign_write_to_a_family_key");
-    let server = RedisServer::start();
-    let raw = Raw::of(&server);
+    let server = Backend::start(place);
+    let raw = Raw::new(server.url());
     let (a, _b) = two_caches(&server.url());
     let key = "tg:fn:xp_guard:id=1";
     let (started_tx, started_rx) = oneshot::channel();
