@@ -59,6 +59,9 @@ const BOMB_RSS: u64 = 64 << 20;
 const RSS_GUARD: u64 = 3 << 30;
 /// The parent kills a child that runs longer than this.
 const CHILD_LIMIT: Duration = Duration::from_secs(15);
+/// What a child that starts a Redis Cluster is allowed on top of
+/// [`CHILD_LIMIT`].
+const CLUSTER_START: Duration = Duration::from_secs(20);
 const TTL: Duration = Duration::from_secs(300);
 
 /// The longest a call may take.
@@ -98,6 +101,12 @@ fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
 /// its output if it fails, runs too long or takes too much memory.
 fn scenario(helper: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // A cluster's six servers take seconds to start and join.
+    let limit = if helper.ends_with("::on_cluster") {
+        CHILD_LIMIT + CLUSTER_START
+    } else {
+        CHILD_LIMIT
+    };
     let started = Instant::now();
     let mut child: Child = Command::new(std::env::current_exe().unwrap())
         .args([helper, "--exact", "--nocapture", "--include-ignored"])
@@ -123,8 +132,8 @@ fn scenario(helper: &str) {
             killed = Some(format!("RSS {} MiB > guard", rss >> 20));
             let _ = child.kill();
         }
-        if killed.is_none() && started.elapsed() > CHILD_LIMIT {
-            killed = Some(format!("still running after {CHILD_LIMIT:?}"));
+        if killed.is_none() && started.elapsed() > limit {
+            killed = Some(format!("still running after {limit:?}"));
             let _ = child.kill();
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -157,7 +166,12 @@ fn is_child() -> bool {
 }
 
 fn config(url: &str) -> CacheConfig {
-    CacheConfig::redis(url)
+    with_bounds(CacheConfig::redis(url))
+}
+
+/// This file's timeouts and breaker cooldown, on `config`.
+fn with_bounds(config: CacheConfig) -> CacheConfig {
+    config
         .response_timeout(RESPONSE_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT)
         .breaker_cooldown(BREAKER_COOLDOWN)
@@ -682,13 +696,14 @@ async fn corrupt_fn(case: u64) -> String {
 
 /// Plants `bad` at the function's key (after its epoch header), then checks
 /// one flight of callers, the replacement and the counters.
-async fn corrupt_at_function(f: &mut Failures, server: &RedisServer, bad: &[u8]) {
+async fn corrupt_at_function(f: &mut Failures, server: &Planted, bad: &[u8]) {
     let cache = tg_cache::cache();
     assert_eq!(corrupt_fn(1).await, "body-1");
-    let epoch: Vec<u8> = raw_cmd(server, &[b"GET", b"#epoch:tg:fn:faults_corrupt"]);
+    let epoch_key = server.epoch_key("tg:fn:faults_corrupt");
+    let epoch: Vec<u8> = server.cmd(&[b"GET", epoch_key.as_bytes()]);
     let mut value = format!("#{}:", String::from_utf8_lossy(&epoch)).into_bytes();
     value.extend_from_slice(bad);
-    let () = raw_cmd(server, &[b"SET", b"tg:fn:faults_corrupt:case=1", &value]);
+    let () = server.cmd(&[b"SET", b"tg:fn:faults_corrupt:case=1", &value]);
     drop(value);
     let before = (CORRUPT_RUNS.load(SeqCst), cache.stats());
     let t = Instant::now();
@@ -729,7 +744,7 @@ async fn corrupt_at_function(f: &mut Failures, server: &RedisServer, bad: &[u8])
         format!("fn: the next call was not a hit (body runs {})", after.0)
     });
     f.check(after.1.hits > before.1.hits, || "fn: no hit counted".into());
-    let stored: Option<Vec<u8>> = raw_cmd(server, &[b"GET", b"tg:fn:faults_corrupt:case=1"]);
+    let stored: Option<Vec<u8>> = server.cmd(&[b"GET", b"tg:fn:faults_corrupt:case=1"]);
     f.check(
         stored
             .as_deref()
@@ -748,10 +763,10 @@ async fn corrupt_at_function(f: &mut Failures, server: &RedisServer, bad: &[u8])
 }
 
 /// The same at a plain key outside `tg:`, stored raw, read by get_or_set.
-async fn corrupt_at_plain_key(f: &mut Failures, server: &RedisServer, bad: &[u8]) {
+async fn corrupt_at_plain_key(f: &mut Failures, server: &Planted, bad: &[u8]) {
     let cache = tg_cache::cache();
     let runs = Arc::new(AtomicU64::new(0));
-    let () = raw_cmd(server, &[b"SET", b"faults:plain", bad]);
+    let () = server.cmd(&[b"SET", b"faults:plain", bad]);
     let before = cache.stats();
     let call = |runs: Arc<AtomicU64>| async move {
         cache
@@ -782,7 +797,7 @@ async fn corrupt_at_plain_key(f: &mut Failures, server: &RedisServer, bad: &[u8]
     let after = cache.stats();
     let counted =
         (after.decode_errors + after.errors).saturating_sub(before.decode_errors + before.errors);
-    let stored: Option<Vec<u8>> = raw_cmd(server, &[b"GET", b"faults:plain"]);
+    let stored: Option<Vec<u8>> = server.cmd(&[b"GET", b"faults:plain"]);
     report(
         "plain_flight_ms",
         format!("{:.1}", flight.as_secs_f64() * 1e3),
@@ -822,9 +837,75 @@ async fn corrupt_at_plain_key(f: &mut Failures, server: &RedisServer, bad: &[u8]
     });
 }
 
-async fn corrupt_scenario(kind: &str) {
-    let server = RedisServer::start();
-    configure(&server.url());
+/// Where the corrupt values are planted: a server, or a Redis Cluster
+/// (each key on its slot's primary).
+enum Planted {
+    Server(RedisServer),
+    Cluster(
+        tg_cache::testing::RedisCluster,
+        Mutex<redis::cluster::ClusterConnection>,
+    ),
+}
+
+impl Planted {
+    /// Starts it, and makes this child's default cache point at it.
+    fn start(cluster: bool) -> Self {
+        if !cluster {
+            let server = RedisServer::start();
+            configure(&server.url());
+            return Planted::Server(server);
+        }
+        let cluster = tg_cache::testing::RedisCluster::start();
+        tg_cache::configure(Caches::new(with_bounds(CacheConfig::redis_cluster(
+            cluster.urls(),
+        ))))
+        .unwrap();
+        let con = redis::cluster::ClusterClient::new(cluster.urls())
+            .and_then(|c| c.get_connection())
+            .unwrap();
+        Planted::Cluster(cluster, Mutex::new(con))
+    }
+
+    /// A command by key (routed to the key's primary on a cluster).
+    fn cmd<T: redis::FromRedisValue>(&self, args: &[&[u8]]) -> T {
+        match self {
+            Planted::Server(server) => raw_cmd(server, args),
+            Planted::Cluster(_, con) => {
+                let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
+                for a in &args[1..] {
+                    cmd.arg(*a);
+                }
+                cmd.query(&mut *con.lock().unwrap()).unwrap_or_else(|e| {
+                    panic!("redis {:?} failed: {e}", String::from_utf8_lossy(args[0]))
+                })
+            }
+        }
+    }
+
+    /// The epoch key of `family` (on a cluster: of its one slot with keys).
+    fn epoch_key(&self, family: &str) -> String {
+        let name = format!("#epoch:{family}");
+        let Planted::Cluster(cluster, _) = self else {
+            return name;
+        };
+        let found: Vec<String> = cluster
+            .primaries()
+            .iter()
+            .flat_map(|p| {
+                let mut con = cluster.server(p.port).connection();
+                redis::cmd("KEYS")
+                    .arg(format!("#{{*}}:{name}"))
+                    .query::<Vec<String>>(&mut con)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        found.into_iter().next().unwrap()
+    }
+}
+
+async fn corrupt_scenario(cluster: bool, kind: &str) {
+    let server = Planted::start(cluster);
     let bad = corrupt_value(kind);
     report("planted_bytes", bad.len());
     let mut f = Failures::default();
@@ -833,20 +914,38 @@ async fn corrupt_scenario(kind: &str) {
     f.finish();
 }
 
+/// Each kind on a server (`<name>::on_redis`) and on a Redis Cluster
+/// (`<name>::on_cluster`).
 macro_rules! corrupt_tests {
     ($($kind:literal: $parent:ident, $child:ident;)*) => {$(
-        #[test]
-        fn $parent() {
-            scenario(stringify!($child));
+        mod $parent {
+            #[test]
+            fn on_redis() {
+                super::scenario(concat!(stringify!($child), "::on_redis"));
+            }
+
+            #[test]
+            fn on_cluster() {
+                super::scenario(concat!(stringify!($child), "::on_cluster"));
+            }
         }
 
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        #[ignore = "helper: runs only as a child process of the corrupt_* tests"]
-        async fn $child() {
-            if !is_child() {
-                return;
+        mod $child {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[ignore = "helper: runs only as a child process of the corrupt_* tests"]
+            async fn on_redis() {
+                if super::is_child() {
+                    super::corrupt_scenario(false, $kind).await;
+                }
             }
-            corrupt_scenario($kind).await;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[ignore = "helper: runs only as a child process of the corrupt_* tests"]
+            async fn on_cluster() {
+                if super::is_child() {
+                    super::corrupt_scenario(true, $kind).await;
+                }
+            }
         }
     )*};
 }
