@@ -6,7 +6,7 @@
 //!   async: `cache.get_or_set` or an async `#[cache_function]`), runtime
 //!   (current-thread; multi-thread with 2 workers, where 2 followers occupy
 //!   both workers while the leader needs one to finish) and store (local,
-//!   real Redis). Every caller gets the right value; the body runs once,
+//!   real Redis, real Redis Cluster). Every caller gets the right value; the body runs once,
 //!   except that a blocking follower on the thread of a current-thread
 //!   runtime never waits on an in-process flight (the leader may be an async
 //!   call of that very thread) and computes itself: two runs, documented.
@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
-use tg_cache::testing::RedisServer;
+use tg_cache::testing::{RedisCluster, RedisServer};
 use tg_cache::{Cache, CacheConfig, Caches, cache_function};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
@@ -54,6 +54,8 @@ const SLACK: Duration = Duration::from_millis(150);
 
 /// The Redis of the matrix.
 static SERVER: LazyLock<RedisServer> = LazyLock::new(RedisServer::start);
+/// The Redis Cluster of the matrix.
+static CLUSTER: LazyLock<RedisCluster> = LazyLock::new(RedisCluster::start);
 /// A Redis that only the starvation test freezes.
 static FROZEN: LazyLock<RedisServer> = LazyLock::new(RedisServer::start);
 
@@ -61,6 +63,7 @@ static SETUP: LazyLock<()> = LazyLock::new(|| {
     tg_cache::configure(
         Caches::new(CacheConfig::local())
             .with("redis", CacheConfig::redis(&SERVER.url()))
+            .with("cluster", CacheConfig::redis_cluster(CLUSTER.urls()))
             .with("frozen", frozen_config()),
     )
     .unwrap();
@@ -134,6 +137,16 @@ async fn async_redis(id: u64) -> u64 {
     async_body(id).await
 }
 
+#[cache_function(key_prefix = "blk_sync_cluster", cache = "cluster")]
+fn sync_cluster(id: u64) -> u64 {
+    sync_body(id)
+}
+
+#[cache_function(key_prefix = "blk_async_cluster", cache = "cluster")]
+async fn async_cluster(id: u64) -> u64 {
+    async_body(id).await
+}
+
 /// A quick sync function on the frozen Redis.
 #[cache_function(key_prefix = "blk_frozen", cache = "frozen")]
 fn frozen_fn(id: u64) -> u64 {
@@ -162,6 +175,7 @@ enum Api {
 enum Store {
     Local,
     Redis,
+    Cluster,
 }
 
 /// How a scenario reaches its key.
@@ -178,6 +192,7 @@ impl Target {
         let config = match store {
             Store::Local => CacheConfig::local(),
             Store::Redis => CacheConfig::redis(&SERVER.url()),
+            Store::Cluster => CacheConfig::redis_cluster(CLUSTER.urls()),
         };
         Target {
             api,
@@ -194,6 +209,7 @@ impl Target {
                 .get_or_set(&format!("blk:{id}"), TTL, || sync_body(id)),
             (Api::Function, Store::Local) => sync_local(id),
             (Api::Function, Store::Redis) => sync_redis(id),
+            (Api::Function, Store::Cluster) => sync_cluster(id),
         }
     }
 
@@ -206,6 +222,7 @@ impl Target {
             }
             (Api::Function, Store::Local) => async_local(id).await,
             (Api::Function, Store::Redis) => async_redis(id).await,
+            (Api::Function, Store::Cluster) => async_cluster(id).await,
         }
     }
 
@@ -322,6 +339,12 @@ matrix! {
     ct_redis_method_blocking_leads_blocking: [] Redis Method Blocking Blocking;
     ct_redis_fn_async_leads_async: [] Redis Function Async Async;
     ct_redis_fn_sync_leads_sync: [] Redis Function Blocking Blocking;
+    ct_cluster_method_async_leads_async: [] Cluster Method Async Async;
+    ct_cluster_method_async_leads_blocking: [] Cluster Method Async Blocking;
+    ct_cluster_method_blocking_leads_async: [] Cluster Method Blocking Async;
+    ct_cluster_method_blocking_leads_blocking: [] Cluster Method Blocking Blocking;
+    ct_cluster_fn_async_leads_async: [] Cluster Function Async Async;
+    ct_cluster_fn_sync_leads_sync: [] Cluster Function Blocking Blocking;
     // multi-thread runtime, 2 workers, 2 followers
     mt_local_method_async_leads_async: [flavor = "multi_thread", worker_threads = 2] Local Method Async Async;
     mt_local_method_async_leads_blocking: [flavor = "multi_thread", worker_threads = 2] Local Method Async Blocking;
@@ -335,6 +358,12 @@ matrix! {
     mt_redis_method_blocking_leads_blocking: [flavor = "multi_thread", worker_threads = 2] Redis Method Blocking Blocking;
     mt_redis_fn_async_leads_async: [flavor = "multi_thread", worker_threads = 2] Redis Function Async Async;
     mt_redis_fn_sync_leads_sync: [flavor = "multi_thread", worker_threads = 2] Redis Function Blocking Blocking;
+    mt_cluster_method_async_leads_async: [flavor = "multi_thread", worker_threads = 2] Cluster Method Async Async;
+    mt_cluster_method_async_leads_blocking: [flavor = "multi_thread", worker_threads = 2] Cluster Method Async Blocking;
+    mt_cluster_method_blocking_leads_async: [flavor = "multi_thread", worker_threads = 2] Cluster Method Blocking Async;
+    mt_cluster_method_blocking_leads_blocking: [flavor = "multi_thread", worker_threads = 2] Cluster Method Blocking Blocking;
+    mt_cluster_fn_async_leads_async: [flavor = "multi_thread", worker_threads = 2] Cluster Function Async Async;
+    mt_cluster_fn_sync_leads_sync: [flavor = "multi_thread", worker_threads = 2] Cluster Function Blocking Blocking;
 }
 
 // ---------------------------------------------------------------------------
@@ -532,6 +561,12 @@ async fn spawn_blocking_current_thread_redis() {
     in_spawn_blocking(Store::Redis).await;
 }
 
+#[tokio::test]
+async fn spawn_blocking_current_thread_cluster() {
+    let _w = watchdog("spawn_blocking_current_thread_cluster");
+    in_spawn_blocking(Store::Cluster).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spawn_blocking_multi_thread_local() {
     let _w = watchdog("spawn_blocking_multi_thread_local");
@@ -542,6 +577,12 @@ async fn spawn_blocking_multi_thread_local() {
 async fn spawn_blocking_multi_thread_redis() {
     let _w = watchdog("spawn_blocking_multi_thread_redis");
     in_spawn_blocking(Store::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_blocking_multi_thread_cluster() {
+    let _w = watchdog("spawn_blocking_multi_thread_cluster");
+    in_spawn_blocking(Store::Cluster).await;
 }
 
 /// Outside any runtime: a blocking leader on one thread, a blocking
@@ -582,4 +623,10 @@ fn plain_threads_local() {
 fn plain_threads_redis() {
     let _w = watchdog("plain_threads_redis");
     on_plain_threads(Store::Redis);
+}
+
+#[test]
+fn plain_threads_cluster() {
+    let _w = watchdog("plain_threads_cluster");
+    on_plain_threads(Store::Cluster);
 }
