@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, LazyLock, Mutex};
 use tg_cache::CacheConfig;
 use tg_cache::http::{cache_page, invalidate_path, invalidate_view};
-use tg_cache::testing::RedisServer;
+use tg_cache::testing::{RedisCluster, RedisServer};
 use tg_cache::timeout::LONG;
 
 /// Every test gets its own app, cache and counter.
@@ -20,15 +20,17 @@ struct App {
 }
 
 /// The default cache is local; the alias `redis` is a real Redis server.
-static CACHES: LazyLock<RedisServer> = LazyLock::new(|| {
+static CACHES: LazyLock<(RedisServer, RedisCluster)> = LazyLock::new(|| {
     install_log_capture();
     let server = RedisServer::start();
+    let cluster = RedisCluster::start();
     tg_cache::configure(
         tg_cache::Caches::new(CacheConfig::local().max_entries(10_000))
-            .with("redis", CacheConfig::redis(&server.url())),
+            .with("redis", CacheConfig::redis(&server.url()))
+            .with("cluster", CacheConfig::redis_cluster(cluster.urls())),
     )
     .unwrap();
-    server
+    (server, cluster)
 });
 
 /// Every tracing event of this test binary, at every level, as text.
@@ -75,7 +77,7 @@ fn install_log_capture() {
 }
 
 fn redis_server() -> &'static RedisServer {
-    &CACHES
+    &CACHES.0
 }
 
 async fn start(
@@ -433,7 +435,8 @@ fn store_of(alias: Option<&str>) -> &'static tg_cache::Cache {
     }
 }
 
-/// Runs `async fn name(alias: Option<&'static str>)` on the local store and on Redis.
+/// Runs `async fn name(alias: Option<&'static str>)` on the local store, on
+/// Redis and on a Redis Cluster.
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod local {$(
@@ -443,6 +446,10 @@ macro_rules! on_both_stores {
         mod redis {$(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name(Some("redis")).await }
+        )*}
+        mod cluster {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(Some("cluster")).await }
         )*}
     };
 }
@@ -921,7 +928,11 @@ async fn assert_no_secret_in_keys(alias: Option<&str>) {
     if alias.is_none() {
         return;
     }
-    let keys = redis_keys().await;
+    let keys = if alias == Some("cluster") {
+        cluster_keys().await
+    } else {
+        redis_keys().await
+    };
     assert!(keys.iter().any(|k| k.contains("tg:view:")), "{keys:?}");
     for k in &keys {
         assert!(
@@ -932,7 +943,21 @@ async fn assert_no_secret_in_keys(alias: Option<&str>) {
 }
 
 async fn redis_keys() -> Vec<String> {
-    let client = ::redis::Client::open(redis_server().url()).unwrap();
+    server_keys(&redis_server().url()).await
+}
+
+/// Every key of the cluster: of each of its primaries.
+async fn cluster_keys() -> Vec<String> {
+    let cluster = &CACHES.1;
+    let mut keys = Vec::new();
+    for p in cluster.primaries() {
+        keys.extend(server_keys(&cluster.server(p.port).url()).await);
+    }
+    keys
+}
+
+async fn server_keys(url: &str) -> Vec<String> {
+    let client = ::redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let mut cursor = 0u64;
     let mut keys = Vec::new();
@@ -956,7 +981,11 @@ async fn redis_keys() -> Vec<String> {
 async fn no_cookie_or_credential_value_in_any_log_line_or_key() {
     LazyLock::force(&CACHES);
     let secrets = ["zzLogSession", "zzLogToken", "zzLogTheme", "zzLogQuery"];
-    for (view, alias) in [("t_log_local", None), ("t_log_redis", Some("redis"))] {
+    for (view, alias) in [
+        ("t_log_local", None),
+        ("t_log_redis", Some("redis")),
+        ("t_log_cluster", Some("cluster")),
+    ] {
         for layer in [
             |l: tg_cache::http::CachePageLayer| l,
             |l: tg_cache::http::CachePageLayer| l.vary_on_cookie("id").allow_cookies(["theme"]),

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tg_cache::http::{cache_page, invalidate_path};
-use tg_cache::testing::RedisServer;
+use tg_cache::testing::{RedisCluster, RedisServer};
 use tg_cache::timeout::LONG;
 use tg_cache::{CacheConfig, Invalidate, Timeout};
 
@@ -24,6 +24,8 @@ use tg_cache::{CacheConfig, Invalidate, Timeout};
 /// round trips.
 struct Setup {
     server: RedisServer,
+    /// The alias `cluster`.
+    _cluster: RedisCluster,
     counted: helpers::Proxy,
     _shared: helpers::Proxy,
 }
@@ -48,10 +50,12 @@ static SETUP: LazyLock<Setup> = LazyLock::new(|| {
         })
     });
     let (shared, counted) = rx.recv().unwrap();
+    let cluster = RedisCluster::start();
     tg_cache::configure(
         tg_cache::Caches::new(CacheConfig::local())
             .with("redis", CacheConfig::redis(&shared.url()))
             .with("counted", CacheConfig::redis(&counted.url()))
+            .with("cluster", CacheConfig::redis_cluster(cluster.urls()))
             .with(
                 "short_default",
                 CacheConfig::local().default_timeout(tg_cache::timeout::SHORT),
@@ -64,6 +68,7 @@ static SETUP: LazyLock<Setup> = LazyLock::new(|| {
     .unwrap();
     Setup {
         server,
+        _cluster: cluster,
         counted,
         _shared: shared,
     }
@@ -139,6 +144,17 @@ struct Post {
     slug: String,
 }
 
+/// [`Post`], with its pages cached on the Redis Cluster.
+#[derive(Clone, Invalidate)]
+#[invalidate_on(save, delete)]
+#[invalidate(
+    cache = "cluster",
+    page(view = "cluster_posts", path = "/posts/{slug}")
+)]
+struct ClusterPost {
+    slug: String,
+}
+
 /// A URL path segment as a link writes it (RFC 3986: unreserved bytes as
 /// they are, every other byte percent-encoded).
 fn link_segment(s: &str) -> String {
@@ -170,15 +186,15 @@ fn slugs() -> Vec<String> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_model_save_drops_its_page_whatever_its_path_holds() {
-    let app = posts_app().await;
+/// Every page of `app` is dropped by its model's save (`save(slug)`),
+/// whatever its path holds; no other page is.
+async fn a_save_drops_its_page<F: Future<Output = ()>>(app: App, save: impl Fn(String) -> F) {
     let mut survived = Vec::new();
     for slug in slugs() {
         let path = format!("/posts/{}", link_segment(&slug));
         assert_eq!(app.x_cache(&path).await, "MISS", "{slug}");
         assert_eq!(app.x_cache(&path).await, "HIT", "{slug}");
-        Post { slug: slug.clone() }.saved().await.unwrap();
+        save(slug.clone()).await;
         if app.x_cache(&path).await == "HIT" {
             survived.push(slug.chars().take(20).collect::<String>());
         }
@@ -191,8 +207,25 @@ async fn a_model_save_drops_its_page_whatever_its_path_holds() {
     );
     // Other pages stay cached: the pattern matches one page only.
     assert_eq!(app.x_cache("/posts/keep").await, "MISS");
-    Post { slug: "kee".into() }.saved().await.unwrap();
+    save("kee".into()).await;
     assert_eq!(app.x_cache("/posts/keep").await, "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_save_drops_its_page_whatever_its_path_holds() {
+    a_save_drops_its_page(posts_app().await, |slug| async move {
+        Post { slug }.saved().await.unwrap()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_save_drops_its_page_on_a_cluster() {
+    a_save_drops_its_page(
+        posts_app_as("cluster", "cluster_posts").await,
+        |slug| async move { ClusterPost { slug }.saved().await.unwrap() },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
