@@ -600,39 +600,13 @@ async fn a_killed_primary_fails_no_call_and_the_other_shards_keep_hitting() {
 mod helpers;
 
 /// Raw access to the cluster, by key (a foreign client; also in a child,
-/// which knows only the seed nodes).
-struct RawCluster(std::sync::Mutex<redis::cluster::ClusterConnection>);
-
-impl RawCluster {
-    fn new(nodes: &str) -> Self {
-        let client =
-            redis::cluster::ClusterClient::new(nodes.split(',').collect::<Vec<_>>()).unwrap();
-        Self(std::sync::Mutex::new(client.get_connection().unwrap()))
-    }
-    fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query(&mut *self.0.lock().unwrap()).unwrap()
-    }
-    fn get_u64(&self, key: &str) -> u64 {
-        self.cmd::<Option<u64>>(&["GET", key]).unwrap_or(0)
-    }
-    fn exists(&self, key: &str) -> bool {
-        self.cmd::<i64>(&["EXISTS", key]) == 1
-    }
-    fn wait_for(&self, key: &str, limit: Duration) {
-        let deadline = std::time::Instant::now() + limit;
-        while !self.exists(key) {
-            assert!(std::time::Instant::now() < deadline, "{key} never set");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+/// which knows only the seed nodes, comma-separated).
+fn raw_cluster(nodes: &str) -> helpers::Raw {
+    helpers::Raw::new(format!("cluster:{nodes}"))
 }
 
 /// A child's cache: from the environment, as an application builds it.
-fn child_cache() -> Option<(Cache, RawCluster)> {
+fn child_cache() -> Option<(Cache, helpers::Raw)> {
     let nodes = helpers::child_url()?;
     let cfg = CacheConfig::from_lookup(|name| match name {
         "TG_CACHE_BACKEND" => Some("redis-cluster".into()),
@@ -641,7 +615,7 @@ fn child_cache() -> Option<(Cache, RawCluster)> {
         _ => None,
     })
     .unwrap();
-    Some((cfg.build().unwrap(), RawCluster::new(&nodes)))
+    Some((cfg.build().unwrap(), raw_cluster(&nodes)))
 }
 
 fn spawn(helper: &str, cluster: &RedisCluster, env: &[(&str, &str)]) -> std::process::Child {
@@ -686,7 +660,7 @@ fn near_hits(cache: &Cache) -> u64 {
 /// `xp:dead` read before it.
 async fn read_race(
     cache: &Cache,
-    raw: &Arc<RawCluster>,
+    raw: &Arc<helpers::Raw>,
     keys: Arc<Vec<String>>,
     hits_key: &'static str,
     until: impl Fn() -> bool + Clone + Send + 'static,
@@ -706,7 +680,7 @@ async fn read_race(
             let mut i = t;
             while !until() {
                 i = (i + 1) % keys.len();
-                let floor = raw.get_u64("xp:dead");
+                let floor = raw.get_u64("xp:dead").unwrap_or(0);
                 // A read may fail while its slot migrates (counted: the
                 // manual API reports it; a cached function computes).
                 let Ok(v) = cache.get::<u64>(&keys[i]).await else {
@@ -796,19 +770,14 @@ async fn family_race(
     meanwhile: impl FnOnce() + Send + 'static,
 ) -> Race {
     use std::sync::atomic::AtomicBool;
-    let raw = Arc::new(RawCluster::new(&cluster.urls().join(",")));
+    let raw = Arc::new(raw_cluster(&cluster.urls().join(",")));
     let joined = keys.join(",");
     let mut env = vec![(RACE_KEYS_VAR, joined.as_str())];
     if near {
         env.push(("TG_CACHE_NEAR_CACHE", "10000"));
     }
     let child = spawn("helper_cluster_family_reader", cluster, &env);
-    {
-        let raw = raw.clone();
-        tokio::task::spawn_blocking(move || raw.wait_for("xp:reading", Duration::from_secs(30)))
-            .await
-            .unwrap();
-    }
+    raw.wait_for("xp:reading", Duration::from_secs(30)).await;
     let keys = Arc::new(keys);
     let build = || {
         if near {
@@ -833,8 +802,9 @@ async fn family_race(
         std::time::Instant::now() + Duration::from_secs(3),
         std::time::Instant::now() + Duration::from_secs(40),
     );
-    let enough = |raw: &RawCluster| {
-        raw.get_u64("xp:hits:child") >= 2000 && raw.get_u64("xp:hits:parent") >= 2000
+    let enough = |raw: &helpers::Raw| {
+        raw.get_u64("xp:hits:child").unwrap_or(0) >= 2000
+            && raw.get_u64("xp:hits:parent").unwrap_or(0) >= 2000
     };
     let (mut rounds, mut write_errors) = (0u64, 0u64);
     while std::time::Instant::now() < min_stop
@@ -1026,17 +996,12 @@ async fn helper_cluster_filler() {
     };
     let raw = Arc::new(raw);
     let () = raw.cmd(&["SET", "xp:ready", "1"]);
-    {
-        let raw = raw.clone();
-        tokio::task::spawn_blocking(move || raw.wait_for("xp:go", Duration::from_secs(30)))
-            .await
-            .unwrap();
-    }
+    raw.wait_for("xp:go", Duration::from_secs(30)).await;
     fill_all(&cache, &raw).await;
 }
 
 /// Every cold key at once from 8 tasks; each body counts its run in Redis.
-async fn fill_all(cache: &Cache, raw: &Arc<RawCluster>) {
+async fn fill_all(cache: &Cache, raw: &Arc<helpers::Raw>) {
     let mut tasks = Vec::new();
     for i in 0..50 {
         let (cache, raw) = (cache.clone(), raw.clone());
@@ -1060,14 +1025,9 @@ async fn two_processes_fill_each_cold_key_once() {
     let _one = ONE_AT_A_TIME.lock().await;
     let _w = watchdog("cluster single flight", Duration::from_secs(120));
     let cluster = RedisCluster::start();
-    let raw = Arc::new(RawCluster::new(&cluster.urls().join(",")));
+    let raw = Arc::new(raw_cluster(&cluster.urls().join(",")));
     let child = spawn("helper_cluster_filler", &cluster, &[]);
-    {
-        let raw = raw.clone();
-        tokio::task::spawn_blocking(move || raw.wait_for("xp:ready", Duration::from_secs(30)))
-            .await
-            .unwrap();
-    }
+    raw.wait_for("xp:ready", Duration::from_secs(30)).await;
     let cache = cache(&cluster);
     let () = raw.cmd(&["SET", "xp:go", "1"]);
     fill_all(&cache, &raw).await;
@@ -1077,7 +1037,7 @@ async fn two_processes_fill_each_cold_key_once() {
             .unwrap();
     assert!(ok, "child failed:\n{out}\n{err}");
     let runs: Vec<u64> = (0..50)
-        .map(|i| raw.get_u64(&format!("xp:runs:{i}")))
+        .map(|i| raw.get_u64(&format!("xp:runs:{i}")).unwrap_or(0))
         .collect();
     eprintln!("body runs per key across two processes: {runs:?}");
     assert!(runs.iter().all(|&n| n == 1), "{runs:?}");
@@ -1655,102 +1615,4 @@ async fn a_frozen_primary_fails_no_call_and_hangs_none() {
             "the thawed shard's keys mostly computed: {victim_after:?}"
         );
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "helper: runs only as a child process"]
-async fn helper_cluster_paused_fill() {
-    let Some((cache, raw)) = child_cache() else {
-        return;
-    };
-    let key = std::env::var("XP_KEY").unwrap();
-    let raw = Arc::new(raw);
-    let r = raw.clone();
-    let v = cache
-        .get_or_set(&key, None, || async move {
-            let v = r.get_u64("xp:db");
-            let () = r.cmd(&["SET", "xp:read", "1"]);
-            let r2 = r.clone();
-            tokio::task::spawn_blocking(move || r2.wait_for("xp:resume", Duration::from_secs(30)))
-                .await
-                .unwrap();
-            v
-        })
-        .await;
-    println!("XP value={v}");
-}
-
-/// A child process's fill reads version 1 and pauses; the parent writes
-/// version 2 and then deletes, sets, invalidates the family or clears
-/// (`kind`) through another cache; the child resumes and returns 1. The
-/// reads after it, through that cache and a fresh one, that still see
-/// version 1.
-async fn stale_after_paused_fill(cluster: &RedisCluster, kind: &str, key: &str) -> Vec<String> {
-    let raw = Arc::new(RawCluster::new(&cluster.urls().join(",")));
-    let _: i64 = raw.cmd(&["DEL", "xp:read"]);
-    let _: i64 = raw.cmd(&["DEL", "xp:resume"]);
-    let () = raw.cmd(&["SET", "xp:db", "1"]);
-    let child = spawn("helper_cluster_paused_fill", cluster, &[("XP_KEY", key)]);
-    {
-        let raw = raw.clone();
-        tokio::task::spawn_blocking(move || raw.wait_for("xp:read", Duration::from_secs(30)))
-            .await
-            .unwrap();
-    }
-    let () = raw.cmd(&["SET", "xp:db", "2"]);
-    let b = cache(cluster);
-    match kind {
-        "delete" => {
-            b.delete(key).await.unwrap();
-        }
-        "set" => b.set(key, &2u64, None).await.unwrap(),
-        "invalidate_family" => b.invalidate_family(FAMILY).await.unwrap(),
-        "clear" => b.clear().await.unwrap(),
-        other => unreachable!("{other}"),
-    }
-    let () = raw.cmd(&["SET", "xp:resume", "1"]);
-    let (ok, out, err) =
-        tokio::task::spawn_blocking(move || helpers::finish(child, Duration::from_secs(30)))
-            .await
-            .unwrap();
-    assert!(ok, "child failed:\n{out}\n{err}");
-    assert_eq!(
-        helpers::reported(&out, "value").as_deref(),
-        Some("1"),
-        "{out}"
-    );
-    let mut stale = Vec::new();
-    let fresh = cache(cluster);
-    for (name, c) in [("B", &b), ("fresh", &fresh)] {
-        if c.get::<u64>(key).await.unwrap() == Some(1) {
-            stale.push(format!("{kind}: {name}.get"));
-        }
-        let raw = raw.clone();
-        if c.get_or_set(key, None, || async move { raw.get_u64("xp:db").max(2) })
-            .await
-            == 1
-        {
-            stale.push(format!("{kind}: {name}.get_or_set"));
-        }
-    }
-    stale
-}
-
-/// No set after a delete, a set, a family invalidation or a clear, across
-/// two processes on a cluster: the paused fill of the child is refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_processes_never_store_a_fill_begun_before_a_delete_set_invalidation_or_clear() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let _w = watchdog("cluster no set after", Duration::from_secs(120));
-    let cluster = RedisCluster::start();
-    let mut stale = Vec::new();
-    for (kind, key) in [
-        ("delete", "xp:plain:{a}".to_owned()),
-        ("set", "xp:plain:b".to_owned()),
-        ("invalidate_family", family_key(3)),
-        ("clear", family_key(4)),
-    ] {
-        stale.extend(stale_after_paused_fill(&cluster, kind, &key).await);
-    }
-    assert!(stale.is_empty(), "stale reads: {stale:?}");
 }

@@ -841,9 +841,12 @@ async fn corrupt_at_plain_key(f: &mut Failures, server: &Planted, bad: &[u8]) {
 /// (each key on its slot's primary).
 enum Planted {
     Server(RedisServer),
+    /// The cluster and a connection that routes by key.
     Cluster(
-        tg_cache::testing::RedisCluster,
-        Mutex<redis::cluster::ClusterConnection>,
+        Box<(
+            tg_cache::testing::RedisCluster,
+            Mutex<redis::cluster::ClusterConnection>,
+        )>,
     ),
 }
 
@@ -863,14 +866,15 @@ impl Planted {
         let con = redis::cluster::ClusterClient::new(cluster.urls())
             .and_then(|c| c.get_connection())
             .unwrap();
-        Planted::Cluster(cluster, Mutex::new(con))
+        Planted::Cluster(Box::new((cluster, Mutex::new(con))))
     }
 
     /// A command by key (routed to the key's primary on a cluster).
     fn cmd<T: redis::FromRedisValue>(&self, args: &[&[u8]]) -> T {
         match self {
             Planted::Server(server) => raw_cmd(server, args),
-            Planted::Cluster(_, con) => {
+            Planted::Cluster(c) => {
+                let con = &c.1;
                 let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
                 for a in &args[1..] {
                     cmd.arg(*a);
@@ -885,9 +889,10 @@ impl Planted {
     /// The epoch key of `family` (on a cluster: of its one slot with keys).
     fn epoch_key(&self, family: &str) -> String {
         let name = format!("#epoch:{family}");
-        let Planted::Cluster(cluster, _) = self else {
+        let Planted::Cluster(c) = self else {
             return name;
         };
+        let cluster = &c.0;
         let found: Vec<String> = cluster
             .primaries()
             .iter()
