@@ -525,6 +525,8 @@ async fn a_killed_primary_fails_no_call_and_the_other_shards_keep_hitting() {
     phase.store(1, SeqCst);
     cluster.server_mut(victim.port).kill9();
     let killed = Instant::now();
+    // Every primary must answer a health check: one is down.
+    let health_while_down = cache.health().await;
     let cluster = tokio::task::spawn_blocking(move || {
         let slot = victim.slots[0].0;
         cluster.wait_until(
@@ -543,6 +545,7 @@ async fn a_killed_primary_fails_no_call_and_the_other_shards_keep_hitting() {
     let promoted = killed.elapsed();
     phase.store(2, SeqCst);
     tokio::time::sleep(Duration::from_secs(4)).await;
+    let health_after = cache.health().await;
     stop.store(true, SeqCst);
     for t in tasks {
         t.await.unwrap();
@@ -554,6 +557,9 @@ async fn a_killed_primary_fails_no_call_and_the_other_shards_keep_hitting() {
         s[0][0], s[0][1], s[1][0], s[1][1], s[2][0], s[2][1]
     );
     assert_eq!(wrong.load(SeqCst), 0, "calls returned a wrong value");
+    eprintln!("health while down: {health_while_down:?}; after: {health_after:?}");
+    assert!(health_while_down.is_err(), "a primary was down");
+    assert!(health_after.is_ok(), "{health_after:?}");
     for (p, phase) in s.iter().enumerate() {
         for shard in phase {
             assert!(shard.calls > 0, "phase {p}: no calls");

@@ -860,7 +860,9 @@ api! {
     /// (`FLUSHDB`). On a local store, the same as [`Cache::clear`].
     fn flush_database() -> Result<()> => flush_database_in();
     /// Checks that the store answers (the seed's "Check Cache Status");
-    /// returns the round-trip time.
+    /// returns the round-trip time. On a Redis Cluster every primary must
+    /// answer: while one shard is down (before its replica is promoted)
+    /// this is an error, even though cached functions keep working.
     fn health() -> Result<Duration> => health_in();
 }
 

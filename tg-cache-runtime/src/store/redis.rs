@@ -1422,7 +1422,38 @@ impl Store for RedisStore {
     }
 
     fn ping<'a>(&'a self) -> StoreFuture<'a, ()> {
-        Box::pin(self.conns.ping(None))
+        Box::pin(async move {
+            if self.names == Names::Node {
+                return self.conns.ping(None).await;
+            }
+            // Every primary, by its address (a `PING` routed otherwise is
+            // answered by any node that can be reached).
+            let primaries = self.primaries().await?;
+            futures_util::future::try_join_all(primaries.iter().map(|node| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("PING");
+                Box::pin(async move {
+                    // An error names the primary that did not answer.
+                    let addr = || format!("{}:{}", node.host, node.port);
+                    match self.on_primary(node, pipe).await {
+                        Ok(r) => match r.first() {
+                            Some(redis::Value::ServerError(e)) => Err(Error::Redis {
+                                addr: addr(),
+                                source: e.clone().into(),
+                            }),
+                            _ => Ok(()),
+                        },
+                        Err(Error::Redis { source, .. }) => Err(Error::Redis {
+                            addr: addr(),
+                            source,
+                        }),
+                        Err(e) => Err(e),
+                    }
+                })
+            }))
+            .await?;
+            Ok(())
+        })
     }
 
     fn ping_for<'a>(&'a self, slot: &'a Slot) -> StoreFuture<'a, ()> {
