@@ -7,7 +7,7 @@ mod support;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
-use support::RedisServer;
+use support::Shared;
 use tg_cache::timeout::MEDIUM;
 use tg_cache::{Cache, CacheConfig, Error, Timeout, Ttl};
 
@@ -55,15 +55,15 @@ fn s(v: &str) -> String {
 
 /// Another cache on the same store kind as `cache` (the same Redis), built
 /// from a configuration tweaked by `f`. Local stores are per cache.
-fn sibling(server: Option<&RedisServer>, f: impl Fn(CacheConfig) -> CacheConfig) -> Cache {
+fn sibling(server: Option<&Shared<'_>>, f: impl Fn(CacheConfig) -> CacheConfig) -> Cache {
     let cfg = match server {
-        Some(s) => support::redis_config(s),
+        Some(s) => s.config(),
         None => CacheConfig::local(),
     };
     f(cfg).build().unwrap()
 }
 
-async fn test_simple(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_simple(cache: &Cache, _: Option<&Shared<'_>>) {
     cache.set("key", &s("value"), MEDIUM).await.unwrap();
     assert_eq!(
         cache.get::<String>("key").await.unwrap().as_deref(),
@@ -71,7 +71,7 @@ async fn test_simple(cache: &Cache, _: Option<&RedisServer>) {
     );
 }
 
-async fn test_add(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_add(cache: &Cache, _: Option<&Shared<'_>>) {
     assert!(cache.add("addkey1", &s("value"), MEDIUM).await.unwrap());
     assert!(!cache.add("addkey1", &s("newvalue"), MEDIUM).await.unwrap());
     assert_eq!(
@@ -80,11 +80,11 @@ async fn test_add(cache: &Cache, _: Option<&RedisServer>) {
     );
 }
 
-async fn test_non_existent(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_non_existent(cache: &Cache, _: Option<&Shared<'_>>) {
     assert_eq!(cache.get::<String>("does_not_exist").await.unwrap(), None);
 }
 
-async fn test_get_many(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_get_many(cache: &Cache, _: Option<&Shared<'_>>) {
     for k in ["a", "b", "c", "d"] {
         cache.set(k, &s(k), MEDIUM).await.unwrap();
     }
@@ -97,7 +97,7 @@ async fn test_get_many(cache: &Cache, _: Option<&RedisServer>) {
     assert_eq!(m["d"], "d");
 }
 
-async fn test_delete(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_delete(cache: &Cache, _: Option<&Shared<'_>>) {
     cache.set("key1", &s("spam"), MEDIUM).await.unwrap();
     cache.set("key2", &s("eggs"), MEDIUM).await.unwrap();
     assert!(cache.delete("key1").await.unwrap());
@@ -106,7 +106,7 @@ async fn test_delete(cache: &Cache, _: Option<&RedisServer>) {
     assert!(!cache.delete("key1").await.unwrap());
 }
 
-async fn test_has_key(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_has_key(cache: &Cache, _: Option<&Shared<'_>>) {
     cache.set("hello1", &s("goodbye1"), MEDIUM).await.unwrap();
     assert!(cache.has_key("hello1").await.unwrap());
     assert!(!cache.has_key("goodbye1").await.unwrap());
@@ -119,7 +119,7 @@ async fn test_has_key(cache: &Cache, _: Option<&RedisServer>) {
     assert!(cache.has_key("null").await.unwrap());
 }
 
-async fn test_incr(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_incr(cache: &Cache, _: Option<&Shared<'_>>) {
     cache.set("answer", &41, MEDIUM).await.unwrap();
     assert_eq!(cache.incr("answer", 1).await.unwrap(), 42);
     assert_eq!(cache.get::<i32>("answer").await.unwrap(), Some(42));
@@ -140,7 +140,7 @@ async fn test_incr(cache: &Cache, _: Option<&RedisServer>) {
     ));
 }
 
-async fn test_decr(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_decr(cache: &Cache, _: Option<&Shared<'_>>) {
     cache.set("answer", &43, MEDIUM).await.unwrap();
     assert_eq!(cache.decr("answer", 1).await.unwrap(), 42);
     assert_eq!(cache.get::<i32>("answer").await.unwrap(), Some(42));
@@ -183,7 +183,7 @@ enum Kind {
     Data { x: i32 },
 }
 
-async fn test_data_types(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_data_types(cache: &Cache, _: Option<&Shared<'_>>) {
     let stuff = Stuff {
         string: "this is a string".into(),
         int: 42,
@@ -207,7 +207,7 @@ async fn test_data_types(cache: &Cache, _: Option<&RedisServer>) {
     assert_eq!(cache.get::<bool>("bool").await.unwrap(), Some(false));
 }
 
-async fn test_expiration(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_expiration(cache: &Cache, _: Option<&Shared<'_>>) {
     let short = Duration::from_millis(300);
     cache
         .set("expire1", &s("very quickly"), short)
@@ -231,7 +231,7 @@ async fn test_expiration(cache: &Cache, _: Option<&RedisServer>) {
     assert!(!cache.has_key("expire3").await.unwrap());
 }
 
-async fn test_touch(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_touch(cache: &Cache, _: Option<&Shared<'_>>) {
     cache
         .set("expire1", &s("very quickly"), Duration::from_millis(300))
         .await
@@ -248,7 +248,7 @@ async fn test_touch(cache: &Cache, _: Option<&RedisServer>) {
     assert!(!cache.touch("nonexistent", MEDIUM).await.unwrap());
 }
 
-async fn test_unicode(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_unicode(cache: &Cache, _: Option<&Shared<'_>>) {
     let stuff: Vec<(&str, String)> = vec![
         ("ascii", s("ascii_value")),
         ("unicode_ascii", s("Iñtërnâtiônàlizætiøn1")),
@@ -269,13 +269,13 @@ async fn test_unicode(cache: &Cache, _: Option<&RedisServer>) {
     }
 }
 
-async fn test_binary_string(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_binary_string(cache: &Cache, _: Option<&Shared<'_>>) {
     let value: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
     cache.set("binary1", &value, MEDIUM).await.unwrap();
     assert_eq!(cache.get::<Vec<u8>>("binary1").await.unwrap(), Some(value));
 }
 
-async fn test_set_many(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_set_many(cache: &Cache, _: Option<&Shared<'_>>) {
     cache
         .set_many(&[("key1", s("spam")), ("key2", s("eggs"))], MEDIUM)
         .await
@@ -300,7 +300,7 @@ async fn test_set_many(cache: &Cache, _: Option<&RedisServer>) {
     assert_eq!(cache.get::<String>("key1").await.unwrap(), None);
 }
 
-async fn test_delete_many(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_delete_many(cache: &Cache, _: Option<&Shared<'_>>) {
     cache
         .set_many(
             &[("key1", s("spam")), ("key2", s("eggs")), ("key3", s("ham"))],
@@ -313,7 +313,7 @@ async fn test_delete_many(cache: &Cache, _: Option<&RedisServer>) {
     assert!(cache.has_key("key3").await.unwrap());
 }
 
-async fn test_forever_timeout(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_forever_timeout(cache: &Cache, _: Option<&Shared<'_>>) {
     cache.set("key1", &s("eggs"), Timeout::Never).await.unwrap();
     assert_eq!(cache.ttl("key1").await.unwrap(), Some(Ttl::Forever));
     assert!(cache.add("key2", &s("ham"), Timeout::Never).await.unwrap());
@@ -336,7 +336,7 @@ async fn test_forever_timeout(cache: &Cache, _: Option<&RedisServer>) {
     assert!(cache.has_key("key3").await.unwrap());
 }
 
-async fn test_zero_timeout(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_zero_timeout(cache: &Cache, _: Option<&Shared<'_>>) {
     cache.set("key1", &s("eggs"), 0u64).await.unwrap();
     assert_eq!(cache.get::<String>("key1").await.unwrap(), None);
     assert!(!cache.add("key2", &s("ham"), 0u64).await.unwrap());
@@ -360,7 +360,7 @@ async fn test_zero_timeout(cache: &Cache, _: Option<&RedisServer>) {
     assert!(!cache.has_key("key6").await.unwrap());
 }
 
-async fn test_float_timeout(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_float_timeout(cache: &Cache, _: Option<&Shared<'_>>) {
     // Django accepts fractional seconds: `cache.set("key1", "spam", 100.2)`.
     cache
         .set("key1", &s("spam"), Duration::from_secs_f64(100.2))
@@ -385,7 +385,7 @@ async fn test_float_timeout(cache: &Cache, _: Option<&RedisServer>) {
     assert_eq!(cache.get::<String>("key2").await.unwrap(), None);
 }
 
-async fn test_incr_decr_timeout(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_incr_decr_timeout(cache: &Cache, _: Option<&Shared<'_>>) {
     cache
         .set("key", &1, Duration::from_secs(100))
         .await
@@ -399,7 +399,7 @@ async fn test_incr_decr_timeout(cache: &Cache, _: Option<&RedisServer>) {
     assert_eq!(cache.get::<i32>("key").await.unwrap(), Some(1));
 }
 
-async fn test_cull(_: &Cache, server: Option<&RedisServer>) {
+async fn test_cull(_: &Cache, server: Option<&Shared<'_>>) {
     // Django: a culled cache keeps at most `max_entries`, and a key just
     // set is readable. Django culls a third of the entries when full
     // (CULL_FREQUENCY = 3, so 29 of 49 remain at MAX_ENTRIES = 30);
@@ -422,13 +422,13 @@ async fn test_cull(_: &Cache, server: Option<&RedisServer>) {
 }
 
 /// Django's `limit_locmem_entries` (MAX_ENTRIES = 9), local store only.
-fn nine(server: Option<&RedisServer>) -> Option<Cache> {
+fn nine(server: Option<&Shared<'_>>) -> Option<Cache> {
     server
         .is_none()
         .then(|| CacheConfig::local().max_entries(9).build().unwrap())
 }
 
-async fn test_lru_get(_: &Cache, server: Option<&RedisServer>) {
+async fn test_lru_get(_: &Cache, server: Option<&Shared<'_>>) {
     // get() makes a key recent. (Django's cull then drops 6, 7 and 8;
     // tg-cache drops the one least recently used entry, 6.)
     let Some(cache) = nine(server) else { return };
@@ -454,7 +454,7 @@ async fn test_lru_get(_: &Cache, server: Option<&RedisServer>) {
     assert_eq!(cache.local_len(), Some(9));
 }
 
-async fn test_lru_set(_: &Cache, server: Option<&RedisServer>) {
+async fn test_lru_set(_: &Cache, server: Option<&Shared<'_>>) {
     // set() makes a key recent.
     let Some(cache) = nine(server) else { return };
     for key in 0..9 {
@@ -481,7 +481,7 @@ async fn test_lru_set(_: &Cache, server: Option<&RedisServer>) {
     assert_eq!(cache.local_len(), Some(9));
 }
 
-async fn test_lru_incr(_: &Cache, server: Option<&RedisServer>) {
+async fn test_lru_incr(_: &Cache, server: Option<&Shared<'_>>) {
     // incr() makes a key recent.
     let Some(cache) = nine(server) else { return };
     for key in 0..9 {
@@ -518,7 +518,7 @@ async fn kept_count(cache: &Cache, range: std::ops::Range<i32>) -> usize {
     n
 }
 
-async fn test_cull_with_max_entries_one(_: &Cache, server: Option<&RedisServer>) {
+async fn test_cull_with_max_entries_one(_: &Cache, server: Option<&Shared<'_>>) {
     // The smallest bound: each new key replaces the last one. (Django's
     // `test_zero_cull` is about `CULL_FREQUENCY = 0`, which tg-cache does
     // not have: moka evicts by LRU.)
@@ -533,7 +533,7 @@ async fn test_cull_with_max_entries_one(_: &Cache, server: Option<&RedisServer>)
     }
 }
 
-async fn test_set_fail_on_encode_error(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_set_fail_on_encode_error(cache: &Cache, _: Option<&Shared<'_>>) {
     // Django's test_set_fail_on_pickleerror: the error surfaces at set.
     let unencodable = HashMap::from([((1, 2), 3)]);
     assert!(matches!(
@@ -547,7 +547,7 @@ async fn test_set_fail_on_encode_error(cache: &Cache, _: Option<&RedisServer>) {
     assert!(!cache.has_key("unencodable").await.unwrap());
 }
 
-async fn test_add_fail_on_encode_error(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_add_fail_on_encode_error(cache: &Cache, _: Option<&Shared<'_>>) {
     let unencodable = HashMap::from([((1, 2), 3)]);
     assert!(matches!(
         cache.add("unencodable", &unencodable, MEDIUM).await,
@@ -556,7 +556,7 @@ async fn test_add_fail_on_encode_error(cache: &Cache, _: Option<&RedisServer>) {
     assert!(!cache.has_key("unencodable").await.unwrap());
 }
 
-async fn test_get_or_set(cache: &Cache, _: Option<&RedisServer>) {
+async fn test_get_or_set(cache: &Cache, _: Option<&Shared<'_>>) {
     assert_eq!(cache.get::<String>("projector").await.unwrap(), None);
     assert_eq!(
         cache.get_or_set("projector", MEDIUM, || async { 42 }).await,
@@ -576,7 +576,7 @@ async fn test_get_or_set(cache: &Cache, _: Option<&RedisServer>) {
     );
 }
 
-async fn test_get_or_set_version(cache: &Cache, server: Option<&RedisServer>) {
+async fn test_get_or_set_version(cache: &Cache, server: Option<&Shared<'_>>) {
     let v2 = sibling(server, |c| c.version(2));
     assert_eq!(cache.get_or_set("brian", MEDIUM, || async { 42 }).await, 42);
     assert_eq!(v2.get_or_set("brian", MEDIUM, || async { 43 }).await, 43);
@@ -584,7 +584,7 @@ async fn test_get_or_set_version(cache: &Cache, server: Option<&RedisServer>) {
     assert_eq!(v2.get::<i32>("brian").await.unwrap(), Some(43));
 }
 
-async fn test_cache_versioning_get_set(_: &Cache, server: Option<&RedisServer>) {
+async fn test_cache_versioning_get_set(_: &Cache, server: Option<&Shared<'_>>) {
     // A cache with no version is version 1, as in Django.
     let (v1, v1b, v2) = versions(server);
     v1.set("answer1", &42, MEDIUM).await.unwrap();
@@ -600,7 +600,7 @@ async fn test_cache_versioning_get_set(_: &Cache, server: Option<&RedisServer>) 
 
 /// A prefixed cache without version, the same with `version(1)`, and
 /// with `version(2)`, all on the same store when it is shared.
-fn versions(server: Option<&RedisServer>) -> (Cache, Cache, Cache) {
+fn versions(server: Option<&Shared<'_>>) -> (Cache, Cache, Cache) {
     (
         sibling(server, |c| c.key_prefix("site")),
         sibling(server, |c| c.key_prefix("site").version(1)),
@@ -608,7 +608,7 @@ fn versions(server: Option<&RedisServer>) -> (Cache, Cache, Cache) {
     )
 }
 
-async fn test_cache_versioning_add(_: &Cache, server: Option<&RedisServer>) {
+async fn test_cache_versioning_add(_: &Cache, server: Option<&Shared<'_>>) {
     let (v1, _, v2) = versions(server);
     assert!(v1.add("answer1", &42, MEDIUM).await.unwrap());
     assert!(!v1.add("answer1", &37, MEDIUM).await.unwrap());
@@ -618,14 +618,14 @@ async fn test_cache_versioning_add(_: &Cache, server: Option<&RedisServer>) {
     assert_eq!(v1.get::<i32>("answer1").await.unwrap(), Some(42));
 }
 
-async fn test_cache_versioning_has_key(_: &Cache, server: Option<&RedisServer>) {
+async fn test_cache_versioning_has_key(_: &Cache, server: Option<&Shared<'_>>) {
     let (v1, _, v2) = versions(server);
     v1.set("answer1", &42, MEDIUM).await.unwrap();
     assert!(v1.has_key("answer1").await.unwrap());
     assert!(!v2.has_key("answer1").await.unwrap());
 }
 
-async fn test_cache_versioning_delete(_: &Cache, server: Option<&RedisServer>) {
+async fn test_cache_versioning_delete(_: &Cache, server: Option<&Shared<'_>>) {
     let (v1, _, v2) = versions(server);
     v1.set("answer1", &37, MEDIUM).await.unwrap();
     v2.set("answer1", &42, MEDIUM).await.unwrap();
@@ -634,7 +634,7 @@ async fn test_cache_versioning_delete(_: &Cache, server: Option<&RedisServer>) {
     assert_eq!(v2.get::<i32>("answer1").await.unwrap(), Some(42));
 }
 
-async fn test_cache_versioning_incr_decr(_: &Cache, server: Option<&RedisServer>) {
+async fn test_cache_versioning_incr_decr(_: &Cache, server: Option<&Shared<'_>>) {
     let (v1, _, v2) = versions(server);
     v1.set("answer1", &37, MEDIUM).await.unwrap();
     v2.set("answer1", &42, MEDIUM).await.unwrap();
@@ -644,7 +644,7 @@ async fn test_cache_versioning_incr_decr(_: &Cache, server: Option<&RedisServer>
     assert_eq!(v1.get::<i32>("answer1").await.unwrap(), Some(38));
 }
 
-async fn test_cache_versioning_get_set_many(_: &Cache, server: Option<&RedisServer>) {
+async fn test_cache_versioning_get_set_many(_: &Cache, server: Option<&Shared<'_>>) {
     let (v1, _, v2) = versions(server);
     v1.set_many(&[("ford1", 37), ("arthur1", 42)], MEDIUM)
         .await
@@ -664,10 +664,7 @@ async fn test_cache_versioning_get_set_many(_: &Cache, server: Option<&RedisServ
     );
 }
 
-async fn test_cache_versioning_namespaces_never_collide(
-    bare: &Cache,
-    server: Option<&RedisServer>,
-) {
+async fn test_cache_versioning_namespaces_never_collide(bare: &Cache, server: Option<&Shared<'_>>) {
     // `1:answer` in a cache without version or prefix, and `answer` in a
     // `version(1)` cache, are different keys.
     let v1 = sibling(server, |c| c.version(1));
@@ -694,7 +691,7 @@ async fn test_cache_versioning_namespaces_never_collide(
         Err(Error::InvalidKey { .. })
     ));
     let bad = match server {
-        Some(s) => support::redis_config(s),
+        Some(s) => s.config(),
         None => CacheConfig::local(),
     };
     assert!(bad.key_prefix("p:1").build().is_err());

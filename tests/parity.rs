@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
-use support::RedisServer;
+use support::Shared;
 use tg_cache::timeout::MEDIUM;
 use tg_cache::{Cache, CacheConfig, Error};
 
@@ -22,7 +22,7 @@ for_each_store!(
     just_set_key_is_readable_when_full,
 );
 
-async fn incr_accepts_any_integer_type(cache: &Cache, _: Option<&RedisServer>) {
+async fn incr_accepts_any_integer_type(cache: &Cache, _: Option<&Shared<'_>>) {
     cache.set("i32", &41i32, MEDIUM).await.unwrap();
     assert_eq!(cache.incr("i32", 1).await.unwrap(), 42);
     assert_eq!(cache.get::<i32>("i32").await.unwrap(), Some(42));
@@ -49,7 +49,7 @@ async fn incr_accepts_any_integer_type(cache: &Cache, _: Option<&RedisServer>) {
     assert_eq!(cache.stats().errors, 0);
 }
 
-async fn reads_across_types_follow_json(cache: &Cache, _: Option<&RedisServer>) {
+async fn reads_across_types_follow_json(cache: &Cache, _: Option<&Shared<'_>>) {
     cache.set("n", &7i64, MEDIUM).await.unwrap();
     assert_eq!(cache.get::<i32>("n").await.unwrap(), Some(7));
     assert_eq!(cache.get::<f64>("n").await.unwrap(), Some(7.0));
@@ -71,7 +71,7 @@ async fn reads_across_types_follow_json(cache: &Cache, _: Option<&RedisServer>) 
     assert_eq!(cache.get_or_set("n", MEDIUM, || async { 0u32 }).await, 7u32);
 }
 
-async fn incr_is_exact_over_the_whole_i64_range(cache: &Cache, _: Option<&RedisServer>) {
+async fn incr_is_exact_over_the_whole_i64_range(cache: &Cache, _: Option<&Shared<'_>>) {
     let two53 = 1i64 << 53;
     cache.set("n", &two53, MEDIUM).await.unwrap();
     assert_eq!(cache.incr("n", 1).await.unwrap(), two53 + 1);
@@ -93,7 +93,7 @@ async fn incr_is_exact_over_the_whole_i64_range(cache: &Cache, _: Option<&RedisS
     assert_eq!(cache.incr("m", i64::MAX).await.unwrap(), -1);
 }
 
-async fn incr_on_a_family_key_is_exact(cache: &Cache, server: Option<&RedisServer>) {
+async fn incr_on_a_family_key_is_exact(cache: &Cache, server: Option<&Shared<'_>>) {
     let k = "tg:fn:counter:x=1";
     let big = i64::MAX - 5;
     cache.set(k, &big, MEDIUM).await.unwrap();
@@ -121,7 +121,7 @@ async fn incr_on_a_family_key_is_exact(cache: &Cache, server: Option<&RedisServe
     assert!(matches!(cache.incr(k, 1).await, Err(Error::MissingKey(_))));
 }
 
-async fn decr_by_i64_min_is_exact(cache: &Cache, _: Option<&RedisServer>) {
+async fn decr_by_i64_min_is_exact(cache: &Cache, _: Option<&Shared<'_>>) {
     for k in ["plain", "tg:fn:d:x=1"] {
         cache.set(k, &-1i64, MEDIUM).await.unwrap();
         assert_eq!(cache.decr(k, i64::MIN).await.unwrap(), i64::MAX, "{k}");
@@ -142,7 +142,7 @@ fn tuple_keyed() -> HashMap<(i32, i32), i32> {
     HashMap::from([((1, 2), 3)])
 }
 
-async fn unencodable_values_are_refused_at_set(cache: &Cache, _: Option<&RedisServer>) {
+async fn unencodable_values_are_refused_at_set(cache: &Cache, _: Option<&Shared<'_>>) {
     let m = tuple_keyed();
     assert!(matches!(
         cache.set("m", &m, MEDIUM).await,
@@ -162,7 +162,7 @@ async fn unencodable_values_are_refused_at_set(cache: &Cache, _: Option<&RedisSe
     assert_eq!(cache.stats().sets, 0);
 }
 
-async fn unencodable_values_are_returned_not_stored(cache: &Cache, _: Option<&RedisServer>) {
+async fn unencodable_values_are_returned_not_stored(cache: &Cache, _: Option<&Shared<'_>>) {
     let errors = cache.stats().errors;
     let v = cache
         .get_or_set("m", MEDIUM, || async { tuple_keyed() })
@@ -187,7 +187,7 @@ async fn unencodable_values_are_returned_not_stored(cache: &Cache, _: Option<&Re
     assert!(!cache.has_key("tg:fn:inf:").await.unwrap());
 }
 
-async fn non_finite_floats_are_refused(cache: &Cache, _: Option<&RedisServer>) {
+async fn non_finite_floats_are_refused(cache: &Cache, _: Option<&Shared<'_>>) {
     for v in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
         let r = cache.set("f", &v, MEDIUM).await;
         match r {
@@ -213,7 +213,7 @@ async fn non_finite_floats_are_refused(cache: &Cache, _: Option<&RedisServer>) {
     }
 }
 
-async fn option_nesting_rule(cache: &Cache, _: Option<&RedisServer>) {
+async fn option_nesting_rule(cache: &Cache, _: Option<&Shared<'_>>) {
     // None is stored, and is a hit (Some(None)), not a miss.
     cache
         .set("none", &None::<Option<i32>>, MEDIUM)
@@ -247,7 +247,7 @@ async fn option_nesting_rule(cache: &Cache, _: Option<&RedisServer>) {
     assert!(!cache.has_key("g").await.unwrap());
 }
 
-async fn just_set_key_is_readable_when_full(_: &Cache, server: Option<&RedisServer>) {
+async fn just_set_key_is_readable_when_full(_: &Cache, server: Option<&Shared<'_>>) {
     let cache = small(server, 3);
     for i in 0..50 {
         let k = format!("k{i}");
@@ -259,9 +259,9 @@ async fn just_set_key_is_readable_when_full(_: &Cache, server: Option<&RedisServ
     }
 }
 
-fn small(server: Option<&RedisServer>, max: u64) -> Cache {
+fn small(server: Option<&Shared<'_>>, max: u64) -> Cache {
     match server {
-        Some(s) => support::redis_config(s).max_entries(max).build().unwrap(),
+        Some(s) => s.config().max_entries(max).build().unwrap(),
         None => CacheConfig::local().max_entries(max).build().unwrap(),
     }
 }

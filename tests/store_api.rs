@@ -5,9 +5,9 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use support::RedisServer;
+use support::Shared;
 use tg_cache::timeout::{MEDIUM, SHORT};
-use tg_cache::{Cache, CacheConfig, Error, KeyBuilder, KeyPattern, Timeout, Ttl};
+use tg_cache::{Cache, Error, KeyBuilder, KeyPattern, Timeout, Ttl};
 
 for_each_store!(
     get_set_roundtrip,
@@ -37,7 +37,7 @@ for_each_store!(
     family_invalidation_during_fill_prevents_stale_store,
 );
 
-async fn get_set_roundtrip(cache: &Cache, server: Option<&RedisServer>) {
+async fn get_set_roundtrip(cache: &Cache, server: Option<&Shared<'_>>) {
     assert_eq!(
         cache
             .get::<Vec<String>>("tg:queryset:Character:id=5")
@@ -73,7 +73,7 @@ async fn get_set_roundtrip(cache: &Cache, server: Option<&RedisServer>) {
     }
 }
 
-async fn cached_none_is_not_a_miss(cache: &Cache, _: Option<&RedisServer>) {
+async fn cached_none_is_not_a_miss(cache: &Cache, _: Option<&Shared<'_>>) {
     cache.set("k", &None::<i32>, MEDIUM).await.unwrap();
     assert_eq!(cache.get::<Option<i32>>("k").await.unwrap(), Some(None));
     cache.set("unit", &(), MEDIUM).await.unwrap();
@@ -81,7 +81,7 @@ async fn cached_none_is_not_a_miss(cache: &Cache, _: Option<&RedisServer>) {
     assert_eq!(cache.get::<Option<i32>>("missing").await.unwrap(), None);
 }
 
-async fn add_only_if_absent(cache: &Cache, _: Option<&RedisServer>) {
+async fn add_only_if_absent(cache: &Cache, _: Option<&Shared<'_>>) {
     assert!(cache.add("a", &1, MEDIUM).await.unwrap());
     assert!(!cache.add("a", &2, MEDIUM).await.unwrap());
     assert_eq!(cache.get::<i32>("a").await.unwrap(), Some(1));
@@ -95,7 +95,7 @@ async fn add_only_if_absent(cache: &Cache, _: Option<&RedisServer>) {
     assert_eq!(cache.get::<i32>("b").await.unwrap(), Some(2));
 }
 
-async fn get_many_set_many(cache: &Cache, _: Option<&RedisServer>) {
+async fn get_many_set_many(cache: &Cache, _: Option<&Shared<'_>>) {
     cache
         .set_many(
             &[("m:1", "one".to_string()), ("m:2", "two".to_string())],
@@ -119,7 +119,7 @@ async fn get_many_set_many(cache: &Cache, _: Option<&RedisServer>) {
     );
 }
 
-async fn delete_and_delete_many(cache: &Cache, _: Option<&RedisServer>) {
+async fn delete_and_delete_many(cache: &Cache, _: Option<&Shared<'_>>) {
     cache.set("d:1", &1, MEDIUM).await.unwrap();
     cache.set("d:2", &2, MEDIUM).await.unwrap();
     cache.set("d:3", &3, MEDIUM).await.unwrap();
@@ -135,7 +135,7 @@ async fn delete_and_delete_many(cache: &Cache, _: Option<&RedisServer>) {
     assert_eq!(cache.get::<i32>("d:2").await.unwrap(), None);
 }
 
-async fn has_key_and_touch(cache: &Cache, _: Option<&RedisServer>) {
+async fn has_key_and_touch(cache: &Cache, _: Option<&Shared<'_>>) {
     assert!(!cache.has_key("h").await.unwrap());
     cache
         .set("h", &1, Duration::from_millis(300))
@@ -155,7 +155,7 @@ async fn has_key_and_touch(cache: &Cache, _: Option<&RedisServer>) {
     assert!(!cache.has_key("h").await.unwrap());
 }
 
-async fn incr_decr(cache: &Cache, _: Option<&RedisServer>) {
+async fn incr_decr(cache: &Cache, _: Option<&Shared<'_>>) {
     assert!(matches!(
         cache.incr("n", 1).await,
         Err(Error::MissingKey(_))
@@ -196,7 +196,7 @@ async fn incr_decr(cache: &Cache, _: Option<&RedisServer>) {
     assert_eq!(cache.get::<i64>("c").await.unwrap(), Some(400));
 }
 
-async fn ttl_reports_remaining_life(cache: &Cache, _: Option<&RedisServer>) {
+async fn ttl_reports_remaining_life(cache: &Cache, _: Option<&Shared<'_>>) {
     assert_eq!(cache.ttl("t").await.unwrap(), None);
     cache.set("t", &1, SHORT).await.unwrap();
     match cache.ttl("t").await.unwrap() {
@@ -211,7 +211,7 @@ async fn ttl_reports_remaining_life(cache: &Cache, _: Option<&RedisServer>) {
     );
 }
 
-async fn entries_expire(cache: &Cache, _: Option<&RedisServer>) {
+async fn entries_expire(cache: &Cache, _: Option<&Shared<'_>>) {
     cache
         .set("e", &1, Duration::from_millis(200))
         .await
@@ -222,7 +222,7 @@ async fn entries_expire(cache: &Cache, _: Option<&RedisServer>) {
     assert!(!cache.has_key("e").await.unwrap());
 }
 
-async fn no_cache_timeout_stores_nothing(cache: &Cache, _: Option<&RedisServer>) {
+async fn no_cache_timeout_stores_nothing(cache: &Cache, _: Option<&Shared<'_>>) {
     cache.set("z", &1, MEDIUM).await.unwrap();
     cache.set("z", &2, Timeout::NoCache).await.unwrap();
     assert_eq!(cache.get::<i32>("z").await.unwrap(), None);
@@ -240,7 +240,7 @@ async fn no_cache_timeout_stores_nothing(cache: &Cache, _: Option<&RedisServer>)
     assert_eq!(runs.load(Ordering::SeqCst), 3);
 }
 
-async fn delete_pattern_counts_and_is_not_widened(cache: &Cache, _: Option<&RedisServer>) {
+async fn delete_pattern_counts_and_is_not_widened(cache: &Cache, _: Option<&Shared<'_>>) {
     use tg_cache::{CacheKeyGenerator as G, KeyPattern};
     for id in 0..30 {
         let key = G::make_model_key("Character", &[("id", &id)]);
@@ -274,7 +274,7 @@ async fn delete_pattern_counts_and_is_not_widened(cache: &Cache, _: Option<&Redi
 
 async fn clear_empties_the_cache_the_same_on_every_store(
     cache: &Cache,
-    server: Option<&RedisServer>,
+    server: Option<&Shared<'_>>,
 ) {
     // A cache without key prefix or version owns its whole database:
     // clear() removes every key that set() can have written, `tg:` or not.
@@ -288,10 +288,7 @@ async fn clear_empties_the_cache_the_same_on_every_store(
     assert_eq!(n, 0, "a bare cache's clear() empties its database");
     // A cache with a key prefix removes its namespace only: another
     // application's key in the same database survives.
-    let app = CacheConfig::redis(&server.url())
-        .key_prefix("app")
-        .build()
-        .unwrap();
+    let app = server.config().key_prefix("app").build().unwrap();
     app.set("tg:view:home:", &1, MEDIUM).await.unwrap();
     app.set("my_key", &1, MEDIUM).await.unwrap();
     let () = server.cmd(&["SET", "other_app:session", "x"]);
@@ -308,7 +305,7 @@ async fn clear_empties_the_cache_the_same_on_every_store(
     assert_eq!(n, 0);
 }
 
-async fn get_or_set_computes_once_concurrently(cache: &Cache, _: Option<&RedisServer>) {
+async fn get_or_set_computes_once_concurrently(cache: &Cache, _: Option<&Shared<'_>>) {
     let runs = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..64 {
@@ -348,7 +345,7 @@ async fn get_or_set_computes_once_concurrently(cache: &Cache, _: Option<&RedisSe
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
-async fn get_or_set_survives_a_panicking_leader(cache: &Cache, _: Option<&RedisServer>) {
+async fn get_or_set_survives_a_panicking_leader(cache: &Cache, _: Option<&Shared<'_>>) {
     let leader = {
         let cache = cache.clone();
         std::thread::spawn(move || {
@@ -369,7 +366,7 @@ async fn get_or_set_survives_a_panicking_leader(cache: &Cache, _: Option<&RedisS
     assert!(leader.join().is_err());
 }
 
-async fn get_or_set_survives_a_cancelled_leader(cache: &Cache, _: Option<&RedisServer>) {
+async fn get_or_set_survives_a_cancelled_leader(cache: &Cache, _: Option<&Shared<'_>>) {
     let c = cache.clone();
     let leader = tokio::spawn(async move {
         c.get_or_set("q", MEDIUM, || async {
@@ -390,7 +387,7 @@ async fn get_or_set_survives_a_cancelled_leader(cache: &Cache, _: Option<&RedisS
     assert_eq!(v, 2);
 }
 
-async fn different_keys_do_not_wait(cache: &Cache, _: Option<&RedisServer>) {
+async fn different_keys_do_not_wait(cache: &Cache, _: Option<&Shared<'_>>) {
     let c = cache.clone();
     let slow = tokio::spawn(async move {
         c.get_or_set("slow", MEDIUM, || async {
@@ -410,7 +407,7 @@ async fn different_keys_do_not_wait(cache: &Cache, _: Option<&RedisServer>) {
     slow.abort();
 }
 
-async fn try_get_or_set_caches_only_ok(cache: &Cache, _: Option<&RedisServer>) {
+async fn try_get_or_set_caches_only_ok(cache: &Cache, _: Option<&Shared<'_>>) {
     let runs = AtomicUsize::new(0);
     let r: Result<u32, String> = cache
         .try_get_or_set("r", MEDIUM, || async {
@@ -436,7 +433,7 @@ async fn try_get_or_set_caches_only_ok(cache: &Cache, _: Option<&RedisServer>) {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
-async fn wrong_type_is_a_counted_miss(cache: &Cache, _: Option<&RedisServer>) {
+async fn wrong_type_is_a_counted_miss(cache: &Cache, _: Option<&Shared<'_>>) {
     cache
         .set("w", &"a string".to_string(), MEDIUM)
         .await
@@ -448,7 +445,7 @@ async fn wrong_type_is_a_counted_miss(cache: &Cache, _: Option<&RedisServer>) {
     assert_eq!(cache.get::<u64>("w").await.unwrap(), Some(3));
 }
 
-async fn invalid_keys_are_errors(cache: &Cache, _: Option<&RedisServer>) {
+async fn invalid_keys_are_errors(cache: &Cache, _: Option<&Shared<'_>>) {
     for bad in ["", "has space", "tab\there", "nl\n", "nul\0"] {
         match cache.set(bad, &1, MEDIUM).await {
             Err(Error::InvalidKey { .. }) => {}
@@ -462,7 +459,7 @@ async fn invalid_keys_are_errors(cache: &Cache, _: Option<&RedisServer>) {
     );
 }
 
-async fn long_keys_are_stored_whole(cache: &Cache, server: Option<&RedisServer>) {
+async fn long_keys_are_stored_whole(cache: &Cache, server: Option<&Shared<'_>>) {
     // Redis has no key length limit, and Django does not shorten keys: a
     // long key is stored as given, so a pattern over its parts matches it.
     let value = "a".repeat(500);
@@ -492,12 +489,12 @@ async fn long_keys_are_stored_whole(cache: &Cache, server: Option<&RedisServer>)
     assert_eq!(cache.get_or_set(&huge, MEDIUM, || async { 3 }).await, 3);
 }
 
-async fn health_answers(cache: &Cache, _: Option<&RedisServer>) {
+async fn health_answers(cache: &Cache, _: Option<&Shared<'_>>) {
     assert!(cache.health().await.is_ok());
     assert!(cache.blocking().health().is_ok());
 }
 
-async fn delete_during_fill_prevents_stale_store(cache: &Cache, _: Option<&RedisServer>) {
+async fn delete_during_fill_prevents_stale_store(cache: &Cache, _: Option<&Shared<'_>>) {
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let (resume_tx, resume_rx) = tokio::sync::oneshot::channel::<()>();
     let c = cache.clone();
@@ -520,7 +517,7 @@ async fn delete_during_fill_prevents_stale_store(cache: &Cache, _: Option<&Redis
     );
 }
 
-async fn set_during_fill_wins(cache: &Cache, _: Option<&RedisServer>) {
+async fn set_during_fill_wins(cache: &Cache, _: Option<&Shared<'_>>) {
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let (resume_tx, resume_rx) = tokio::sync::oneshot::channel::<()>();
     let c = cache.clone();
@@ -545,7 +542,7 @@ async fn set_during_fill_wins(cache: &Cache, _: Option<&RedisServer>) {
     );
 }
 
-async fn invalidate_family_hides_every_entry(cache: &Cache, server: Option<&RedisServer>) {
+async fn invalidate_family_hides_every_entry(cache: &Cache, server: Option<&Shared<'_>>) {
     use tg_cache::CacheKeyGenerator as G;
     for id in 0..50 {
         cache
@@ -650,7 +647,8 @@ async fn invalidate_family_hides_every_entry(cache: &Cache, server: Option<&Redi
             "{keys:?}"
         );
         let raw: String = server.cmd(&["GET", "tg:queryset:Character:id=1"]);
-        let epoch: String = server.cmd(&["GET", "#epoch:tg:queryset:Character"]);
+        let epoch_key = server.epoch_key("tg:queryset:Character", "tg:queryset:Character:id=1");
+        let epoch: String = server.cmd(&["GET", &epoch_key]);
         assert_eq!(raw, format!("#{epoch}:100"));
     }
     assert!(matches!(
@@ -665,7 +663,7 @@ async fn invalidate_family_hides_every_entry(cache: &Cache, server: Option<&Redi
 
 async fn family_invalidation_during_fill_prevents_stale_store(
     cache: &Cache,
-    _: Option<&RedisServer>,
+    _: Option<&Shared<'_>>,
 ) {
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let (resume_tx, resume_rx) = tokio::sync::oneshot::channel::<()>();

@@ -49,9 +49,73 @@ pub fn redis(server: &RedisServer) -> Cache {
     redis_config(server).build().unwrap()
 }
 
-/// Runs each listed `async fn(&Cache, Option<&RedisServer>)` as a test on the
-/// local store, on a fresh real Redis, and on a real Redis Cluster (without
-/// a server to read raw keys from).
+/// The Redis behind a store test's cache, to build siblings on and to read
+/// raw keys from: a server, or the shared cluster.
+pub enum Shared<'a> {
+    Server(&'a RedisServer),
+    Cluster(&'a RedisCluster),
+}
+
+impl Shared<'_> {
+    /// A configuration of a cache on the same Redis.
+    pub fn config(&self) -> CacheConfig {
+        match self {
+            Shared::Server(s) => redis_config(s),
+            Shared::Cluster(_) => cluster_config(),
+        }
+    }
+
+    /// One raw command. On a cluster, `KEYS` and `DBSIZE` are summed over
+    /// every primary; any other command goes to its key's node.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let cluster = match self {
+            Shared::Server(s) => return s.cmd(args),
+            Shared::Cluster(c) => c,
+        };
+        let primaries = cluster.primaries();
+        let value = match args[0] {
+            "KEYS" => redis::Value::Array(
+                primaries
+                    .iter()
+                    .flat_map(|p| cluster.server(p.port).cmd::<Vec<redis::Value>>(args))
+                    .collect(),
+            ),
+            "DBSIZE" => redis::Value::Int(
+                primaries
+                    .iter()
+                    .map(|p| cluster.server(p.port).cmd::<i64>(args))
+                    .sum(),
+            ),
+            _ => {
+                let mut cmd = redis::cmd(args[0]);
+                for a in &args[1..] {
+                    cmd.arg(*a);
+                }
+                let mut con = redis::cluster::ClusterClient::new(cluster.urls())
+                    .and_then(|c| c.get_connection())
+                    .expect("a cluster connection");
+                cmd.query(&mut con)
+                    .unwrap_or_else(|e| panic!("redis {args:?} failed: {e}"))
+            }
+        };
+        T::from_redis_value(value).unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+    }
+
+    /// The epoch key of `family` that `key` is checked against: the
+    /// family's own on a server, its slot's on a cluster.
+    pub fn epoch_key(&self, family: &str, key: &str) -> String {
+        match self {
+            Shared::Server(_) => format!("#epoch:{family}"),
+            Shared::Cluster(_) => {
+                format!("#{{{}}}:#epoch:{family}", tg_cache::testing::slot_tag(key))
+            }
+        }
+    }
+}
+
+/// Runs each listed `async fn(&Cache, Option<&Shared>)` as a test on the
+/// local store (`None`), on a fresh real Redis, and on the shared real
+/// Redis Cluster.
 #[macro_export]
 macro_rules! for_each_store {
     ($($name:ident),* $(,)?) => {
@@ -65,14 +129,16 @@ macro_rules! for_each_store {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
                 let server = $crate::support::RedisServer::start();
-                super::$name(&$crate::support::redis(&server), Some(&server)).await
+                let shared = $crate::support::Shared::Server(&server);
+                super::$name(&$crate::support::redis(&server), Some(&shared)).await
             }
         )*}
         mod on_cluster {$(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
                 let _turn = $crate::support::CLUSTER_TURN.lock().await;
-                super::$name(&$crate::support::cluster().await, None).await
+                let shared = $crate::support::Shared::Cluster(&$crate::support::CLUSTER);
+                super::$name(&$crate::support::cluster().await, Some(&shared)).await
             }
         )*}
     };

@@ -32,6 +32,12 @@ pub fn epochs_raced() -> u64 {
     crate::store::epochs::RACED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The hash tag that a Redis Cluster store puts on the internal keys of
+/// `key` (its family's epoch in `key`'s slot: `#{<tag>}:#epoch:<family>`).
+pub fn slot_tag(key: &str) -> &'static str {
+    crate::store::slots::tag_for(crate::store::slots::slot_of(key.as_bytes()))
+}
+
 /// A `redis-server` process started for a test (`--save ""`, no persistence),
 /// killed when dropped. Its log is printed if the test panics.
 pub struct RedisServer {
