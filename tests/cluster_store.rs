@@ -591,7 +591,12 @@ async fn a_killed_primary_fails_no_call_and_the_other_shards_keep_hitting() {
         s[1][1]
     );
     // And the victim's keys hit again once its replica took over.
-    assert!(resumed.is_some(), "hits on the failed shard never resumed");
+    let resumed = resumed.expect("hits on the failed shard never resumed");
+    // Within two topology reads of the promotion.
+    assert!(
+        resumed <= promoted + Duration::from_secs(2),
+        "hits on the failed shard resumed {resumed:?} after the kill, the replica was promoted after {promoted:?}"
+    );
     let after = &s[2][1];
     assert!(
         after.computed * 2 <= after.calls,
@@ -630,6 +635,9 @@ fn spawn(helper: &str, cluster: &RedisCluster, env: &[(&str, &str)]) -> std::pro
 
 /// The keys of the family race: given to a child in this variable.
 const RACE_KEYS_VAR: &str = "TG_XP_RACE_KEYS";
+/// Keys outside the family that a race's child also writes (and reads
+/// back), invalidating the family now and then too.
+const OWN_KEYS_VAR: &str = "TG_XP_OWN_KEYS";
 
 /// Keys of the family on every primary.
 fn spread_race_keys() -> Vec<String> {
@@ -737,18 +745,73 @@ async fn helper_cluster_family_reader() {
         .map(str::to_owned)
         .collect();
     let raw = Arc::new(raw);
+    let writer = std::env::var(OWN_KEYS_VAR).ok().map(|own| {
+        let own: Vec<String> = own.split(',').map(str::to_owned).collect();
+        let (cache, raw) = (cache.clone(), raw.clone());
+        tokio::spawn(async move { write_race(&cache, &raw, &own).await })
+    });
     let () = raw.cmd(&["SET", "xp:reading", "1"]);
     let stop = raw.clone();
     let r = read_race(&cache, &raw, Arc::new(keys), "xp:hits:child", move || {
         stop.exists("xp:stop")
     })
     .await;
+    if let Some(w) = writer {
+        let w = w.await.unwrap();
+        println!("XP own_writes={}", w.writes);
+        println!("XP own_stale={}", w.stale);
+        println!("XP own_failed={}", w.failed);
+        println!("XP invalidations={}", w.invalidations);
+    }
     println!("XP stale={}", r.stale);
     println!("XP beyond={}", r.beyond);
     println!("XP reads={}", r.reads);
     println!("XP hits={}", r.hits);
     println!("XP failed={}", r.failed);
     println!("XP near={}", r.near);
+}
+
+/// What a race's child wrote.
+#[derive(Debug, Default, Clone, Copy)]
+struct Writes {
+    /// Writes of its own keys that returned.
+    writes: u64,
+    /// Reads right after one of them that did not see it.
+    stale: u64,
+    /// Writes, read-backs and invalidations that failed.
+    failed: u64,
+    /// Family invalidations that returned.
+    invalidations: u64,
+}
+
+/// Until `xp:stop`: writes `own` keys in turn, each read back at once
+/// (an own write is seen at once, near cache or not), and invalidates the
+/// family every tenth write.
+async fn write_race(cache: &Cache, raw: &helpers::Raw, own: &[String]) -> Writes {
+    let mut w = Writes::default();
+    let mut n = 0u64;
+    while !raw.exists("xp:stop") {
+        n += 1;
+        let key = &own[n as usize % own.len()];
+        if cache.set(key, &n, None).await.is_err() {
+            w.failed += 1;
+            continue;
+        }
+        w.writes += 1;
+        match cache.get::<u64>(key).await {
+            Ok(Some(v)) if v == n => {}
+            Ok(_) => w.stale += 1,
+            Err(_) => w.failed += 1,
+        }
+        if n.is_multiple_of(10) {
+            match cache.invalidate_family(FAMILY).await {
+                Ok(()) => w.invalidations += 1,
+                Err(_) => w.failed += 1,
+            }
+        }
+        tokio::time::sleep(helpers::jitter(3)).await;
+    }
+    w
 }
 
 /// What one family race saw.
@@ -761,6 +824,8 @@ struct Race {
     /// What the child and the parent's reader saw.
     child: Reads,
     parent: Reads,
+    /// What the child wrote, if it wrote.
+    child_writes: Option<Writes>,
 }
 
 /// Randomised across two processes: the parent writes round `r` of the
@@ -772,13 +837,18 @@ struct Race {
 async fn family_race(
     cluster: &RedisCluster,
     keys: Vec<String>,
+    own: Option<Vec<String>>,
     near: bool,
     meanwhile: impl FnOnce() + Send + 'static,
 ) -> Race {
     use std::sync::atomic::AtomicBool;
     let raw = Arc::new(raw_cluster(&cluster.urls().join(",")));
     let joined = keys.join(",");
+    let own_joined = own.as_ref().map(|o| o.join(","));
     let mut env = vec![(RACE_KEYS_VAR, joined.as_str())];
+    if let Some(o) = &own_joined {
+        env.push((OWN_KEYS_VAR, o.as_str()));
+    }
     if near {
         env.push(("TG_CACHE_NEAR_CACHE", "10000"));
     }
@@ -861,6 +931,12 @@ async fn family_race(
             near: get("near"),
         },
         parent,
+        child_writes: own.map(|_| Writes {
+            writes: get("own_writes"),
+            stale: get("own_stale"),
+            failed: get("own_failed"),
+            invalidations: get("invalidations"),
+        }),
     }
 }
 
@@ -868,9 +944,16 @@ impl Race {
     fn check(&self, what: &str) {
         let (c, p) = (self.child, self.parent);
         eprintln!(
-            "{what}: {} rounds ({} failed writes); child: {c:?}; parent: {p:?}",
-            self.rounds, self.write_errors
+            "{what}: {} rounds ({} failed writes); child: {c:?}; parent: {p:?}; child's writes: {:?}",
+            self.rounds, self.write_errors, self.child_writes
         );
+        if let Some(w) = self.child_writes {
+            assert!(
+                w.writes >= 50 && w.invalidations >= 5,
+                "the child hardly wrote: {w:?}"
+            );
+            assert_eq!(w.stale, 0, "the child's own writes not read back: {w:?}");
+        }
         assert!(self.rounds >= 30, "only {} invalidations", self.rounds);
         assert!(
             c.hits >= 1000 && p.hits >= 1000,
@@ -904,7 +987,7 @@ async fn two_processes_never_serve_a_family_value_killed_before_the_read() {
     let _one = ONE_AT_A_TIME.lock().await;
     let _w = watchdog("cluster family race", Duration::from_secs(120));
     let cluster = RedisCluster::start();
-    family_race(&cluster, spread_race_keys(), false, || {})
+    family_race(&cluster, spread_race_keys(), None, false, || {})
         .await
         .check("cluster family race");
 }
@@ -973,6 +1056,13 @@ async fn migration_race(near: bool) {
         .collect();
     assert_eq!(keys.len(), 8);
     keys.extend((1..9).map(family_key));
+    // Keys of the child's own writes: four in that slot, four elsewhere.
+    let mut own: Vec<String> = (0..200_000)
+        .map(|i| format!("xp:own:{i}"))
+        .filter(|k| cluster_slot(k) == slot)
+        .take(4)
+        .collect();
+    own.extend((0..4).map(|i| format!("xp:own:elsewhere:{i}")));
     let nodes = cluster.nodes();
     let from = cluster.primary_of_slot(slot).unwrap().port;
     let to = cluster
@@ -981,7 +1071,7 @@ async fn migration_race(near: bool) {
         .find(|p| p.port != from)
         .unwrap()
         .port;
-    let race = family_race(&cluster, keys, near, move || {
+    let race = family_race(&cluster, keys, Some(own), near, move || {
         std::thread::sleep(Duration::from_millis(500));
         // Each round writes the slot's keys again: move them a few times.
         for _ in 0..3 {
@@ -1411,7 +1501,7 @@ async fn two_processes_with_near_caches_never_serve_a_killed_family_value_beyond
     let _one = ONE_AT_A_TIME.lock().await;
     let _w = watchdog("cluster near family race", Duration::from_secs(120));
     let cluster = RedisCluster::start();
-    family_race(&cluster, spread_race_keys(), true, || {})
+    family_race(&cluster, spread_race_keys(), None, true, || {})
         .await
         .check("cluster near family race");
 }
