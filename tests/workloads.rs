@@ -11,7 +11,7 @@
 #[path = "cross_process/helpers.rs"]
 mod helpers;
 
-use helpers::{Raw, build, child_url, finish, reported, spawn_child};
+use helpers::{Backend, Raw, Where, build, child_url, finish, reported, spawn_child};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
@@ -39,6 +39,18 @@ fn report(name: &str, value: impl std::fmt::Display) {
 /// hundreds of batches (`COUNT 1000`), about a third of a second.
 const FILLER_KEYS: u64 = 300_000;
 const TRIALS: u64 = 24;
+/// Trials on the cluster, whose sweeps take longer (every primary is
+/// scanned, and each batch is unlinked by a script).
+const CLUSTER_TRIALS: u64 = 8;
+/// The trials a child runs.
+const TRIALS_VAR: &str = "XP_TRIALS";
+
+fn trials(place: Where) -> u64 {
+    match place {
+        Where::Node => TRIALS,
+        Where::Cluster => CLUSTER_TRIALS,
+    }
+}
 /// Fills in flight in each trial, released together.
 const FILLS: u64 = 8;
 
@@ -48,14 +60,40 @@ enum Sweep {
     Clear,
 }
 
-fn populate(server: &RedisServer) {
-    let () = server.cmd(&[
-        "DEBUG",
-        "POPULATE",
-        &FILLER_KEYS.to_string(),
-        "filler",
-        "16",
-    ]);
+/// Adds [`FILLER_KEYS`] keys: `DEBUG POPULATE` on a server; on a cluster,
+/// a script on each primary that writes keys in the slots it serves
+/// (`DEBUG POPULATE` would write keys of any slot).
+fn populate(backend: &Backend) {
+    if !backend.is_cluster() {
+        let () = backend.server.cmd(&[
+            "DEBUG",
+            "POPULATE",
+            &FILLER_KEYS.to_string(),
+            "filler",
+            "16",
+        ]);
+        return;
+    }
+    const POPULATE: &str = r"#!lua flags=allow-cross-slot-keys
+local per = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  for j = 1, per do
+    redis.call('SET', '{' .. ARGV[i] .. '}filler:' .. j, 'xxxxxxxxxxxxxxxx')
+  end
+end
+return 0";
+    let per = FILLER_KEYS.div_ceil(u64::from(tg_cache::testing::SLOTS));
+    for p in helpers::CLUSTER.primaries() {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(POPULATE).arg(0).arg(per);
+        for &(a, b) in &p.slots {
+            for slot in a..=b {
+                cmd.arg(tg_cache::testing::tag_of_slot(slot));
+            }
+        }
+        let mut con = helpers::CLUSTER.server(p.port).connection();
+        let () = cmd.query(&mut con).unwrap();
+    }
 }
 
 async fn sweep(cache: &Cache, kind: Sweep) {
@@ -72,11 +110,12 @@ async fn sweep(cache: &Cache, kind: Sweep) {
 /// changes the data, then sweeps the whole database
 /// (`delete_pattern("race:*")` or `clear()`) while A's fills are released
 /// at a random moment of the sweep. Returns the fills that survived (a
-/// fresh cache still reads the old value), of [`TRIALS`] × [`FILLS`].
-async fn fills_surviving_a_sweep(kind: Sweep) -> u64 {
-    let server = RedisServer::start();
+/// fresh cache still reads the old value), of [`trials`] × [`FILLS`].
+async fn fills_surviving_a_sweep(place: Where, kind: Sweep) -> u64 {
+    let server = Backend::start(place);
+    let trials = trials(place);
     let data = Raw::data(&server.url());
-    for i in 0..TRIALS {
+    for i in 0..trials {
         let () = data.cmd(&["SET", &format!("race:{i}:db"), "old"]);
     }
     populate(&server);
@@ -86,9 +125,13 @@ async fn fills_surviving_a_sweep(kind: Sweep) -> u64 {
     sweep(&cache, kind).await;
     let sweep_time = t.elapsed();
     report(&format!("{kind:?}_sweep_ms"), sweep_time.as_millis());
-    let child = spawn_child("helper_race_filler", &server.url(), &[]);
+    let child = spawn_child(
+        "helper_race_filler",
+        &server.url(),
+        &[(TRIALS_VAR, &trials.to_string())],
+    );
     let mut stale = 0;
-    for i in 0..TRIALS {
+    for i in 0..trials {
         if kind == Sweep::Clear || i == 0 {
             populate(&server);
         }
@@ -123,7 +166,7 @@ async fn fills_surviving_a_sweep(kind: Sweep) -> u64 {
     assert!(ok, "child failed:\n{out}\n{err}");
     report(
         &format!("{kind:?}_stale_fills"),
-        format!("{stale}/{}", TRIALS * FILLS),
+        format!("{stale}/{}", trials * FILLS),
     );
     stale
 }
@@ -143,7 +186,8 @@ async fn helper_race_filler() {
     let Some(url) = child_url() else { return };
     let cache = build(&url);
     let data = Raw::data(&url);
-    for i in 0..TRIALS {
+    let trials: u64 = std::env::var(TRIALS_VAR).unwrap().parse().unwrap();
+    for i in 0..trials {
         let fills: Vec<_> = (0..FILLS)
             .map(|j| {
                 let (cache, d, done) = (cache.clone(), data.clone(), data.clone());
@@ -168,27 +212,49 @@ async fn helper_race_filler() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_fill_never_survives_a_pattern_delete_over_300k_keys() {
+/// Each sweep test on a server of its own (`<name>::on_redis`) and on
+/// the shared cluster (`<name>::on_cluster`, one at a time).
+macro_rules! on_both {
+    ($($name:ident),*) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn on_redis() {
+                super::$name(super::Where::Node).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn on_cluster() {
+                let _turn = super::helpers::CLUSTER_TURN.lock().await;
+                super::$name(super::Where::Cluster).await
+            }
+        }
+    )*};
+}
+
+on_both!(
+    a_fill_never_survives_a_pattern_delete_over_300k_keys,
+    a_fill_never_survives_a_clear_over_300k_keys
+);
+
+async fn a_fill_never_survives_a_pattern_delete_over_300k_keys(place: Where) {
     let _w = watchdog("a_fill_never_survives_a_pattern_delete_over_300k_keys", 300);
-    let stale = fills_surviving_a_sweep(Sweep::Pattern).await;
+    let stale = fills_surviving_a_sweep(place, Sweep::Pattern).await;
     assert_eq!(
         stale,
         0,
         "{stale} of {} fills released during a delete_pattern over {FILLER_KEYS} keys survived it",
-        TRIALS * FILLS
+        trials(place) * FILLS
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_fill_never_survives_a_clear_over_300k_keys() {
+async fn a_fill_never_survives_a_clear_over_300k_keys(place: Where) {
     let _w = watchdog("a_fill_never_survives_a_clear_over_300k_keys", 300);
-    let stale = fills_surviving_a_sweep(Sweep::Clear).await;
+    let stale = fills_surviving_a_sweep(place, Sweep::Clear).await;
     assert_eq!(
         stale,
         0,
         "{stale} of {} fills released during a clear() over {FILLER_KEYS} keys survived it",
-        TRIALS * FILLS
+        trials(place) * FILLS
     );
 }
 

@@ -57,6 +57,11 @@ impl Backend {
         }
     }
 
+    /// Whether this is the cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
     /// What caches, [`Raw`] and child processes connect with: the server's
     /// URL, or `cluster:<node URL>,...|<data server URL>`.
     pub fn url(&self) -> String {

@@ -38,6 +38,14 @@ pub fn slot_tag(key: &str) -> &'static str {
     crate::store::slots::tag_for(crate::store::slots::slot_of(key.as_bytes()))
 }
 
+/// The hash slots of a Redis Cluster.
+pub const SLOTS: u16 = crate::store::slots::SLOTS;
+
+/// A hash tag of `slot`: `{<tag>}` in a key puts the key in that slot.
+pub fn tag_of_slot(slot: u16) -> &'static str {
+    crate::store::slots::tag_for(slot)
+}
+
 /// A `redis-server` process started for a test (`--save ""`, no persistence),
 /// killed when dropped. Its log is printed if the test panics.
 pub struct RedisServer {

@@ -1121,6 +1121,65 @@ impl RedisStore {
         Ok(replies)
     }
 
+    /// Unlinks `values` (counted) with their sidecars, and `others`, that
+    /// `node`'s `SCAN` returned: in one [`scripts::UNLINK_LOCAL`] call on
+    /// it, and the keys it refused (their slot moved meanwhile) one by one
+    /// through the routing. Returns how many values it unlinked.
+    async fn unlink_on(
+        &self,
+        node: &Primary,
+        values: &[String],
+        others: &[String],
+    ) -> Result<usize> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(super::scripts::UNLINK_LOCAL)
+            .arg(0)
+            .arg(values.len());
+        cmd.arg(values).arg(others);
+        for k in values {
+            cmd.arg(self.names.sidecar(k));
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        let reply = self.on_primary(node, pipe).await?.into_iter().next();
+        let (mut unlinked, refused): (usize, Vec<String>) = match reply {
+            Some(redis::Value::Array(out)) if !out.is_empty() => {
+                let n = usize::try_from(int(out.first())).unwrap_or(0);
+                let refused = out[1..]
+                    .iter()
+                    .filter_map(|k| bytes(Some(k)))
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect();
+                (n, refused)
+            }
+            // The node failed the call (or was demoted meanwhile): every
+            // key through the routing, wherever it is.
+            _ => {
+                let mut all: Vec<String> = values.iter().chain(others).cloned().collect();
+                all.extend(values.iter().map(|k| self.names.sidecar(k)));
+                (0, all)
+            }
+        };
+        if !refused.is_empty() {
+            let cmds = refused
+                .iter()
+                .map(|k| {
+                    let mut c = redis::cmd("UNLINK");
+                    c.arg(k);
+                    (super::slots::slot_of(k.as_bytes()), c)
+                })
+                .collect();
+            let replies = self.on_owners(cmds).await?;
+            unlinked += refused
+                .iter()
+                .zip(&replies)
+                .filter(|(k, _)| values.contains(k))
+                .map(|(_, v)| usize::try_from(int(Some(v))).unwrap_or(0))
+                .sum::<usize>();
+        }
+        Ok(unlinked)
+    }
+
     /// A family's invalidation on a cluster: its epoch replaced in every
     /// slot (`names.rs`), by one [`scripts::SWEEP_EPOCHS`] call per
     /// primary, for the slots it serves; slots no primary was listed for,
@@ -1187,10 +1246,18 @@ impl RedisStore {
         for node in self.primaries().await? {
             // The keys, then the internal keys (sidecars, and epochs with
             // `epochs`) of names the pattern matches: `#{<tag>}:<name>`.
-            let scans = [
-                (pattern.to_owned(), false),
-                (format!("#{{*}}:{pattern}"), true),
-            ];
+            // A pattern that opens with `*` matches the internal keys of the
+            // names it matches itself: one scan finds both.
+            let both = pattern.starts_with('*');
+            // (The pattern scanned; whether it is for internal keys only,
+            // user keys only, or `None`: both.)
+            let mut scans = vec![(pattern.to_owned(), None)];
+            if !both {
+                scans = vec![
+                    (pattern.to_owned(), Some(false)),
+                    (format!("#{{*}}:{pattern}"), Some(true)),
+                ];
+            }
             for (scan, internal) in scans {
                 let mut cursor: u64 = 0;
                 loop {
@@ -1217,35 +1284,20 @@ impl RedisStore {
                                 // Only names the pattern matches: a `*` of
                                 // either scan may match across `#{<tag>}:`.
                                 Some(name) => {
-                                    internal && kept && crate::key::glob_match(pattern, name)
+                                    internal != Some(false)
+                                        && kept
+                                        && crate::key::glob_match(pattern, name)
                                 }
-                                None => !internal && kept,
+                                None => internal != Some(true) && kept,
                             }
                         })
                         .collect();
-                    let (sidecars, values): (Vec<String>, Vec<String>) = if internal {
-                        (keys, Vec::new())
-                    } else {
-                        keys.into_iter().partition(|k| lease::is_sidecar(k))
-                    };
-                    let mut cmds = Vec::with_capacity(2 * values.len() + sidecars.len());
-                    for k in values.iter().chain(&sidecars) {
-                        let mut c = redis::cmd("UNLINK");
-                        c.arg(k);
-                        cmds.push((super::slots::slot_of(k.as_bytes()), c));
-                    }
-                    for k in &values {
-                        let sidecar = self.names.sidecar(k);
-                        let mut c = redis::cmd("UNLINK");
-                        c.arg(&sidecar);
-                        cmds.push((super::slots::slot_of(sidecar.as_bytes()), c));
-                    }
-                    if !cmds.is_empty() {
-                        let replies = self.on_owners(cmds).await?;
-                        deleted += replies[..values.len()]
-                            .iter()
-                            .map(|v| usize::try_from(int(Some(v))).unwrap_or(0))
-                            .sum::<usize>();
+                    // Values (counted), and internal keys and sidecars.
+                    let (sidecars, values): (Vec<String>, Vec<String>) = keys
+                        .into_iter()
+                        .partition(|k| self.names.untagged(k).is_some() || lease::is_sidecar(k));
+                    if !values.is_empty() || !sidecars.is_empty() {
+                        deleted += self.unlink_on(&node, &values, &sidecars).await?;
                     }
                     if next == 0 {
                         break;

@@ -388,6 +388,26 @@ end
 return refused
 ";
 
+/// A cluster's batch of keys that one primary's `SCAN` returned, unlinked
+/// on that primary in one call (a multi-key `UNLINK` would span slots):
+/// each key that the node refuses (its slot moved meanwhile) is returned,
+/// for the caller to unlink through the cluster's routing.
+/// ARGV: how many of the keys are values (counted), then the keys.
+/// Returns the values unlinked, then the refused keys.
+pub(crate) const UNLINK_LOCAL: &str = r"#!lua flags=allow-cross-slot-keys
+local values = tonumber(ARGV[1])
+local out = {0}
+for i = 2, #ARGV do
+  local ok, n = pcall(redis.call, 'UNLINK', ARGV[i])
+  if not ok then
+    out[#out + 1] = ARGV[i]
+  elseif i <= values + 1 then
+    out[1] = out[1] + n
+  end
+end
+return out
+";
+
 /// One slot's epoch replaced (`KEYS[1]`), as [`SWEEP_EPOCHS`] does, for a
 /// slot the sweep could not write: routed by its key, so it follows `ASK`
 /// and `MOVED`. ARGV: token.
