@@ -35,6 +35,7 @@ for_each_store!(
     set_during_fill_wins,
     invalidate_family_hides_every_entry,
     family_invalidation_during_fill_prevents_stale_store,
+    epochs_expire_with_their_familys_values,
 );
 
 async fn get_set_roundtrip(cache: &Cache, server: Option<&Shared<'_>>) {
@@ -690,4 +691,83 @@ async fn family_invalidation_during_fill_prevents_stale_store(
             .unwrap(),
         None
     );
+}
+
+fn pttl(server: &Shared<'_>, key: &str) -> i64 {
+    server.cmd(&["PTTL", key])
+}
+
+/// A family's epoch lives as long as its longest-lived value, and no
+/// longer: manual families (`tg:session:<sid>`) leave no permanent key.
+/// (The keys share a hash slot, `{s}`: on a cluster, one epoch per slot.)
+async fn epochs_expire_with_their_familys_values(cache: &Cache, server: Option<&Shared<'_>>) {
+    let Some(server) = server else { return };
+    let epoch = &server.epoch_key("tg:session:abc", "tg:session:abc:{s}cart");
+    cache
+        .set("tg:session:abc:{s}cart", &1, Duration::from_secs(2))
+        .await
+        .unwrap();
+    // An epoch lives up to twice its longest value's lifetime: extended
+    // only when it has less than that lifetime left, so that writes do not
+    // change it (and invalidate it on every tracking connection) each time.
+    let t = pttl(server, epoch);
+    assert!(
+        (3500..=4000).contains(&t),
+        "epoch PTTL {t} after a 2 s value"
+    );
+    cache
+        .set("tg:session:abc:{s}user", &2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let t = pttl(server, epoch);
+    assert!(
+        (19_000..=20_000).contains(&t),
+        "epoch PTTL {t} after a 10 s value"
+    );
+    // Another write of that lifetime leaves it alone.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    cache
+        .set("tg:session:abc:{s}user", &3, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let again = pttl(server, epoch);
+    assert!(again < t, "epoch PTTL {again} extended again (was {t})");
+    // A shorter value never shortens it; a fill extends it like a set.
+    cache
+        .set("tg:session:abc:{s}x", &3, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(pttl(server, epoch) > 19_000);
+    assert_eq!(
+        cache
+            .get_or_set("tg:session:abc:{s}y", Duration::from_secs(30), || async {
+                4
+            })
+            .await,
+        4
+    );
+    assert!(pttl(server, epoch) > 59_000);
+    // A bump keeps the epoch's lifetime.
+    cache.invalidate_family("tg:session:abc").await.unwrap();
+    assert!(pttl(server, epoch) > 59_000);
+    // A value that never expires keeps its epoch forever.
+    cache
+        .set("tg:session:abc:{s}z", &5, tg_cache::Timeout::Never)
+        .await
+        .unwrap();
+    assert_eq!(pttl(server, epoch), -1);
+
+    // Invalidating a family that has no epoch writes none.
+    cache.invalidate_family("tg:session:none").await.unwrap();
+    let none: Vec<String> = server.cmd(&["KEYS", "*#epoch:tg:session:none"]);
+    assert!(none.is_empty(), "{none:?}");
+
+    // Gone with its values.
+    cache
+        .set("tg:session:short:k", &1, Duration::from_millis(300))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    let keys: Vec<String> = server.cmd(&["KEYS", "*short*"]);
+    assert!(keys.is_empty(), "left behind: {keys:?}");
 }
