@@ -6,8 +6,13 @@ use tg_cache::CacheConfig;
 use tg_cache::template::{add_to_environment, make_template_fragment_key};
 
 fn env(renders: Arc<AtomicUsize>) -> minijinja::Environment<'static> {
-    let cache: &'static tg_cache::Cache =
-        Box::leak(Box::new(CacheConfig::local().build().unwrap()));
+    env_on(CacheConfig::local(), renders)
+}
+
+/// The test templates, their fragments cached on a cache built from
+/// `config`.
+fn env_on(config: CacheConfig, renders: Arc<AtomicUsize>) -> minijinja::Environment<'static> {
+    let cache: &'static tg_cache::Cache = Box::leak(Box::new(config.build().unwrap()));
     let mut env = minijinja::Environment::new();
     add_to_environment(&mut env, cache);
     env.add_function("rendered", move || {
@@ -35,7 +40,25 @@ fn env(renders: Arc<AtomicUsize>) -> minijinja::Environment<'static> {
 #[test]
 fn a_hit_does_not_render_the_block() {
     let renders = Arc::new(AtomicUsize::new(0));
-    let env = env(renders.clone());
+    hits_do_not_render(&env(renders.clone()), &renders);
+}
+
+#[test]
+fn a_hit_does_not_render_the_block_on_redis_and_on_a_cluster() {
+    let server = tg_cache::testing::RedisServer::start();
+    let cluster = tg_cache::testing::RedisCluster::start();
+    for config in [
+        CacheConfig::redis(&server.url()),
+        CacheConfig::redis_cluster(cluster.urls()),
+    ] {
+        let renders = Arc::new(AtomicUsize::new(0));
+        hits_do_not_render(&env_on(config, renders.clone()), &renders);
+    }
+}
+
+/// Renders one character's block once, then hits; another's renders its
+/// own.
+fn hits_do_not_render(env: &minijinja::Environment<'static>, renders: &AtomicUsize) {
     let t = env.get_template("detail.html").unwrap();
     let ada =
         minijinja::context! { character => minijinja::context! { id => 5, name => "Ada <3" } };
