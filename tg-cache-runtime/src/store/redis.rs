@@ -1065,13 +1065,20 @@ impl RedisStore {
             host: node.host.clone(),
             port: node.port,
         };
-        self.run(move |c| async move {
-            match c {
-                Conn::Cluster(mut c) => c.route_pipeline(pipe.clone(), 0, pipe.len(), route).await,
-                Conn::Node(mut c) => pipe.query_async(&mut c).await,
-            }
-        })
-        .await
+        // Behind the breaker of the node's first slot range: a failed
+        // primary fails fast alone, and never the calls that span slots
+        // (the topology's read among them).
+        let slot = node.slots.first().map(|&(a, _)| a);
+        self.conns
+            .run(slot, move |c| async move {
+                match c {
+                    Conn::Cluster(mut c) => {
+                        c.route_pipeline(pipe.clone(), 0, pipe.len(), route).await
+                    }
+                    Conn::Node(mut c) => pipe.query_async(&mut c).await,
+                }
+            })
+            .await
     }
 
     /// Runs `cmds` on the primaries that serve their keys' slots, one
