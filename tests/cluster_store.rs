@@ -527,6 +527,11 @@ async fn a_killed_primary_fails_no_call_and_the_other_shards_keep_hitting() {
     let killed = Instant::now();
     // Every primary must answer a health check: one is down.
     let health_while_down = cache.health().await;
+    // An invalidation fails (the down primary's slots cannot be written),
+    // in bounded time: every slot is tried, none waits in the queue.
+    let started = Instant::now();
+    let invalidated_while_down = cache.invalidate_family("tg:fn:cluster_other").await;
+    let invalidation_took = started.elapsed();
     let cluster = tokio::task::spawn_blocking(move || {
         let slot = victim.slots[0].0;
         cluster.wait_until(
@@ -559,6 +564,16 @@ async fn a_killed_primary_fails_no_call_and_the_other_shards_keep_hitting() {
     assert_eq!(wrong.load(SeqCst), 0, "calls returned a wrong value");
     eprintln!("health while down: {health_while_down:?}; after: {health_after:?}");
     assert!(health_while_down.is_err(), "a primary was down");
+    eprintln!("invalidation while down: {invalidated_while_down:?} in {invalidation_took:?}");
+    assert!(invalidated_while_down.is_err());
+    assert!(
+        invalidation_took < Duration::from_secs(5),
+        "an invalidation took {invalidation_took:?} while a primary was down"
+    );
+    assert!(
+        cache.invalidate_family("tg:fn:cluster_other").await.is_ok(),
+        "an invalidation after the failover"
+    );
     assert!(health_after.is_ok(), "{health_after:?}");
     for (p, phase) in s.iter().enumerate() {
         for shard in phase {

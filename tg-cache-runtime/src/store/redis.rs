@@ -127,6 +127,10 @@ fn in_order<T>(n: usize, parts: Vec<(Vec<usize>, Vec<T>)>) -> Vec<T> {
         .collect()
 }
 
+/// Slot epochs a cluster's invalidation writes through the routing at once
+/// (those its primary's sweep could not).
+const BUMPS_AT_ONCE: usize = 64;
+
 /// How often a cluster's topology is read for its tracked connections
 /// (`primaries.rs`).
 const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
@@ -1226,18 +1230,33 @@ impl RedisStore {
         }))
         .await;
         left.extend(swept.into_iter().flatten());
-        // Each through the routing, all at once (behind the fair queue and
-        // each slot's breaker), with a token of its own per run.
-        futures_util::future::try_join_all(left.into_iter().map(|s| {
-            let call = Call {
-                script: self.scripts.bump_epoch.clone(),
-                keys: vec![self.names.epoch_in(family, s)],
-                args: vec![token.as_bytes().to_vec()],
-            };
-            Box::pin(self.invoke::<redis::Value>(call))
-        }))
-        .await?;
-        Ok(())
+        // Each through the routing (behind the fair queue and each slot's
+        // breaker), with a token of its own per run; at most
+        // `BUMPS_AT_ONCE` at a time, so that thousands of them (a failed
+        // primary's slots) do not time out in the queue. Every one is
+        // tried, unless one finds its node unreachable: the invalidation
+        // has then failed, and the others would wait out their deadlines
+        // for the same answer.
+        use futures_util::StreamExt;
+        let mut bumps = futures_util::stream::iter(left)
+            .map(|s| {
+                let call = Call {
+                    script: self.scripts.bump_epoch.clone(),
+                    keys: vec![self.names.epoch_in(family, s)],
+                    args: vec![token.as_bytes().to_vec()],
+                };
+                Box::pin(self.invoke::<redis::Value>(call))
+            })
+            .buffer_unordered(BUMPS_AT_ONCE);
+        let mut failed = None;
+        while let Some(r) = bumps.next().await {
+            match r {
+                Err(e) if e.is_unreachable() => return Err(e),
+                Err(e) => failed = failed.or(Some(e)),
+                Ok(_) => {}
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// [`RedisStore::unlink_matching`] on a cluster: every primary is
