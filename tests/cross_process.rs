@@ -18,6 +18,7 @@
 //! Run: `cargo test --all-features --test cross_process`.
 
 #[path = "cross_process/helpers.rs"]
+#[macro_use]
 mod helpers;
 
 use helpers::{
@@ -31,26 +32,6 @@ use std::time::{Duration, Instant};
 use tg_cache::testing::RedisServer;
 use tg_cache::{Cache, CacheConfig, Caches, Error, cache_function};
 use tokio::sync::{Barrier, Notify, oneshot};
-
-/// Tests run twice: `<name>::on_redis`, on a server of its own, and
-/// `<name>::on_cluster`, on the shared Redis Cluster (one at a time, the
-/// watchdog started once it is the test's turn).
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn on_redis() {
-                super::$name(super::Where::Node).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn on_cluster() {
-                let _turn = super::helpers::CLUSTER_TURN.lock().await;
-                super::$name(super::Where::Cluster).await
-            }
-        }
-    )*};
-}
 
 on_both!(
     single_flight_across_two_caches,

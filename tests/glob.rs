@@ -4,6 +4,9 @@
 //! exactly the same keys, hand-written odd patterns included (`[]`, an
 //! unclosed `[`, `[a-]`, ranges from an escaped character).
 
+#[path = "cross_process/helpers.rs"]
+mod helpers;
+
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 use std::sync::{LazyLock, Mutex};
@@ -26,23 +29,7 @@ fn redis_matches(keys: &BTreeSet<String>, pattern: &str) -> BTreeSet<String> {
         pipe.cmd("SET").arg(k).arg(1).ignore();
     }
     let () = pipe.query(con).unwrap();
-    let mut out = BTreeSet::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query(con)
-            .unwrap();
-        out.extend(found);
-        if next == 0 {
-            return out;
-        }
-        cursor = next;
-    }
+    helpers::scan(con, pattern).into_iter().collect()
 }
 
 fn ours(keys: &BTreeSet<String>, pattern: &str) -> BTreeSet<String> {

@@ -9,6 +9,7 @@
 //! Run: `cargo test --all-features --test workloads -- --nocapture`.
 
 #[path = "cross_process/helpers.rs"]
+#[macro_use]
 mod helpers;
 
 use helpers::{Backend, Raw, Where, build, child_url, finish, reported, spawn_child};
@@ -210,25 +211,6 @@ async fn helper_race_filler() {
             f.await.unwrap();
         }
     }
-}
-
-/// Each sweep test on a server of its own (`<name>::on_redis`) and on
-/// the shared cluster (`<name>::on_cluster`, one at a time).
-macro_rules! on_both {
-    ($($name:ident),*) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn on_redis() {
-                super::$name(super::Where::Node).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn on_cluster() {
-                let _turn = super::helpers::CLUSTER_TURN.lock().await;
-                super::$name(super::Where::Cluster).await
-            }
-        }
-    )*};
 }
 
 on_both!(

@@ -244,7 +244,7 @@ impl Raw {
 }
 
 /// Every key of one server matching the glob `pattern`.
-fn scan(con: &mut dyn redis::ConnectionLike, pattern: &str) -> Vec<String> {
+pub fn scan(con: &mut dyn redis::ConnectionLike, pattern: &str) -> Vec<String> {
     let mut cursor = 0u64;
     let mut out = Vec::new();
     loop {
@@ -464,4 +464,25 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Tests run twice: `<name>::on_redis`, on a server of its own, and
+/// `<name>::on_cluster`, on the shared Redis Cluster (one at a time, the
+/// watchdog started once it is the test's turn).
+#[allow(unused_macros)]
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn on_redis() {
+                super::$name($crate::helpers::Where::Node).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn on_cluster() {
+                let _turn = $crate::helpers::CLUSTER_TURN.lock().await;
+                super::$name($crate::helpers::Where::Cluster).await
+            }
+        }
+    )*};
 }
