@@ -6,11 +6,13 @@ use crate::error::{Error, Result};
 use crate::exec::block_on;
 use crate::flight::Flights;
 use crate::generation::epoch_key;
-use crate::key::{check_key, family_of, glob_escape_into};
+use crate::key::{KeyFunction, check_key, family_of, glob_escape_into};
+use crate::notice::Notices;
 use crate::protocol::{self, Mode};
 use crate::stats::{CacheStats, Counters, Families, FamilyStats};
 use crate::store::connection::ConnectionSettings;
 use crate::store::dummy::DummyStore;
+use crate::store::framing::Framing;
 use crate::store::local::LocalStore;
 use crate::store::near::NearStore;
 use crate::store::redis::{RedisSettings, RedisStore};
@@ -152,6 +154,10 @@ pub(crate) struct Core {
     /// `<prefix>:<version>` (version 1 unless set, prefix possibly empty),
     /// or empty when neither is configured: put before every key.
     namespace: String,
+    /// Django's key rules, and values as Django reads them.
+    key_function: KeyFunction,
+    /// Warnings logged once per family and minute.
+    notices: Notices,
     pub(crate) default_timeout: Timeout,
     /// How long a leader waits for another process's computation of a key
     /// before it computes too ([`CacheConfig::max_wait`]).
@@ -188,9 +194,12 @@ impl CacheConfig {
 /// unless set; `:<version>` without a prefix), or nothing when neither is
 /// configured. See [`crate::parity`] (namespaces): no two configurations
 /// share a key.
+///
+/// With [`KeyFunction::Django`] the namespace is always there, as in
+/// Django's `make_key`: `:1` by default.
 fn namespace(cfg: &CacheConfig) -> String {
     match (cfg.key_prefix.is_empty(), cfg.version) {
-        (true, None) => String::new(),
+        (true, None) if cfg.key_function == KeyFunction::Tg => String::new(),
         (_, v) => format!("{}:{}", cfg.key_prefix, v.unwrap_or(1)),
     }
 }
@@ -218,6 +227,7 @@ impl Cache {
                     lease_timeout: cfg.lease_timeout,
                     compress_min: cfg.compress_min_bytes,
                     max_value_bytes: cfg.max_value_bytes,
+                    framing: Framing::of(cfg.key_function),
                 })?;
                 match cfg.near_cache {
                     Some(n) => Arc::new(NearStore::new(redis, n, cfg.near_ignores_pushes)),
@@ -239,6 +249,8 @@ impl Cache {
                     .clone()
                     .filter(|_| matches!(cfg.backend, Backend::Redis | Backend::RedisCluster)),
                 namespace: namespace(cfg),
+                key_function: cfg.key_function,
+                notices: Notices::default(),
                 default_timeout: cfg.default_timeout,
                 max_wait: cfg.max_wait,
                 max_value_bytes: cfg.max_value_bytes,
@@ -350,7 +362,15 @@ impl Cache {
 
 impl Core {
     fn make_key<'k>(&self, key: &'k str) -> Result<Cow<'k, str>> {
-        let key = check_key(key)?;
+        let key = check_key(key, self.key_function)?;
+        if self.key_function == KeyFunction::Django
+            && let Some(why) = crate::key::django_key_warning(&key)
+        {
+            let family = family_of(&key).unwrap_or("other");
+            if self.notices.due("django-key", family) {
+                tracing::warn!(cache = %self.alias, family, key_bytes = key.len(), "cache key {why} (logged once per key family and minute)");
+            }
+        }
         if self.namespace.is_empty() {
             if key.starts_with(':') {
                 return Err(Error::InvalidKey {
@@ -478,10 +498,26 @@ impl Core {
                 tracing::debug!(cache = %self.alias, key, "compressed value not inflated (the process's inflation budget stayed in use); computed without storing");
                 Err(Undecodable::Busy)
             }
+            Err(codec::DecodeError::Pickle) => {
+                self.pickled(key);
+                Err(Undecodable::Corrupt)
+            }
             Err(e) => {
                 self.decode_failed(key, &e);
                 Err(Undecodable::Corrupt)
             }
+        }
+    }
+
+    /// A value written by Python pickle: a miss, counted, and logged once
+    /// per key family and minute (it repeats on every read until Django's
+    /// serializer is changed).
+    fn pickled(&self, key: &str) {
+        Counters::bump(&self.counters.decode_errors);
+        Counters::bump(&self.counters.pickled);
+        let family = family_of(key).unwrap_or("other");
+        if self.notices.due("pickle", family) {
+            tracing::warn!(cache = %self.alias, family, error = %codec::DecodeError::Pickle, "cached value not read (logged once per key family and minute)");
         }
     }
 
@@ -730,7 +766,7 @@ impl Core {
                 reason: "a key family is the first three segments of a tg: key, e.g. `tg:queryset:Character` or `tg:fn:char_scenes`",
             });
         }
-        check_key(family)?;
+        check_key(family, KeyFunction::Tg)?;
         if family
             .bytes()
             .any(|b| matches!(b, b'*' | b'?' | b'[' | b']' | b'\\'))

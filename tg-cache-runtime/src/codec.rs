@@ -58,6 +58,20 @@ pub(crate) enum DecodeError {
     Zlib(String),
     #[error("not the expected JSON shape: {0}")]
     Json(String),
+    /// Python's pickle (protocol 2 or later), as Django's `RedisCache` and
+    /// django-redis' default `PickleSerializer` write it: never unpickled.
+    #[error(
+        "written by Python pickle: set django-redis' SERIALIZER to JSONSerializer (django_redis.serializers.json.JSONSerializer); the value is a miss, never unpickled"
+    )]
+    Pickle,
+}
+
+/// Whether `bytes` start as a pickle of protocol 2 or later does
+/// (`PROTO` opcode `0x80`, then the protocol number): what Django's
+/// serializers write for anything but an integer. No JSON text starts
+/// with `0x80`.
+pub(crate) fn is_pickle(bytes: &[u8]) -> bool {
+    bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1])
 }
 
 /// Whether `bytes` start with a zlib header (CMF 0x78, FCHECK valid).
@@ -90,6 +104,9 @@ pub(crate) async fn decode<T: DeserializeOwned>(
         if bytes.len() > max_bytes {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
+        if is_pickle(&bytes) {
+            return Err(DecodeError::Pickle);
+        }
         return crate::exec::heavy(bytes.len(), || serde_json::from_slice(&bytes))
             .map_err(|e| DecodeError::Json(e.to_string()));
     }
@@ -98,6 +115,9 @@ pub(crate) async fn decode<T: DeserializeOwned>(
         return Err(DecodeError::KnownBad);
     }
     let json = inflate(bytes, max_bytes).await?;
+    if is_pickle(&json) {
+        return Err(DecodeError::Pickle);
+    }
     crate::exec::heavy(json.len(), || serde_json::from_slice(&json)).map_err(|e| {
         remember_bad(typed);
         DecodeError::Json(e.to_string())

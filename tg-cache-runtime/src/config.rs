@@ -9,6 +9,7 @@
 //! | `TG_CACHE_DEFAULT_TIMEOUT` | seconds, or `none` (never expire) | `300` |
 //! | `TG_CACHE_KEY_PREFIX` | Django's `KEY_PREFIX` | none |
 //! | `TG_CACHE_VERSION` | Django's `VERSION` | none |
+//! | `TG_CACHE_KEY_FUNCTION` | `django` for Django's `make_key` and values Django reads (a cache shared with Django, [`crate::key::KeyFunction`]), or `tg` | `tg` |
 //! | `TG_CACHE_MAX_CONNECTIONS` | Redis in-flight command limit | `50` |
 //! | `TG_CACHE_CONNECT_TIMEOUT_MS` | Redis connect timeout | `1000` |
 //! | `TG_CACHE_RESPONSE_TIMEOUT_MS` | Redis response timeout | `500` |
@@ -320,6 +321,7 @@ pub struct CacheConfig {
     pub(crate) default_timeout: Timeout,
     pub(crate) key_prefix: String,
     pub(crate) version: Option<u64>,
+    pub(crate) key_function: crate::key::KeyFunction,
     pub(crate) redis_url: Option<RedisUrl>,
     /// A Redis Cluster's seed nodes.
     pub(crate) redis_nodes: Vec<RedisUrl>,
@@ -360,6 +362,7 @@ impl CacheConfig {
             default_timeout: Timeout::After(crate::timeout::MEDIUM),
             key_prefix: String::new(),
             version: None,
+            key_function: crate::key::KeyFunction::Tg,
             redis_url: None,
             redis_nodes: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -462,6 +465,31 @@ impl CacheConfig {
     pub fn version(mut self, version: u64) -> Self {
         self.version = Some(version);
         self
+    }
+
+    /// How keys are stored and values framed: [`KeyFunction::Django`] for
+    /// a cache shared with a Django application (Django's `make_key`,
+    /// version 1 by default, and values exactly as django-redis'
+    /// `JSONSerializer` reads them). See [`KeyFunction`] for what each
+    /// gives and why `Tg` is the default.
+    ///
+    /// ```
+    /// use tg_cache_runtime::{CacheConfig, key::KeyFunction};
+    /// let cfg = CacheConfig::local().key_function(KeyFunction::Django);
+    /// assert_eq!(cfg.key_function_kind(), KeyFunction::Django);
+    /// ```
+    ///
+    /// [`KeyFunction`]: crate::key::KeyFunction
+    /// [`KeyFunction::Django`]: crate::key::KeyFunction::Django
+    pub fn key_function(mut self, function: crate::key::KeyFunction) -> Self {
+        self.key_function = function;
+        self
+    }
+
+    /// The key function this configuration selects
+    /// ([`CacheConfig::key_function`]).
+    pub fn key_function_kind(&self) -> crate::key::KeyFunction {
+        self.key_function
     }
 
     /// Limit on concurrent in-flight Redis commands (the seed's
@@ -613,6 +641,15 @@ impl CacheConfig {
         }
         if let Some(v) = get("TG_CACHE_VERSION") {
             c.version = Some(parse_num("TG_CACHE_VERSION", &v, "a non-negative integer")?);
+        }
+        if let Some(v) = get("TG_CACHE_KEY_FUNCTION") {
+            c.key_function = crate::key::KeyFunction::parse(&v).ok_or_else(|| {
+                ConfigError::new(
+                    "TG_CACHE_KEY_FUNCTION",
+                    v.clone(),
+                    "unknown key function; expected `django` (Django's make_key, for a cache shared with Django) or `tg`",
+                )
+            })?;
         }
         if let Some(v) = get("TG_CACHE_MAX_CONNECTIONS") {
             c.max_connections = parse_positive("TG_CACHE_MAX_CONNECTIONS", &v)? as usize;
@@ -944,6 +981,18 @@ mod tests {
         assert_eq!(c.compress_min_bytes, Some(100));
         assert_eq!(c.key_prefix, "app");
         assert_eq!(c.version, Some(2));
+        assert_eq!(c.key_function, crate::key::KeyFunction::Tg);
+    }
+
+    #[test]
+    fn key_function_from_env() {
+        let c = env(&[("TG_CACHE_KEY_FUNCTION", "django")]).unwrap();
+        assert_eq!(c.key_function, crate::key::KeyFunction::Django);
+        let c = env(&[("TG_CACHE_KEY_FUNCTION", " Tg ")]).unwrap();
+        assert_eq!(c.key_function, crate::key::KeyFunction::Tg);
+        let e = env(&[("TG_CACHE_KEY_FUNCTION", "pickle")]).unwrap_err();
+        assert_eq!(e.setting, "TG_CACHE_KEY_FUNCTION");
+        assert!(e.to_string().contains("django"), "{e}");
     }
 
     #[test]

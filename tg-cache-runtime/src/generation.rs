@@ -125,15 +125,18 @@ local function epoch_of(ek, fresh, fix)
   redis.call('SET', ek, fresh)
   return fresh, true
 end
+-- Bare values (a cache shared with Django, `store/framing.rs`) carry no
+-- epoch: every value is live.
 local function live(v, e)
   if not v then return false end
+  if BARE then return true end
   if e == nil then return false end
   if e == '' then return true end
   local h = '#' .. e .. ':'
   return string.sub(v, 1, #h) == h
 end
 local function with_epoch(payload, e)
-  if e == '' then return payload end
+  if BARE or e == nil or e == '' then return payload end
   return '#' .. e .. ':' .. payload
 end
 ";

@@ -43,6 +43,72 @@ use std::fmt::Write as _;
 /// sent to Redis on every call.
 pub const MAX_KEY_BYTES: usize = 64 * 1024;
 
+/// How a cache turns the keys it is given into the keys it stores.
+///
+/// | | [`KeyFunction::Tg`] (default) | [`KeyFunction::Django`] |
+/// |---|---|---|
+/// | neither `key_prefix` nor `version` | `k` | `:1:k` |
+/// | `version(2)` | `:2:k` | `:2:k` |
+/// | `key_prefix("app")` | `app:1:k` | `app:1:k` |
+/// | whitespace or control characters | refused ([`crate::Error::InvalidKey`]) | kept; a warning, as Django's |
+/// | over 250 bytes | kept | kept; a warning, as Django's |
+/// | values of a key family | stamped with the family's epoch (`#<epoch>:<json>`) | exactly as Django's `JSONSerializer` writes them |
+/// | `invalidate_family` | O(1): a new epoch | the new epoch, then a `SCAN` of the family's keys, unlinked |
+///
+/// `Django` is what a cache shared with a Django application needs:
+/// Django's `make_key` (`<KEY_PREFIX>:<VERSION>:<key>`, version 1 by
+/// default), never shortened, and values that Django reads as they are.
+/// It is not the default, because a cache that only Rust reads gains
+/// nothing from it and loses two things: O(1) family invalidation (a
+/// value carries no epoch, so invalidating a family must find its keys,
+/// in O(keys in the database)), and the refusal of keys that
+/// memcached-style tools cannot handle. See the configuration guide's
+/// "Sharing a Redis with Django".
+///
+/// On both, a key segment starting with `#` stays reserved for tg-cache's
+/// own keys, and keys over [`MAX_KEY_BYTES`] are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyFunction {
+    /// tg-cache's own: keys as given (namespaced only when a prefix or a
+    /// version is set), clean of whitespace, family values stamped.
+    #[default]
+    Tg,
+    /// Django's default `make_key`, and values as Django reads them.
+    Django,
+}
+
+impl KeyFunction {
+    /// Parses `tg` or `django` (as `TG_CACHE_KEY_FUNCTION` takes them).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "tg" | "tg-cache" => Some(KeyFunction::Tg),
+            "django" => Some(KeyFunction::Django),
+            _ => None,
+        }
+    }
+}
+
+/// The longest key Django accepts without a warning (memcached's limit).
+pub const DJANGO_MAX_KEY_LENGTH: usize = 250;
+
+/// Why Django's `validate_key` would warn about `key`
+/// (`memcache_key_warnings`), if it would: a key over
+/// [`DJANGO_MAX_KEY_LENGTH`] characters, or with a character below
+/// `0x21` or `0x7f`.
+pub fn django_key_warning(key: &str) -> Option<&'static str> {
+    if key.chars().count() > DJANGO_MAX_KEY_LENGTH {
+        return Some(
+            "longer than 250 characters; Django warns that it will cause errors if used with memcached",
+        );
+    }
+    if key.chars().any(|c| (c as u32) < 33 || c as u32 == 127) {
+        return Some(
+            "contains characters that will cause errors if used with memcached (whitespace or control); Django warns about it",
+        );
+    }
+    None
+}
+
 /// A value that can be written into a cache key.
 ///
 /// Implemented for integers, floats, `bool`, `char`, strings, `Option`,
@@ -768,7 +834,11 @@ pub fn family_of(key: &str) -> Option<&str> {
 /// [`MAX_KEY_BYTES`] long, free of whitespace and control characters, and
 /// outside the reserved namespace (a segment starting with `#`: epochs
 /// `#epoch:<family>`).
-pub(crate) fn check_key(key: &str) -> Result<Cow<'_, str>, crate::Error> {
+///
+/// With [`KeyFunction::Django`], whitespace and control characters are
+/// kept, as Django keeps them ([`django_key_warning`] says when Django
+/// warns).
+pub(crate) fn check_key(key: &str, function: KeyFunction) -> Result<Cow<'_, str>, crate::Error> {
     if key.is_empty() {
         return Err(crate::Error::InvalidKey {
             key: key.to_owned(),
@@ -787,10 +857,11 @@ pub(crate) fn check_key(key: &str) -> Result<Cow<'_, str>, crate::Error> {
             reason: "keys may be at most 64 KiB (MAX_KEY_BYTES); leave big arguments out of the key (skip) and key on an identifier",
         });
     }
-    if key
-        .bytes()
-        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        || key.chars().any(|c| c.is_whitespace() || c.is_control())
+    if function == KeyFunction::Tg
+        && (key
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            || key.chars().any(|c| c.is_whitespace() || c.is_control()))
     {
         return Err(crate::Error::InvalidKey {
             key: key.to_owned(),
@@ -863,9 +934,9 @@ mod tests {
                 .finish(),
             long
         );
-        assert_eq!(check_key(&long).unwrap(), long);
-        assert!(check_key(&"k".repeat(MAX_KEY_BYTES + 1)).is_err());
-        assert!(check_key(&"k".repeat(MAX_KEY_BYTES)).is_ok());
+        assert_eq!(check_key(&long, KeyFunction::Tg).unwrap(), long);
+        assert!(check_key(&"k".repeat(MAX_KEY_BYTES + 1), KeyFunction::Tg).is_err());
+        assert!(check_key(&"k".repeat(MAX_KEY_BYTES), KeyFunction::Tg).is_ok());
     }
 
     #[test]
@@ -906,11 +977,23 @@ mod tests {
 
     #[test]
     fn check_key_rules() {
-        assert!(check_key("a b").is_err());
-        assert!(check_key("").is_err());
-        assert!(check_key("a\u{0}").is_err());
-        assert_eq!(check_key("tg:x").unwrap(), "tg:x");
-        assert_eq!(check_key(&"k".repeat(300)).unwrap().len(), 300);
+        let tg = KeyFunction::Tg;
+        assert!(check_key("a b", tg).is_err());
+        assert!(check_key("", tg).is_err());
+        assert!(check_key("a\u{0}", tg).is_err());
+        assert_eq!(check_key("tg:x", tg).unwrap(), "tg:x");
+        assert_eq!(check_key(&"k".repeat(300), tg).unwrap().len(), 300);
+        // Django's rules: kept as given, with Django's warnings.
+        let dj = KeyFunction::Django;
+        assert_eq!(check_key("a b", dj).unwrap(), "a b");
+        assert_eq!(check_key("a\u{0}", dj).unwrap(), "a\u{0}");
+        assert!(check_key("", dj).is_err());
+        assert!(check_key("a:#epoch:x", dj).is_err());
+        assert!(django_key_warning("a b").is_some());
+        assert!(django_key_warning("a\u{7f}").is_some());
+        assert!(django_key_warning(&"k".repeat(250)).is_none());
+        assert!(django_key_warning(&"k".repeat(251)).is_some());
+        assert!(django_key_warning("tg:queryset:Character:id=5").is_none());
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod http;
 mod invalidate;
 pub mod key;
 pub(crate) mod lease;
+mod notice;
 pub mod parity;
 mod protocol;
 mod registry;
@@ -44,7 +45,7 @@ pub use function::{
     refresh_async, uncached, uncached_async,
 };
 pub use invalidate::{Batch, Event, Invalidate, ReceiverId, Target, connect, disconnect};
-pub use key::{CacheKeyGenerator, KeyBuilder, KeyPart, KeyPattern};
+pub use key::{CacheKeyGenerator, KeyBuilder, KeyFunction, KeyPart, KeyPattern};
 pub use registry::{
     Caches, DEFAULT_ALIAS, EX_CONFIG, all_caches, cache, caches, check_caches, configure,
     init_from_env,

@@ -84,6 +84,7 @@ pub(crate) struct Counters {
     pub(crate) decode_errors: AtomicU64,
     pub(crate) too_large: AtomicU64,
     pub(crate) fills_refused: AtomicU64,
+    pub(crate) pickled: AtomicU64,
 }
 
 impl Counters {
@@ -103,6 +104,7 @@ impl Counters {
             decode_errors: self.decode_errors.load(Relaxed),
             too_large: self.too_large.load(Relaxed),
             fills_refused: self.fills_refused.load(Relaxed),
+            pickled: self.pickled.load(Relaxed),
         }
     }
 }
@@ -129,6 +131,11 @@ pub struct CacheStats {
     /// invalidation or another writer came first (they were still returned
     /// to their callers).
     pub fills_refused: u64,
+    /// Values written by Python pickle (Django's default serializer) that
+    /// were read as misses, never unpickled; also counted in
+    /// `decode_errors`. Set django-redis' `SERIALIZER` to its
+    /// `JSONSerializer` to share them.
+    pub pickled: u64,
 }
 
 impl CacheStats {

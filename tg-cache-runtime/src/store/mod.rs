@@ -17,6 +17,7 @@
 pub(crate) mod connection;
 pub(crate) mod dummy;
 pub(crate) mod epochs;
+pub(crate) mod framing;
 pub(crate) mod local;
 pub(crate) mod names;
 pub(crate) mod near;

@@ -129,8 +129,8 @@ mod tests {
                 Some(&*format!("{key}:#refresh"))
             );
             // No user key can be named so.
-            assert!(crate::key::check_key(&epoch).is_err());
-            assert!(crate::key::check_key(&sidecar).is_err());
+            assert!(crate::key::check_key(&epoch, crate::key::KeyFunction::Tg).is_err());
+            assert!(crate::key::check_key(&sidecar, crate::key::KeyFunction::Tg).is_err());
         }
         for s in 0..SLOTS {
             let e = Names::Cluster.epoch_in(&f, s);

@@ -12,6 +12,7 @@
 
 use super::connection::{Conn, ConnectionSettings, Connections};
 use super::epochs::Lookup;
+use super::framing::Framing;
 use super::names::Names;
 use super::primaries::TrackedPrimaries;
 use super::scripts::Scripts;
@@ -35,6 +36,8 @@ pub(crate) struct RedisSettings {
     pub(crate) lease_timeout: Duration,
     pub(crate) compress_min: Option<usize>,
     pub(crate) max_value_bytes: usize,
+    /// How family values are stored (`framing.rs`).
+    pub(crate) framing: Framing,
 }
 
 pub(crate) struct RedisStore {
@@ -45,6 +48,8 @@ pub(crate) struct RedisStore {
     connection: ConnectionSettings,
     /// Where internal keys live: beside their key, or in its slot.
     names: Names,
+    /// Family values stamped with their epoch, or bare (shared with Django).
+    framing: Framing,
     scripts: Scripts,
     lease_timeout: Duration,
     compress_min: Option<usize>,
@@ -258,7 +263,8 @@ impl RedisStore {
                 Names::Node
             },
             conns,
-            scripts: Scripts::new(read_limit),
+            framing: s.framing,
+            scripts: Scripts::new(read_limit, s.framing),
             lease_timeout: s.lease_timeout,
             compress_min: s.compress_min,
             max_value_bytes: s.max_value_bytes,
@@ -344,6 +350,12 @@ impl RedisStore {
             });
         }
         Ok(crate::codec::compress(json, self.compress_min))
+    }
+
+    /// The family of `slot` if its values are stamped with the family's
+    /// epoch (`framing.rs`): what a read checks them against.
+    fn stamped<'s>(&self, slot: &'s Slot) -> Option<&'s Family> {
+        slot.family.as_ref().filter(|_| self.framing.stamps())
     }
 
     /// What stored bytes mean for a reader: the payload of a live value,
@@ -584,7 +596,7 @@ impl RedisStore {
         // cluster the one in the key's slot (`names.rs`); each read once.
         let epoch_names: Vec<Option<std::borrow::Cow<'_, str>>> = slots
             .iter()
-            .map(|s| s.family.as_ref().map(|f| self.names.epoch(f, &s.key)))
+            .map(|s| self.stamped(s).map(|f| self.names.epoch(f, &s.key)))
             .collect();
         let mut epoch_keys: Vec<&str> = epoch_names.iter().flatten().map(|e| &**e).collect();
         epoch_keys.sort_unstable();
@@ -881,7 +893,7 @@ impl RedisStore {
             1 => {
                 log_made(slot, int(reply.get(3)));
                 let raw = bytes(reply.get(1)).unwrap_or_default().to_vec();
-                let epoch = slot.family.as_ref().map(|_| bytes(reply.get(2)));
+                let epoch = self.stamped(slot).map(|_| bytes(reply.get(2)));
                 Ok(match self.classify(raw, epoch) {
                     Some(stored) => LeaseOutcome::Found(stored),
                     None => LeaseOutcome::Busy(Holders::new(Vec::new())),
@@ -919,18 +931,8 @@ impl RedisStore {
         ttl: Option<Duration>,
         lease: &Lease,
     ) -> Result<Filled> {
-        let payload = self.encode(slot, value)?;
         let epoch = epoch_arg(&lease.epoch);
-        let stored = if epoch.is_empty() {
-            payload
-        } else {
-            let mut v = Vec::with_capacity(payload.len() + epoch.len() + 2);
-            v.push(b'#');
-            v.extend_from_slice(epoch.as_bytes());
-            v.push(b':');
-            v.extend_from_slice(&payload);
-            v
-        };
+        let stored = self.framing.frame(self.encode(slot, value)?, epoch);
         let mut call = if lease.refresh {
             Call::with_sidecar(&self.scripts.refresh_fill, self.names, slot)
         } else {
@@ -1477,7 +1479,17 @@ impl Store for RedisStore {
                     self.cmd::<redis::Value>(cmd).await.map(drop)
                 }
                 Names::Cluster => self.bump_every_slot(family, &token).await,
+            }?;
+            if self.framing == Framing::Bare {
+                // Bare values carry no epoch: the family's keys go, after
+                // the epoch that refuses the fills in progress.
+                self.delete_now(std::slice::from_ref(&family.name)).await?;
+                let mut pattern = String::with_capacity(family.name.len() + 2);
+                crate::key::glob_escape_into(&family.name, &mut pattern);
+                pattern.push_str(":*");
+                self.unlink_matching(&pattern, false).await?;
             }
+            Ok(())
         })
     }
 

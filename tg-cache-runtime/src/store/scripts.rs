@@ -13,6 +13,7 @@
 //! one Redis server); otherwise it uses the epoch the caller passes as an
 //! argument (`''` for a key outside any family).
 
+use super::framing::Framing;
 use crate::generation;
 use crate::lease::{self, HEAD_BYTES, MAX_HOLDERS};
 use std::sync::Arc;
@@ -80,7 +81,7 @@ local function still_seen(k, h, e, len, seen)
   if len == 'big' then return strlen(k) > READ_LIMIT end
   if h == nil or h == '' then return false end
   local hdr = 0
-  if e ~= nil and e ~= '' then
+  if not BARE and e ~= nil and e ~= '' then
     local pre = '#' .. e .. ':'
     if string.sub(h, 1, #pre) ~= pre then return false end
     hdr = #pre
@@ -278,7 +279,7 @@ local e = family_epoch(KEYS[3], ARGV[2])
 local h = head(KEYS[1])
 if state(h, e) ~= 'live' then return false end
 local cur = h
-if e ~= '' then cur = string.sub(cur, #e + 3) end
+if not BARE and e ~= '' then cur = string.sub(cur, #e + 3) end
 local function parse(s)
   local sign, digits = string.match(s, '^(%-?)(%d+)$')
   if not digits then return nil end
@@ -435,11 +436,12 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     /// `read_limit`: the last byte index a read returns (the value cap plus
-    /// room for a header).
-    pub(crate) fn new(read_limit: usize) -> Self {
+    /// room for a header); `framing`: how family values are stored.
+    pub(crate) fn new(read_limit: usize, framing: Framing) -> Self {
         let script = |body: &str| {
             Arc::new(redis::Script::new(&format!(
-                "local READ_LIMIT = {read_limit}\nlocal HEAD_BYTES = {HEAD_BYTES}\nlocal MAX_HOLDERS = {MAX_HOLDERS}\n{}{}{PRELUDE}{body}",
+                "local READ_LIMIT = {read_limit}\nlocal HEAD_BYTES = {HEAD_BYTES}\nlocal MAX_HOLDERS = {MAX_HOLDERS}\n{}{}{}{PRELUDE}{body}",
+                framing.lua(),
                 generation::LUA,
                 lease::LUA,
             )))
