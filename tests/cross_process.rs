@@ -33,7 +33,7 @@ use tg_cache::testing::RedisServer;
 use tg_cache::{Cache, CacheConfig, Caches, Error, cache_function};
 use tokio::sync::{Barrier, Notify, oneshot};
 
-on_both!(
+on_all!(
     single_flight_across_two_caches,
     single_flight_across_two_caches_randomised,
     single_flight_across_two_processes,
@@ -438,7 +438,7 @@ macro_rules! stale_tests {
             );
         }
 
-        on_both!($det, $rnd);
+        on_all!($det, $rnd);
     )*};
 }
 
@@ -691,7 +691,7 @@ macro_rules! stale_process_tests {
             );
         }
 
-        on_both!($name);
+        on_all!($name);
     )*};
 }
 
@@ -761,14 +761,14 @@ async fn guarded_store(
     };
     started_rx.await.unwrap();
     if foreign {
-        raw.set_bytes(GUARD, br#""X""#);
+        raw.set_bytes(&server.stored(GUARD), br#""X""#);
     } else {
         b.set(GUARD, &"X".to_string(), TTL).await.unwrap();
     }
     resume.notify_one();
     assert_eq!(fill.await.unwrap(), "old");
     (
-        raw.get_bytes(GUARD),
+        raw.get_bytes(&server.stored(GUARD)),
         a.get::<String>(GUARD).await.unwrap(),
         b.get::<String>(GUARD).await.unwrap(),
     )
@@ -803,6 +803,7 @@ async fn guarded_store_never_overwrites_randomised(place: Where) {
     const N: usize = 60;
     for i in 0..N {
         let (a, b, raw) = (a.clone(), b.clone(), raw.clone());
+        let stored = server.stored(&format!("xp:guard:{i}"));
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(jitter(100)).await;
             let key = format!("xp:guard:{i}");
@@ -821,12 +822,12 @@ async fn guarded_store_never_overwrites_randomised(place: Where) {
             started.notified().await;
             tokio::time::sleep(jitter(6)).await;
             if i % 2 == 0 {
-                raw.set_bytes(&key, br#""X""#);
+                raw.set_bytes(&stored, br#""X""#);
             } else {
                 b.set(&key, &"X".to_string(), TTL).await.unwrap();
             }
             fill.await.unwrap();
-            raw.get_bytes(&key).as_deref() != Some(&br#""X""#[..])
+            raw.get_bytes(&stored).as_deref() != Some(&br#""X""#[..])
         }));
     }
     let mut overwritten = 0;
@@ -953,7 +954,7 @@ async fn killed_holder_waiter_takes_over_within_the_lease_bound(place: Where) {
         "the parent computed while the child still held the fill (single flight broken)"
     );
     assert_eq!(
-        raw.get_bytes(key).as_deref(),
+        raw.get_bytes(&server.stored(key)).as_deref(),
         Some(&b"7"[..]),
         "the key holds the parent's value"
     );

@@ -3,6 +3,9 @@
 //! `scripts/test`), driven as a separate Python process
 //! (`contrib/django/tests/driver.py`), against the same real redis-server
 //! as the Rust caches here. The Rust side uses `KeyFunction::Django`.
+// Each test holds its turn and the Django process across its awaits, on
+// its own runtime: the tests run one after another by design.
+#![allow(clippy::await_holding_lock)]
 
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
@@ -387,14 +390,15 @@ async fn family_invalidation_from_each_side() {
     assert_eq!(d.get("default", &keys[3]), Some(json!({"id": 3})));
 
     cache.invalidate_family("tg:queryset:Ghoul").await.unwrap();
+    let mut stale = 0;
     for k in &keys {
-        assert_eq!(
-            d.get("default", k),
-            None,
-            "Django after Rust's invalidation"
-        );
-        assert_eq!(cache.get::<Value>(k).await.unwrap(), None);
+        stale += usize::from(d.get("default", k).is_some());
+        stale += usize::from(cache.get::<Value>(k).await.unwrap().is_some());
     }
+    assert_eq!(
+        stale, 0,
+        "old values read after Rust's invalidation (Django and Rust)"
+    );
     assert_eq!(
         cache.get::<i64>("tg:queryset:Ghoulish:id=1").await.unwrap(),
         Some(1),
@@ -411,14 +415,15 @@ async fn family_invalidation_from_each_side() {
     );
     let deleted = d.call(json!({"op": "invalidate_family", "family": "tg:queryset:Ghoul"}));
     assert_eq!(deleted, json!(50));
+    let mut stale = 0;
     for k in &keys {
-        assert_eq!(
-            cache.get::<Value>(k).await.unwrap(),
-            None,
-            "Rust after Django's invalidation"
-        );
-        assert_eq!(d.get("default", k), None);
+        stale += usize::from(cache.get::<Value>(k).await.unwrap().is_some());
+        stale += usize::from(d.get("default", k).is_some());
     }
+    assert_eq!(
+        stale, 0,
+        "old values read after Django's invalidation (Rust and Django)"
+    );
     assert_eq!(
         d.get("default", "tg:queryset:Ghoulish:id=1"),
         Some(json!(1))

@@ -48,7 +48,7 @@ const TRIALS_VAR: &str = "XP_TRIALS";
 
 fn trials(place: Where) -> u64 {
     match place {
-        Where::Node => TRIALS,
+        Where::Node | Where::Django => TRIALS,
         Where::Cluster => CLUSTER_TRIALS,
     }
 }
@@ -59,6 +59,20 @@ const FILLS: u64 = 8;
 enum Sweep {
     Pattern,
     Clear,
+    /// `invalidate_family("tg:fn:race")`: O(1) on one server, every slot
+    /// on a cluster, a `SCAN` of the database when shared with Django.
+    Family,
+}
+
+/// The child's sweep kind (its keys are a family's for [`Sweep::Family`]).
+const SWEEP_VAR: &str = "XP_SWEEP";
+
+/// The key of trial `i`'s fill `j`.
+fn race_key(kind: Sweep, i: u64, j: u64) -> String {
+    match kind {
+        Sweep::Family => format!("tg:fn:race:k{i}_{j}"),
+        _ => format!("race:k{i}_{j}"),
+    }
 }
 
 /// Adds [`FILLER_KEYS`] keys: `DEBUG POPULATE` on a server; on a cluster,
@@ -103,6 +117,7 @@ async fn sweep(cache: &Cache, kind: Sweep) {
             cache.delete_pattern("race:*").await.unwrap();
         }
         Sweep::Clear => cache.clear().await.unwrap(),
+        Sweep::Family => cache.invalidate_family("tg:fn:race").await.unwrap(),
     }
 }
 
@@ -129,7 +144,10 @@ async fn fills_surviving_a_sweep(place: Where, kind: Sweep) -> u64 {
     let child = spawn_child(
         "helper_race_filler",
         &server.url(),
-        &[(TRIALS_VAR, &trials.to_string())],
+        &[
+            (TRIALS_VAR, &trials.to_string()),
+            (SWEEP_VAR, &format!("{kind:?}")),
+        ],
     );
     let mut stale = 0;
     for i in 0..trials {
@@ -150,7 +168,7 @@ async fn fills_surviving_a_sweep(place: Where, kind: Sweep) -> u64 {
         let fresh = build(&server.url());
         for j in 0..FILLS {
             if fresh
-                .get::<String>(&format!("race:k{i}_{j}"))
+                .get::<String>(&race_key(kind, i, j))
                 .await
                 .unwrap()
                 .as_deref()
@@ -188,13 +206,17 @@ async fn helper_race_filler() {
     let cache = build(&url);
     let data = Raw::data(&url);
     let trials: u64 = std::env::var(TRIALS_VAR).unwrap().parse().unwrap();
+    let kind = match std::env::var(SWEEP_VAR).as_deref() {
+        Ok("Family") => Sweep::Family,
+        _ => Sweep::Pattern,
+    };
     for i in 0..trials {
         let fills: Vec<_> = (0..FILLS)
             .map(|j| {
                 let (cache, d, done) = (cache.clone(), data.clone(), data.clone());
                 tokio::spawn(async move {
                     let v = cache
-                        .get_or_set(&format!("race:k{i}_{j}"), TTL, || async move {
+                        .get_or_set(&race_key(kind, i, j), TTL, || async move {
                             let v: String = d.cmd(&["GET", &format!("race:{i}:db")]);
                             let _: u64 = d.incr(&format!("race:{i}:read"));
                             d.wait_for(&format!("race:{i}:release"), Duration::from_secs(20))
@@ -213,10 +235,25 @@ async fn helper_race_filler() {
     }
 }
 
-on_both!(
+on_all!(
     a_fill_never_survives_a_pattern_delete_over_300k_keys,
-    a_fill_never_survives_a_clear_over_300k_keys
+    a_fill_never_survives_a_clear_over_300k_keys,
+    a_fill_never_survives_a_family_invalidation_over_300k_keys
 );
+
+async fn a_fill_never_survives_a_family_invalidation_over_300k_keys(place: Where) {
+    let _w = watchdog(
+        "a_fill_never_survives_a_family_invalidation_over_300k_keys",
+        300,
+    );
+    let stale = fills_surviving_a_sweep(place, Sweep::Family).await;
+    assert_eq!(
+        stale,
+        0,
+        "{stale} of {} fills released during an invalidate_family among {FILLER_KEYS} keys survived it",
+        trials(place) * FILLS
+    );
+}
 
 async fn a_fill_never_survives_a_pattern_delete_over_300k_keys(place: Where) {
     let _w = watchdog("a_fill_never_survives_a_pattern_delete_over_300k_keys", 300);

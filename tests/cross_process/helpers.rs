@@ -19,6 +19,8 @@ pub const URL_VAR: &str = "TG_XPROC_URL";
 
 /// The prefix of a cluster's address (see [`Backend::url`]).
 const CLUSTER_URL: &str = "cluster:";
+/// The prefix of a server shared with Django (see [`Backend::url`]).
+const DJANGO_URL: &str = "django:";
 
 /// Where a test's caches keep their entries: a Redis server of its own, or
 /// the shared Redis Cluster.
@@ -26,6 +28,10 @@ const CLUSTER_URL: &str = "cluster:";
 pub enum Where {
     Node,
     Cluster,
+    /// A server of its own, the caches shared with Django
+    /// (`KeyFunction::Django`: `:1:` keys, bare values, family
+    /// invalidation by `SCAN`).
+    Django,
 }
 
 /// The cluster the cluster runs of these tests share: one test at a time
@@ -40,6 +46,7 @@ pub static CLUSTER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(
 pub struct Backend {
     pub server: RedisServer,
     cluster: bool,
+    django: bool,
 }
 
 impl Backend {
@@ -54,6 +61,7 @@ impl Backend {
         Self {
             server,
             cluster: place == Where::Cluster,
+            django: place == Where::Django,
         }
     }
 
@@ -62,10 +70,23 @@ impl Backend {
         self.cluster
     }
 
+    /// The name a cache key is stored under: Django's `:1:<key>` on a
+    /// server shared with Django, else the key itself.
+    pub fn stored(&self, key: &str) -> String {
+        if self.django {
+            format!(":1:{key}")
+        } else {
+            key.to_owned()
+        }
+    }
+
     /// What caches, [`Raw`] and child processes connect with: the server's
-    /// URL, or `cluster:<node URL>,...|<data server URL>`.
+    /// URL, `django:<URL>` for caches shared with Django, or
+    /// `cluster:<node URL>,...|<data server URL>`.
     pub fn url(&self) -> String {
-        if self.cluster {
+        if self.django {
+            format!("{DJANGO_URL}{}", self.server.url())
+        } else if self.cluster {
             format!(
                 "{CLUSTER_URL}{}|{}",
                 CLUSTER.urls().join(","),
@@ -80,6 +101,9 @@ impl Backend {
 /// The configuration of a cache on `url` (a server's URL, or a cluster's,
 /// [`Backend::url`]).
 pub fn config(url: &str) -> CacheConfig {
+    if let Some(url) = url.strip_prefix(DJANGO_URL) {
+        return CacheConfig::redis(url).key_function(tg_cache::KeyFunction::Django);
+    }
     match url.strip_prefix(CLUSTER_URL) {
         Some(rest) => {
             let nodes = rest.split('|').next().unwrap_or_default();
@@ -110,6 +134,11 @@ pub struct Raw(pub String, Arc<Mutex<Vec<Con>>>);
 
 impl Raw {
     pub fn new(url: String) -> Self {
+        // A server shared with Django is a server.
+        let url = match url.strip_prefix(DJANGO_URL) {
+            Some(server) => server.to_owned(),
+            None => url,
+        };
         Raw(url, Arc::default())
     }
 
@@ -468,7 +497,8 @@ impl Drop for Proxy {
 
 /// Tests run twice: `<name>::on_redis`, on a server of its own, and
 /// `<name>::on_cluster`, on the shared Redis Cluster (one at a time, the
-/// watchdog started once it is the test's turn).
+/// watchdog started once it is the test's turn). `on_all!` adds
+/// `<name>::on_django`: a server of its own, the caches shared with Django.
 #[allow(unused_macros)]
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {$(
@@ -476,6 +506,30 @@ macro_rules! on_both {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn on_redis() {
                 super::$name($crate::helpers::Where::Node).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn on_cluster() {
+                let _turn = $crate::helpers::CLUSTER_TURN.lock().await;
+                super::$name($crate::helpers::Where::Cluster).await
+            }
+        }
+    )*};
+}
+
+/// [`on_both!`], and `<name>::on_django` beside them.
+#[allow(unused_macros)]
+macro_rules! on_all {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn on_redis() {
+                super::$name($crate::helpers::Where::Node).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn on_django() {
+                super::$name($crate::helpers::Where::Django).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -54,6 +54,14 @@ pub fn redis(server: &RedisServer) -> Cache {
 pub enum Shared<'a> {
     Server(&'a RedisServer),
     Cluster(&'a RedisCluster),
+    /// A server shared with Django (`KeyFunction::Django`): keys stored as
+    /// `:1:<key>`, values bare.
+    Django(&'a RedisServer),
+}
+
+/// A cache shared with Django on `server`.
+pub fn django_config(server: &RedisServer) -> CacheConfig {
+    redis_config(server).key_function(tg_cache::KeyFunction::Django)
 }
 
 impl Shared<'_> {
@@ -62,14 +70,28 @@ impl Shared<'_> {
         match self {
             Shared::Server(s) => redis_config(s),
             Shared::Cluster(_) => cluster_config(),
+            Shared::Django(s) => django_config(s),
         }
+    }
+
+    /// The name a key of the cache is stored under.
+    pub fn stored(&self, key: &str) -> String {
+        match self {
+            Shared::Django(_) => format!(":1:{key}"),
+            _ => key.to_owned(),
+        }
+    }
+
+    /// Whether the cache's values are stored bare (no epoch header).
+    pub fn bare(&self) -> bool {
+        matches!(self, Shared::Django(_))
     }
 
     /// One raw command. On a cluster, `KEYS` and `DBSIZE` are summed over
     /// every primary; any other command goes to its key's node.
     pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
         let cluster = match self {
-            Shared::Server(s) => return s.cmd(args),
+            Shared::Server(s) | Shared::Django(s) => return s.cmd(args),
             Shared::Cluster(c) => c,
         };
         let primaries = cluster.primaries();
@@ -106,6 +128,7 @@ impl Shared<'_> {
     pub fn epoch_key(&self, family: &str, key: &str) -> String {
         match self {
             Shared::Server(_) => format!("#epoch:{family}"),
+            Shared::Django(_) => format!(":1:#epoch:{family}"),
             Shared::Cluster(_) => {
                 format!("#{{{}}}:#epoch:{family}", tg_cache::testing::slot_tag(key))
             }
@@ -114,7 +137,8 @@ impl Shared<'_> {
 }
 
 /// Runs each listed `async fn(&Cache, Option<&Shared>)` as a test on the
-/// local store (`None`), on a fresh real Redis, and on the shared real
+/// local store (`None`), on a fresh real Redis (tg-cache's own keys and
+/// values, and shared with Django: `on_django`), and on the shared real
 /// Redis Cluster.
 #[macro_export]
 macro_rules! for_each_store {
@@ -131,6 +155,15 @@ macro_rules! for_each_store {
                 let server = $crate::support::RedisServer::start();
                 let shared = $crate::support::Shared::Server(&server);
                 super::$name(&$crate::support::redis(&server), Some(&shared)).await
+            }
+        )*}
+        mod on_django {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let server = $crate::support::RedisServer::start();
+                let shared = $crate::support::Shared::Django(&server);
+                let cache = $crate::support::django_config(&server).build().unwrap();
+                super::$name(&cache, Some(&shared)).await
             }
         )*}
         mod on_cluster {$(
