@@ -10,6 +10,47 @@
 //!
 //! `CHRONICLE_DB` (default `chronicle.db`) and `CHRONICLE_ADDR` (default
 //! `127.0.0.1:8000`) choose the database file and the address.
+//!
+//! # Beside the team's Django application
+//!
+//! Run against the Redis the Django application uses, with Django's key
+//! function (the README's "Sharing a Redis with Django"):
+//!
+//! ```sh
+//! TG_CACHE_BACKEND=redis REDIS_URL=redis://127.0.0.1:6379/0 \
+//!   TG_CACHE_KEY_FUNCTION=django TG_CACHE_COMPRESS_MIN_BYTES=16 cargo run --example chronicle
+//! ```
+//!
+//! and, in the Django project (`pip install ./contrib/django`):
+//!
+//! ```python
+//! CACHES = {
+//!     "default": {
+//!         "BACKEND": "django_redis.cache.RedisCache",
+//!         "LOCATION": os.environ["REDIS_URL"],
+//!         "OPTIONS": {
+//!             "CLIENT_CLASS": "tg_cache_django.TgCacheClient",
+//!             "SERIALIZER": "django_redis.serializers.json.JSONSerializer",
+//!             "COMPRESSOR": "django_redis.compressors.zlib.ZlibCompressor",
+//!         },
+//!     }
+//! }
+//! # The seed's receiver, which also drops chronicle's cached scenes:
+//! tg_cache_django.invalidate_on(
+//!     Character,
+//!     keys=lambda c: [
+//!         f"tg:queryset:Character:id={c.id}",
+//!         f"tg:queryset:Character:chronicle={c.chronicle_id}",
+//!     ],
+//!     families=["tg:fn:char_scenes"],
+//! )
+//! ```
+//!
+//! The two then share keys (`:1:tg:queryset:Character:id=5`), values
+//! (JSON, zlib over 15 bytes) and invalidation: a character saved in Django
+//! drops chronicle's cached scenes, and an edit in chronicle
+//! (`Character::saved()`) deletes the Django side's cached queryset of
+//! that character (`tg:queryset:Character:id=<id>`).
 
 mod app;
 
