@@ -77,4 +77,64 @@ async fn a_first_epoch_is_no_warning_and_a_malformed_one_is() {
     let w = warnings();
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].contains("malformed"), "{w:?}");
+
+    // A value written by Python pickle (django-redis' default serializer):
+    // one warning per key family and minute, however often it is read.
+    LOG.lock().unwrap().clear();
+    let pickle = b"\x80\x05\x95\x0b\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s.";
+    let mut con = server.connection();
+    for key in [
+        "tg:queryset:Pickled:id=1",
+        "tg:queryset:Pickled:id=2",
+        "tg:fn:pickled:x=1",
+    ] {
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg(&pickle[..])
+            .query(&mut con)
+            .unwrap();
+    }
+    let plain = tg_cache::CacheConfig::redis(&server.url()).build().unwrap();
+    for _ in 0..3 {
+        for key in [
+            "tg:queryset:Pickled:id=1",
+            "tg:queryset:Pickled:id=2",
+            "tg:fn:pickled:x=1",
+        ] {
+            assert_eq!(plain.get::<serde_json::Value>(key).await.unwrap(), None);
+        }
+    }
+    assert_eq!(plain.stats().pickled, 9);
+    let w = warnings();
+    assert_eq!(w.len(), 2, "one per family: {w:?}");
+    for line in &w {
+        assert!(
+            line.contains(
+                "written by Python pickle: set django-redis' SERIALIZER to JSONSerializer"
+            ),
+            "{line}"
+        );
+    }
+    assert!(w.iter().any(|l| l.contains("tg:queryset:Pickled")), "{w:?}");
+    assert!(w.iter().any(|l| l.contains("tg:fn:pickled")), "{w:?}");
+
+    // A key Django warns about, on a cache shared with Django: Django's
+    // warning, once per family and minute; the key itself is not logged.
+    LOG.lock().unwrap().clear();
+    let django = tg_cache::CacheConfig::redis(&server.url())
+        .key_function(tg_cache::KeyFunction::Django)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        django
+            .set("tg:view:search:q=two words", &1, ttl)
+            .await
+            .unwrap();
+    }
+    let w = warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("memcached") && !w[0].contains("two words"),
+        "{w:?}"
+    );
 }

@@ -371,6 +371,10 @@ impl RedisStore {
         }
         let payload = match epoch {
             None => raw,
+            // Python pickle carries no epoch, yet it is no tg-cache value
+            // of an old one: handed on, so that the reader says why it is
+            // a miss (`codec::DecodeError::Pickle`) instead of ignoring it.
+            Some(_) if crate::codec::is_pickle(&raw) => raw,
             Some(None) => return None,
             Some(Some(token)) => {
                 let token = std::str::from_utf8(token).ok()?;
