@@ -412,6 +412,13 @@ async fn stale_reads_randomised(
     for r in readers {
         r.await.unwrap();
     }
+    // Zero stale reads of a cache that never hit would prove nothing.
+    let hits = a.stats().hits + b.stats().hits;
+    assert!(
+        hits > 0,
+        "no read hit in {} reads: nothing was cached",
+        reads.load(SeqCst)
+    );
     (
         stale_get.load(SeqCst),
         stale_gos.load(SeqCst),
@@ -663,6 +670,12 @@ async fn stale_reads_across_processes_randomised(
     for r in readers {
         r.await.unwrap();
     }
+    let hits = a.stats().hits + b.stats().hits;
+    assert!(
+        hits > 0,
+        "no read hit in {} reads: nothing was cached",
+        reads.load(SeqCst)
+    );
     let _: () = raw.cmd(&["SET", "xp:stop", "1"]);
     let (ok, out, err) =
         tokio::task::spawn_blocking(move || finish(child, Duration::from_secs(20)))
@@ -1349,6 +1362,10 @@ async fn deleted_epoch_never_resurrects_old_values(place: Where) {
     let (seen, _server) = v1_reads_after(place, async |raw: &Raw, _: &Cache| {
         // One on a server, one per slot on a cluster.
         let deleted = epoch_keys(raw);
+        assert!(
+            !deleted.is_empty(),
+            "no epoch key to delete: the test would prove nothing"
+        );
         for k in &deleted {
             let _: i64 = raw.cmd(&["DEL", k]);
         }

@@ -213,6 +213,19 @@ fn mode_arg(mode: LeaseMode) -> &'static str {
     }
 }
 
+/// A slot whose breaker range (`connection::SLOTS_PER_BREAKER` slots)
+/// lies wholly in `slots` (a primary's ranges), or else the first slot.
+fn own_breaker_slot(slots: &[(u16, u16)]) -> Option<u16> {
+    use super::connection::SLOTS_PER_BREAKER as PER;
+    slots
+        .iter()
+        .find_map(|&(a, b)| {
+            let start = a.div_ceil(PER).checked_mul(PER)?;
+            (u32::from(start) + u32::from(PER) - 1 <= u32::from(b)).then_some(start)
+        })
+        .or_else(|| slots.first().map(|&(a, _)| a))
+}
+
 /// The epoch token read from an epoch key, if well-formed.
 fn valid(e: Option<&[u8]>) -> Option<&[u8]> {
     e.filter(|t| generation::valid_token(t))
@@ -1075,10 +1088,12 @@ impl RedisStore {
             host: node.host.clone(),
             port: node.port,
         };
-        // Behind the breaker of the node's first slot range: a failed
-        // primary fails fast alone, and never the calls that span slots
-        // (the topology's read among them).
-        let slot = node.slots.first().map(|&(a, _)| a);
+        // Behind the breaker of a slot range the node alone serves (its
+        // first whole one; else its first slot's): a failed primary fails
+        // fast alone, never a neighbour whose slots share a range with
+        // its own, nor the calls that span slots (the topology's read
+        // among them).
+        let slot = own_breaker_slot(&node.slots);
         self.conns
             .run(slot, move |c| async move {
                 match c {
@@ -1565,7 +1580,21 @@ impl Store for RedisStore {
 
 #[cfg(test)]
 mod tests {
-    use super::{grouped, in_order};
+    use super::{grouped, in_order, own_breaker_slot};
+
+    #[test]
+    fn a_primary_is_behind_a_breaker_range_of_its_own() {
+        // redis-cli's layout of 3 primaries: 5461 and 10923 open ranges
+        // that the previous primary shares.
+        assert_eq!(own_breaker_slot(&[(0, 5460)]), Some(0));
+        assert_eq!(own_breaker_slot(&[(5461, 10922)]), Some(5632));
+        assert_eq!(own_breaker_slot(&[(10923, 16383)]), Some(11008));
+        // No whole range: its first slot's.
+        assert_eq!(own_breaker_slot(&[(300, 400), (700, 800)]), Some(300));
+        assert_eq!(own_breaker_slot(&[(300, 400), (512, 767)]), Some(512));
+        assert_eq!(own_breaker_slot(&[(16128, 16383)]), Some(16128));
+        assert_eq!(own_breaker_slot(&[]), None);
+    }
 
     #[test]
     fn groups_keep_their_first_value_and_results_return_in_order() {
