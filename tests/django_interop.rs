@@ -413,7 +413,22 @@ async fn family_invalidation_from_each_side() {
         cache.get::<Value>(&keys[7]).await.unwrap(),
         Some(json!({"id": 7, "v": 2}))
     );
+    // Django's helper names the epoch that Rust's fills are guarded by.
+    let _: i64 = cache
+        .get_or_set("tg:queryset:Ghoul:id=999", MEDIUM, || async { 1 })
+        .await;
+    let epoch_key = d.call(json!({"op": "epoch_key", "family": "tg:queryset:Ghoul"}));
+    assert_eq!(epoch_key, json!(":1:#epoch:tg:queryset:Ghoul"));
+    let before = d
+        .raw(":1:#epoch:tg:queryset:Ghoul")
+        .expect("the family's epoch");
+    cache.delete("tg:queryset:Ghoul:id=999").await.unwrap();
     let deleted = d.call(json!({"op": "invalidate_family", "family": "tg:queryset:Ghoul"}));
+    let after = d
+        .raw(":1:#epoch:tg:queryset:Ghoul")
+        .expect("the family's epoch");
+    assert_ne!(before, after, "Django's invalidation replaced the epoch");
+    assert_eq!(after.len(), 32);
     assert_eq!(deleted, json!(50));
     let mut stale = 0;
     for k in &keys {
@@ -589,6 +604,17 @@ async fn pickle_is_a_diagnosed_miss() {
         let after = cache.stats();
         assert_eq!(after.pickled - before.pickled, 1, "{alias}");
         assert_eq!(after.decode_errors - before.decode_errors, 1, "{alias}");
+        // Never overwritten either: a cached function computes without
+        // storing, and Django still reads its own value.
+        let v: Value = cache
+            .get_or_set(&key, MEDIUM, || async { json!("computed") })
+            .await;
+        assert_eq!(v, json!("computed"));
+        assert_eq!(
+            d.get(alias, &key),
+            Some(json!({"name": "Ada", "padding": "p".repeat(100)})),
+            "{alias}: Django's pickled value was replaced"
+        );
         // Integers are not pickled by Django: they cross.
         d.set(alias, "interop:pickle:int", json!(12));
         assert_eq!(

@@ -143,6 +143,9 @@ pub(crate) enum Undecodable {
     Corrupt,
     /// Not decoded now (the inflation budget is in use): not the value's fault.
     Busy,
+    /// Another application's value that tg-cache neither reads nor
+    /// replaces (Python pickle): computed without storing.
+    Foreign,
 }
 
 /// What a [`Cache`] is made of; the miss protocol works on it.
@@ -363,14 +366,6 @@ impl Cache {
 impl Core {
     fn make_key<'k>(&self, key: &'k str) -> Result<Cow<'k, str>> {
         let key = check_key(key, self.key_function)?;
-        if self.key_function == KeyFunction::Django
-            && let Some(why) = crate::key::django_key_warning(&key)
-        {
-            let family = family_of(&key).unwrap_or("other");
-            if self.notices.due("django-key", family) {
-                tracing::warn!(cache = %self.alias, family, key_bytes = key.len(), "cache key {why} (logged once per key family and minute)");
-            }
-        }
         if self.namespace.is_empty() {
             if key.starts_with(':') {
                 return Err(Error::InvalidKey {
@@ -380,7 +375,17 @@ impl Core {
             }
             Ok(key)
         } else {
-            Ok(Cow::Owned(format!("{}:{}", self.namespace, key)))
+            let made = format!("{}:{}", self.namespace, key);
+            // Django validates the key it made, namespace included.
+            if self.key_function == KeyFunction::Django
+                && let Some(why) = crate::key::django_key_warning(&made)
+            {
+                let family = family_of(&key).unwrap_or("other");
+                if self.notices.due("django-key", family) {
+                    tracing::warn!(cache = %self.alias, family, key_bytes = made.len(), "cache key {why} (logged once per key family and minute)");
+                }
+            }
+            Ok(Cow::Owned(made))
         }
     }
 
@@ -500,7 +505,7 @@ impl Core {
             }
             Err(codec::DecodeError::Pickle) => {
                 self.pickled(key);
-                Err(Undecodable::Corrupt)
+                Err(Undecodable::Foreign)
             }
             Err(e) => {
                 self.decode_failed(key, &e);

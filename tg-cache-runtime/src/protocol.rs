@@ -100,6 +100,9 @@ enum Found<T> {
     /// full for the whole deadline, the breaker is open, or the process's
     /// inflation budget stayed in use): compute without storing.
     Busy,
+    /// Another application's value (Python pickle, counted and logged):
+    /// compute without storing, so that it is never overwritten.
+    Foreign,
 }
 
 /// How the leader starts: asking for a lease in a mode, or not at all.
@@ -117,7 +120,7 @@ impl<T> Found<T> {
             // repairs them only if they are still there: a value another
             // caller stored since is taken, not overwritten.
             Found::Hit(_) | Found::Miss | Found::Corrupt => Fill::Lease(LeaseMode::Fresh),
-            Found::Slow | Found::Busy => Fill::Skip,
+            Found::Slow | Found::Busy | Found::Foreign => Fill::Skip,
         }
     }
 }
@@ -248,6 +251,7 @@ async fn lookup<T: CacheValue>(core: &Core, key: &str, slot: &Slot) -> Found<T> 
             Ok(v) => Found::Hit(v),
             Err(crate::cache::Undecodable::Busy) => Found::Busy,
             Err(crate::cache::Undecodable::Corrupt) => Found::Corrupt,
+            Err(crate::cache::Undecodable::Foreign) => Found::Foreign,
         },
         Err(e @ crate::Error::Timeout { .. }) => {
             core.report("get", key, &e);
@@ -355,7 +359,9 @@ where
                     // Corrupt or foreign bytes: fill over them (over those
                     // only: a value stored since is taken instead).
                     Err(crate::cache::Undecodable::Corrupt) => mode = LeaseMode::Repair(seen),
-                    Err(crate::cache::Undecodable::Busy) => break None,
+                    Err(crate::cache::Undecodable::Busy | crate::cache::Undecodable::Foreign) => {
+                        break None;
+                    }
                 }
             }
             // The holder may be a call on this very thread: waiting could

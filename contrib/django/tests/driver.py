@@ -105,6 +105,8 @@ def handle(req):
         return cache.delete_pattern(req["pattern"])
     if op == "invalidate_family":
         return tg_cache_django.invalidate_family(req["family"], cache)
+    if op == "epoch_key":
+        return tg_cache_django.epoch_key(req["family"], cache)
     if op == "clear":
         cache.clear()
         return True

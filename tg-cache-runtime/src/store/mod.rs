@@ -56,7 +56,9 @@ pub(crate) struct Slot {
 /// A key family, as the stores need it.
 #[derive(Debug, Clone)]
 pub(crate) struct Family {
-    /// `tg:fn:char_scenes` (without the namespace): the local epoch's name.
+    /// `tg:fn:char_scenes`, after the cache's namespace if it has one
+    /// (`:1:tg:fn:char_scenes`): the local epoch's name, and what the
+    /// family's stored keys start with.
     pub(crate) name: String,
     /// Where the Redis epoch lives (namespaced).
     pub(crate) epoch_key: String,
