@@ -17,7 +17,7 @@ use crate::store::local::LocalStore;
 use crate::store::near::NearStore;
 use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::{Family, Incr, Slot, Store, Stored};
-use crate::timeout::{Timeout, Ttl};
+use crate::timeout::{Jitter, Timeout, Ttl};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::borrow::Cow;
@@ -162,6 +162,9 @@ pub(crate) struct Core {
     /// Warnings logged once per family and minute.
     notices: Notices,
     pub(crate) default_timeout: Timeout,
+    /// The spread of stored lifetimes of timeouts that set none
+    /// ([`CacheConfig::jitter`]).
+    pub(crate) jitter: Jitter,
     /// How long a leader waits for another process's computation of a key
     /// before it computes too ([`CacheConfig::max_wait`]).
     pub(crate) max_wait: Duration,
@@ -255,6 +258,7 @@ impl Cache {
                 key_function: cfg.key_function,
                 notices: Notices::default(),
                 default_timeout: cfg.default_timeout,
+                jitter: cfg.jitter,
                 max_wait: cfg.max_wait,
                 max_value_bytes: cfg.max_value_bytes,
                 counters: Counters::default(),
@@ -399,6 +403,12 @@ impl Core {
             p.push_str(pattern);
             p
         }
+    }
+
+    /// The lifetime of one entry written now with `timeout`: `None` to
+    /// store nothing, `Some(None)` forever; spread by its jitter.
+    pub(crate) fn lifetime(&self, timeout: Timeout) -> Option<Option<Duration>> {
+        timeout.lifetime(self.default_timeout, self.jitter)
     }
 
     /// A family as the stores see it.
@@ -613,7 +623,7 @@ impl Core {
 
     async fn set_in<T: CacheValue>(&self, key: &str, value: &T, timeout: Timeout) -> Result<()> {
         let slot = self.slot(key)?;
-        let Some(ttl) = timeout.resolve(self.default_timeout) else {
+        let Some(ttl) = self.lifetime(timeout) else {
             let r = self.delete_keys(&[slot.key]).await.map(drop);
             return self.track("set", key, r);
         };
@@ -632,7 +642,7 @@ impl Core {
 
     async fn add_in<T: CacheValue>(&self, key: &str, value: &T, timeout: Timeout) -> Result<bool> {
         let slot = self.slot(key)?;
-        let Some(ttl) = timeout.resolve(self.default_timeout) else {
+        let Some(ttl) = self.lifetime(timeout) else {
             return Ok(false);
         };
         let r = self.store.add(&slot, value, ttl).await;
@@ -683,16 +693,22 @@ impl Core {
             .iter()
             .map(|(k, _)| self.slot(k.as_ref()))
             .collect::<Result<Vec<_>>>()?;
-        let Some(ttl) = timeout.resolve(self.default_timeout) else {
+        if self.lifetime(timeout).is_none() {
             let keys: Vec<String> = slots.into_iter().map(|s| s.key).collect();
             return self.delete_keys(&keys).await.map(drop);
-        };
-        let pairs: Vec<(Slot, &dyn crate::store::Value)> = slots
+        }
+        // Each entry its own lifetime: written together, they do not all
+        // expire together when a jitter is set.
+        let writes: Vec<crate::store::Write<'_>> = slots
             .into_iter()
             .zip(items)
-            .map(|(s, (_, v))| (s, v as &dyn crate::store::Value))
+            .map(|(s, (_, v))| crate::store::Write {
+                slot: s,
+                value: v as &dyn crate::store::Value,
+                ttl: self.lifetime(timeout).flatten(),
+            })
             .collect();
-        let r = self.store.set_many(&pairs, ttl).await;
+        let r = self.store.set_many(&writes).await;
         if r.is_ok() && self.store.keeps_values() {
             self.counters
                 .sets
@@ -701,7 +717,7 @@ impl Core {
         if let Err(e @ Error::ValueTooLarge { .. }) = &r {
             // Nothing was written, and the values these replace are outdated.
             self.report_too_large("", e);
-            let keys: Vec<String> = pairs.into_iter().map(|(s, _)| s.key).collect();
+            let keys: Vec<String> = writes.into_iter().map(|w| w.slot.key).collect();
             let _ = self.delete_keys(&keys).await;
             return r;
         }
@@ -740,7 +756,7 @@ impl Core {
 
     async fn touch_in(&self, key: &str, timeout: Timeout) -> Result<bool> {
         let slot = self.slot(key)?;
-        let Some(ttl) = timeout.resolve(self.default_timeout) else {
+        let Some(ttl) = self.lifetime(timeout) else {
             let r = self.delete_keys(&[slot.key]).await;
             return self.track("touch", key, r.map(|n| n > 0));
         };

@@ -7,6 +7,7 @@
 //! | `TG_CACHE_REDIS_NODES` | a Redis Cluster's seed nodes, comma-separated (`redis://h1:7000,redis://h2:7001`); needed by `redis-cluster` | none |
 //! | `TG_CACHE_MAX_ENTRIES` | local store bound | `1000` |
 //! | `TG_CACHE_DEFAULT_TIMEOUT` | seconds, or `none` (never expire) | `300` |
+//! | `TG_CACHE_JITTER` | spread of stored lifetimes, a fraction below 1 ([`CacheConfig::jitter`]); `0` or `off` | `off` |
 //! | `TG_CACHE_KEY_PREFIX` | Django's `KEY_PREFIX` | none |
 //! | `TG_CACHE_VERSION` | Django's `VERSION` | none |
 //! | `TG_CACHE_KEY_FUNCTION` | `django` for Django's `make_key` and values Django reads (a cache shared with Django, [`crate::key::KeyFunction`]), or `tg` | `tg` |
@@ -319,6 +320,7 @@ pub struct CacheConfig {
     pub(crate) backend: Backend,
     pub(crate) max_entries: u64,
     pub(crate) default_timeout: Timeout,
+    pub(crate) jitter: crate::timeout::Jitter,
     pub(crate) key_prefix: String,
     pub(crate) version: Option<u64>,
     pub(crate) key_function: crate::key::KeyFunction,
@@ -360,6 +362,7 @@ impl CacheConfig {
             backend,
             max_entries: DEFAULT_MAX_ENTRIES,
             default_timeout: Timeout::After(crate::timeout::MEDIUM),
+            jitter: crate::timeout::Jitter::NONE,
             key_prefix: String::new(),
             version: None,
             key_function: crate::key::KeyFunction::Tg,
@@ -444,8 +447,33 @@ impl CacheConfig {
     pub fn default_timeout(mut self, t: impl Into<Timeout>) -> Self {
         self.default_timeout = match t.into() {
             Timeout::Default => Timeout::After(crate::timeout::MEDIUM),
+            Timeout::Jittered(None, j) => Timeout::Jittered(Some(crate::timeout::MEDIUM), j),
             t => t,
         };
+        self
+    }
+
+    /// Spreads the lifetimes of the entries this cache writes: each gets a
+    /// lifetime drawn uniformly from `[timeout·(1 − fraction), timeout]`,
+    /// so entries written together do not expire together (`0.1`: from 90%
+    /// to 100% of the timeout). Applies to every write with a timeout that
+    /// sets no jitter of its own ([`Timeout::jitter`]; `jitter(0.0)` there
+    /// turns it off). Off by default; `TG_CACHE_JITTER`. A fraction outside
+    /// `[0, 1)` is reported by [`CacheConfig::build`].
+    ///
+    /// ```
+    /// use tg_cache_runtime::CacheConfig;
+    /// assert!(CacheConfig::local().jitter(0.1).build().is_ok());
+    /// assert!(CacheConfig::local().jitter(1.5).build().is_err());
+    /// ```
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        match crate::timeout::Jitter::new(fraction) {
+            Ok(j) => self.jitter = j,
+            Err(reason) => {
+                self.error
+                    .get_or_insert(ConfigError::new("jitter", fraction.to_string(), reason));
+            }
+        }
         self
     }
 
@@ -633,6 +661,20 @@ impl CacheConfig {
                     parse_num("TG_CACHE_DEFAULT_TIMEOUT", &v, "whole seconds or `none`")?;
                 Timeout::from(secs)
             };
+        }
+        if let Some(v) = get("TG_CACHE_JITTER") {
+            let v = v.trim();
+            if !v.eq_ignore_ascii_case("off") {
+                let fraction: f64 = v.parse().map_err(|_| {
+                    ConfigError::new(
+                        "TG_CACHE_JITTER",
+                        v,
+                        "a fraction of the timeout below 1 (0.1), or `off`",
+                    )
+                })?;
+                c.jitter = crate::timeout::Jitter::new(fraction)
+                    .map_err(|reason| ConfigError::new("TG_CACHE_JITTER", v, reason))?;
+            }
         }
         if let Some(v) = get("TG_CACHE_KEY_PREFIX") {
             check_key_prefix(&v)
@@ -982,6 +1024,20 @@ mod tests {
         assert_eq!(c.key_prefix, "app");
         assert_eq!(c.version, Some(2));
         assert_eq!(c.key_function, crate::key::KeyFunction::Tg);
+    }
+
+    #[test]
+    fn jitter_from_env() {
+        let c = env(&[("TG_CACHE_JITTER", "0.1")]).unwrap();
+        assert_eq!(c.jitter, crate::timeout::Jitter::new(0.1).unwrap());
+        let c = env(&[("TG_CACHE_JITTER", "off")]).unwrap();
+        assert_eq!(c.jitter, crate::timeout::Jitter::NONE);
+        for bad in ["1", "-0.2", "lots", "NaN"] {
+            let e = env(&[("TG_CACHE_JITTER", bad)]).unwrap_err();
+            assert_eq!(e.setting, "TG_CACHE_JITTER", "{bad}");
+        }
+        let e = CacheConfig::local().jitter(2.0).validate().unwrap_err();
+        assert_eq!(e.setting, "jitter");
     }
 
     #[test]

@@ -140,7 +140,7 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
 {
-    let Some(ttl) = timeout.resolve(core.default_timeout) else {
+    let Some(ttl) = core.lifetime(timeout) else {
         return f().await;
     };
     let slot = match core.slot(key) {

@@ -9,7 +9,7 @@ use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, ExprUnary, Ident, Lit, LitBool, LitStr, Token, UnOp};
 
 pub(crate) const OPTIONS: &str =
-    "key_prefix, timeout, key, skip, cache, cache_none, result, option, always, self_type";
+    "key_prefix, timeout, jitter, key, skip, cache, cache_none, result, option, always, self_type";
 pub(crate) const TIMEOUT_NAMES: [&str; 5] = ["SHORT", "MEDIUM", "LONG", "VERY_LONG", "DAY"];
 
 /// The parsed attribute.
@@ -17,6 +17,8 @@ pub(crate) const TIMEOUT_NAMES: [&str; 5] = ["SHORT", "MEDIUM", "LONG", "VERY_LO
 pub(crate) struct Args {
     pub(crate) key_prefix: Option<LitStr>,
     pub(crate) timeout: Option<TimeoutArg>,
+    /// `jitter = 0.1`: the fraction, and its literal's span.
+    pub(crate) jitter: Option<(f64, Span)>,
     pub(crate) key: Option<LitStr>,
     pub(crate) skip: Vec<Ident>,
     pub(crate) cache: Option<LitStr>,
@@ -75,6 +77,10 @@ impl Parse for Args {
                 "timeout" => {
                     eq(input, &name)?;
                     args.timeout = Some(timeout(input)?);
+                }
+                "jitter" => {
+                    eq(input, &name)?;
+                    args.jitter = Some(jitter(input)?);
                 }
                 "cache_none" => {
                     args.cache_none = Some(if input.peek(Token![=]) {
@@ -175,6 +181,45 @@ fn str_value(input: ParseStream, name: &Ident) -> syn::Result<LitStr> {
             format!("`{name}` takes a string literal, e.g. `{name} = \"...\"`"),
         )
     })
+}
+
+/// `jitter = <fraction>`: a number literal strictly between 0 and 1.
+fn jitter(input: ParseStream) -> syn::Result<(f64, Span)> {
+    let expr: Expr = input.parse()?;
+    let bad = |span| {
+        syn::Error::new(
+            span,
+            "`jitter` is a fraction of the timeout strictly between 0 and 1, e.g. `jitter = 0.1` (lifetimes from 90% to 100% of the timeout)",
+        )
+    };
+    let value = match &expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Float(f), ..
+        }) => f.base10_parse::<f64>().map_err(|_| bad(f.span()))?,
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(i), ..
+        }) => i.base10_parse::<f64>().map_err(|_| bad(i.span()))?,
+        _ => return Err(bad(expr.span())),
+    };
+    if !(value > 0.0 && value < 1.0) {
+        return Err(bad(expr.span()));
+    }
+    Ok((value, expr.span()))
+}
+
+/// Whether a timeout argument never expires or caches nothing (`None`,
+/// `Timeout::Never`, `Timeout::NoCache`, `0`): what a jitter cannot spread.
+pub(crate) fn never_expires(t: &TimeoutArg) -> bool {
+    match t {
+        TimeoutArg::Seconds(0, _) => true,
+        TimeoutArg::Expr(e) => match &**e {
+            Expr::Path(p) => p.path.segments.last().is_some_and(|s| {
+                matches!(s.ident.to_string().as_str(), "None" | "Never" | "NoCache")
+            }),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 fn timeout(input: ParseStream) -> syn::Result<TimeoutArg> {

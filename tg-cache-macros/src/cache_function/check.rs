@@ -190,6 +190,15 @@ pub(crate) fn check(args: &Args, f: &ItemFn) -> syn::Result<Plan> {
         }
     };
 
+    if let (Some((_, span)), Some(t)) = (&args.jitter, &args.timeout)
+        && super::attr::never_expires(t)
+    {
+        errors.push(
+            *span,
+            "`jitter` spreads lifetimes, and this timeout never expires or caches nothing; remove `jitter`, or give a timeout that expires",
+        );
+    }
+
     if let Some(alias) = &args.cache
         && alias.value().trim().is_empty()
     {

@@ -147,6 +147,10 @@ pub(crate) fn expand(args: &Args, f: ItemFn, plan: Plan) -> TokenStream {
         }
         Some(TimeoutArg::Expr(e)) => quote_spanned!(e.span()=> ::tg_cache::Timeout::from(#e)),
     };
+    let timeout = match &args.jitter {
+        Some((j, span)) => quote_spanned!(*span=> #timeout.jitter(#j)),
+        None => timeout,
+    };
     // Spanned on the return type, so that a type the cache cannot store is
     // reported there (and once) rather than on the attribute.
     let rs = stored.span();

@@ -1,5 +1,6 @@
 //! The dummy store (Django's `DummyCache`): keeps nothing, every read misses.
 
+use super::Write;
 use super::local::check;
 use super::{
     Family, Filled, Incr, Lease, LeaseMode, LeaseOutcome, Slot, Store, StoreFuture, Stored, Value,
@@ -32,12 +33,12 @@ impl Store for DummyStore {
     ) -> StoreFuture<'a, ()> {
         ready(check(slot, value, usize::MAX))
     }
-    fn set_many<'a>(
-        &'a self,
-        items: &'a [(Slot, &'a dyn Value)],
-        _: Option<Duration>,
-    ) -> StoreFuture<'a, ()> {
-        ready(items.iter().try_for_each(|(s, v)| check(s, *v, usize::MAX)))
+    fn set_many<'a>(&'a self, items: &'a [Write<'a>]) -> StoreFuture<'a, ()> {
+        ready(
+            items
+                .iter()
+                .try_for_each(|w| check(&w.slot, w.value, usize::MAX)),
+        )
     }
     fn add<'a>(
         &'a self,

@@ -5,6 +5,7 @@
 //! follow the rules of `lease.rs` (modes, co-holders), so the protocol
 //! behaves the same on every store.
 
+use super::Write;
 use super::{
     AnyValue, Encoder, Family, Filled, Incr, Lease, LeaseMode, LeaseOutcome, Slot, Store,
     StoreFuture, Stored, Value, encode_any, ready,
@@ -426,21 +427,17 @@ impl Store for LocalStore {
         ready(self.set_now(slot, value, ttl))
     }
 
-    fn set_many<'a>(
-        &'a self,
-        items: &'a [(Slot, &'a dyn Value)],
-        ttl: Option<Duration>,
-    ) -> StoreFuture<'a, ()> {
+    fn set_many<'a>(&'a self, items: &'a [Write<'a>]) -> StoreFuture<'a, ()> {
         // All or nothing, as on Redis, whose pipeline encodes every value first.
-        for (slot, value) in items {
-            if let Err(e) = self.check(slot, *value) {
+        for w in items {
+            if let Err(e) = self.check(&w.slot, w.value) {
                 return ready(Err(e));
             }
         }
-        for (slot, value) in items {
+        for w in items {
             let mut leases = self.leases();
-            leases.remove(&slot.key);
-            self.insert(slot, *value, ttl, self.epoch(slot));
+            leases.remove(&w.slot.key);
+            self.insert(&w.slot, w.value, w.ttl, self.epoch(&w.slot));
         }
         ready(Ok(()))
     }

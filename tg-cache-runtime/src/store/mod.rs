@@ -53,6 +53,14 @@ pub(crate) struct Slot {
     pub(crate) family: Option<Family>,
 }
 
+/// One write of [`Store::set_many`].
+pub(crate) struct Write<'a> {
+    pub(crate) slot: Slot,
+    pub(crate) value: &'a dyn Value,
+    /// Its lifetime (`None`: forever).
+    pub(crate) ttl: Option<Duration>,
+}
+
 /// A key family, as the stores need it.
 #[derive(Debug, Clone)]
 pub(crate) struct Family {
@@ -264,12 +272,9 @@ pub(crate) trait Store: Send + Sync + 'static {
         ttl: Option<Duration>,
     ) -> StoreFuture<'a, ()>;
 
-    /// [`Store::set`] for several keys (one round trip on Redis).
-    fn set_many<'a>(
-        &'a self,
-        items: &'a [(Slot, &'a dyn Value)],
-        ttl: Option<Duration>,
-    ) -> StoreFuture<'a, ()>;
+    /// [`Store::set`] for several keys, each with its own lifetime (one
+    /// round trip on Redis).
+    fn set_many<'a>(&'a self, items: &'a [Write<'a>]) -> StoreFuture<'a, ()>;
 
     /// Writes `value` only if no live value is there; returns whether it
     /// wrote (and then cancels any fill in progress).

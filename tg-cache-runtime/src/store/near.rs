@@ -42,6 +42,7 @@
 //!   the local store): a type that drops fields it does not know loses them
 //!   for the other type's readers until the entry goes.
 
+use super::Write;
 use super::redis::RedisStore;
 use super::tracking::{Listener, Tracking, Watch};
 use super::{
@@ -530,14 +531,10 @@ impl Store for NearStore {
         ))
     }
 
-    fn set_many<'a>(
-        &'a self,
-        items: &'a [(Slot, &'a dyn Value)],
-        ttl: Option<Duration>,
-    ) -> StoreFuture<'a, ()> {
+    fn set_many<'a>(&'a self, items: &'a [Write<'a>]) -> StoreFuture<'a, ()> {
         Box::pin(self.forgetting(
-            items.iter().map(|(s, _)| s.key.as_str()),
-            self.inner.set_many(items, ttl),
+            items.iter().map(|w| w.slot.key.as_str()),
+            self.inner.set_many(items),
         ))
     }
 

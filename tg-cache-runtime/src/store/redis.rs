@@ -10,6 +10,7 @@
 //! while what spans the keyspace (`delete_pattern`, `clear`, a family's
 //! invalidation) visits every primary.
 
+use super::Write;
 use super::connection::{Conn, ConnectionSettings, Connections};
 use super::epochs::Lookup;
 use super::framing::Framing;
@@ -808,11 +809,7 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn set_many_now(
-        &self,
-        items: &[(Slot, &dyn Value)],
-        ttl: Option<Duration>,
-    ) -> Result<()> {
+    async fn set_many_now(&self, items: &[Write<'_>]) -> Result<()> {
         if items.is_empty() {
             return Ok(());
         }
@@ -821,21 +818,20 @@ impl RedisStore {
             // each write on its own key's node, all at once.
             let payloads = items
                 .iter()
-                .map(|(slot, value)| self.encode(slot, *value))
+                .map(|w| self.encode(&w.slot, w.value))
                 .collect::<Result<Vec<_>>>()?;
             futures_util::future::try_join_all(
                 items
                     .iter()
                     .zip(payloads)
-                    .map(|((slot, _), p)| Box::pin(self.set_encoded(slot, p, ttl))),
+                    .map(|(w, p)| Box::pin(self.set_encoded(&w.slot, p, w.ttl))),
             )
             .await?;
             return Ok(());
         }
-        let ttl = ttl_arg(ttl);
         let fresh = generation::new_token();
         let mut pipe = redis::pipe();
-        for (slot, value) in items {
+        for Write { slot, value, ttl } in items {
             let mut keys = vec![slot.key.clone(), self.names.sidecar(&slot.key)];
             keys.extend(
                 slot.family
@@ -847,7 +843,7 @@ impl RedisStore {
                 .arg(keys.len())
                 .arg(keys)
                 .arg(self.encode(slot, *value)?)
-                .arg(&ttl)
+                .arg(ttl_arg(*ttl))
                 .arg(&fresh)
                 .arg("")
                 .ignore();
@@ -1421,12 +1417,8 @@ impl Store for RedisStore {
         Box::pin(self.set_now(slot, value, ttl))
     }
 
-    fn set_many<'a>(
-        &'a self,
-        items: &'a [(Slot, &'a dyn Value)],
-        ttl: Option<Duration>,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(self.set_many_now(items, ttl))
+    fn set_many<'a>(&'a self, items: &'a [Write<'a>]) -> StoreFuture<'a, ()> {
+        Box::pin(self.set_many_now(items))
     }
 
     fn add<'a>(
