@@ -1,6 +1,6 @@
 use tg_cache::cache_function;
 
-#[cache_function(key_prefix = "scenes", timeout = None, jitter = 0.1)]
+#[cache_function(key_prefix = "scenes", timeout = 0, jitter = 0.1)]
 fn scenes(character_id: i64) -> Vec<String> {
     vec![character_id.to_string()]
 }
