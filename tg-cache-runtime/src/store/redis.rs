@@ -1530,6 +1530,24 @@ impl Store for RedisStore {
             // Every primary, by its address (a `PING` routed otherwise is
             // answered by any node that can be reached).
             let primaries = self.primaries().await?;
+            // A topology that leaves slots unserved is no healthy cluster,
+            // even if every primary it lists answers.
+            let unserved = (0..super::slots::SLOTS)
+                .filter(|&s| !primaries.iter().any(|p| p.serves(s)))
+                .count();
+            if unserved > 0 {
+                let addr = primaries
+                    .first()
+                    .map_or_else(|| "the cluster".to_owned(), |p| format!("{}:{}", p.host, p.port));
+                return Err(Error::Redis {
+                    addr,
+                    source: redis::RedisError::from((
+                        redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+                        "hash slots not served by any primary",
+                        format!("{unserved} of {} slots", super::slots::SLOTS),
+                    )),
+                });
+            }
             futures_util::future::try_join_all(primaries.iter().map(|node| {
                 let mut pipe = redis::pipe();
                 pipe.cmd("PING");
