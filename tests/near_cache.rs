@@ -8,12 +8,17 @@
 //! the bound in a randomised race (and with the pending-ticket guard broken
 //! on purpose, to show that the race test catches it).
 //!
+//! The tests that need no restart of the server run twice, on a server of
+//! their own (`<name>::on_redis`) and on the shared Redis Cluster
+//! (`<name>::on_cluster`, tracking on every primary).
+//!
 //! Run: `cargo test --all-features --test near_cache`.
 
 #[path = "cross_process/helpers.rs"]
+#[macro_use]
 mod helpers;
 
-use helpers::{Raw, TTL, child_url, finish, reported, spawn_child, watchdog};
+use helpers::{Backend, Raw, TTL, Where, child_url, finish, reported, spawn_child, watchdog};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
@@ -26,8 +31,18 @@ use tg_cache::{Cache, CacheConfig};
 const BOUND: Duration = Duration::from_millis(100);
 
 fn near(url: &str) -> Cache {
-    CacheConfig::redis(url).near_cache(10_000).build().unwrap()
+    helpers::config(url).near_cache(10_000).build().unwrap()
 }
+
+on_both!(
+    hits_are_served_locally_without_a_redis_command,
+    writes_of_other_keys_keep_the_familys_near_entries,
+    own_writes_and_invalidations_are_seen_at_once,
+    the_near_cache_keeps_its_bound,
+    an_expired_value_is_not_served,
+    no_stale_read_beyond_the_bound_in_a_randomised_race,
+    without_the_pending_ticket_the_race_serves_stale_values,
+);
 
 fn near_totals(cache: &Cache) -> (u64, u64) {
     cache
@@ -51,10 +66,9 @@ async fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) ->
 // In one process: hits are local, own writes are immediate
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hits_are_served_locally_without_a_redis_command() {
+async fn hits_are_served_locally_without_a_redis_command(place: Where) {
     let _w = watchdog("hits_are_served_locally_without_a_redis_command");
-    let server = RedisServer::start();
+    let server = Backend::start(place);
     let cache = near(&server.url());
     cache.set("n:hit", &"v1".to_owned(), TTL).await.unwrap();
     let before = server.command_calls();
@@ -90,12 +104,11 @@ async fn hits_are_served_locally_without_a_redis_command() {
 /// near entries alone: they extend the family's epoch lifetime at most
 /// once per lifetime, so its tracked epoch key does not change at each
 /// write (each change would drop the whole family from every near cache).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_of_other_keys_keep_the_familys_near_entries() {
+async fn writes_of_other_keys_keep_the_familys_near_entries(place: Where) {
     let _w = watchdog("writes_of_other_keys_keep_the_familys_near_entries");
-    let server = RedisServer::start();
+    let server = Backend::start(place);
     let cache = near(&server.url());
-    let writer = CacheConfig::redis(&server.url()).build().unwrap();
+    let writer = helpers::build(&server.url());
     writer.set("tg:fn:nf:id=1", &1u64, TTL).await.unwrap();
     assert_eq!(cache.get::<u64>("tg:fn:nf:id=1").await.unwrap(), Some(1));
     let hits = near_totals(&cache).0;
@@ -116,13 +129,12 @@ async fn writes_of_other_keys_keep_the_familys_near_entries() {
     assert_eq!(near_totals(&cache).0 - hits, 100);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn own_writes_and_invalidations_are_seen_at_once() {
+async fn own_writes_and_invalidations_are_seen_at_once(place: Where) {
     let _w = watchdog("own_writes_and_invalidations_are_seen_at_once");
-    let server = RedisServer::start();
+    let server = Backend::start(place);
     // Pushes ignored: the server's invalidation of this process's own write
     // must not be what drops the old value.
-    let cache = CacheConfig::redis(&server.url())
+    let cache = helpers::config(&server.url())
         .near_cache(10_000)
         .testing_near_ignores_pushes()
         .build()
@@ -172,11 +184,10 @@ async fn own_writes_and_invalidations_are_seen_at_once() {
     assert_eq!(v, 8, "get_or_set hits the near cache");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_near_cache_keeps_its_bound() {
+async fn the_near_cache_keeps_its_bound(place: Where) {
     let _w = watchdog("the_near_cache_keeps_its_bound");
-    let server = RedisServer::start();
-    let cache = CacheConfig::redis(&server.url())
+    let server = Backend::start(place);
+    let cache = helpers::config(&server.url())
         .near_cache(100)
         .build()
         .unwrap();
@@ -193,13 +204,12 @@ async fn the_near_cache_keeps_its_bound() {
     assert!(held > 0, "the near cache holds nothing");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_value_is_not_served() {
+async fn an_expired_value_is_not_served(place: Where) {
     let _w = watchdog("an_expired_value_is_not_served");
-    let server = RedisServer::start();
+    let server = Backend::start(place);
     // No active expiry: the server would push the key's invalidation when
     // it expires, hiding a near cache that ignored the value's lifetime.
-    let _: () = server.cmd(&["DEBUG", "SET-ACTIVE-EXPIRE", "0"]);
+    server.on_every_node(&["DEBUG", "SET-ACTIVE-EXPIRE", "0"]);
     let cache = near(&server.url());
     cache
         .set("n:ttl", &1u64, Duration::from_millis(300))
@@ -489,11 +499,11 @@ async fn helper_near_racer() {
 /// The parent writes the race keys for `secs` (tg-cache `set`s and raw
 /// `SET`s, at random), publishing each key's floor after its write
 /// returned. Returns (stale beyond the bound, stale, reads, near hits).
-async fn read_invalidate_race(break_guard: bool, secs: u64) -> (u64, u64, u64, u64) {
-    let server = RedisServer::start();
+async fn read_invalidate_race(place: Where, break_guard: bool, secs: u64) -> (u64, u64, u64, u64) {
+    let server = Backend::start(place);
     let url = server.url();
     let data = Raw::data(&url);
-    let raw = Raw::of(&server);
+    let raw = Raw::new(url.clone());
     let a = near(&url);
     for i in 0..RACE_KEYS {
         a.set(&format!("n:race:{i}"), &0u64, TTL).await.unwrap();
@@ -538,10 +548,9 @@ async fn read_invalidate_race(break_guard: bool, secs: u64) -> (u64, u64, u64, u
     r
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_stale_read_beyond_the_bound_in_a_randomised_race() {
+async fn no_stale_read_beyond_the_bound_in_a_randomised_race(place: Where) {
     let _w = watchdog("no_stale_read_beyond_the_bound_in_a_randomised_race");
-    let (beyond, _stale, reads, hits) = read_invalidate_race(false, 4).await;
+    let (beyond, _stale, reads, hits) = read_invalidate_race(place, false, 4).await;
     assert!(reads > 1000, "only {reads} reads");
     assert!(
         hits > 0,
@@ -550,10 +559,9 @@ async fn no_stale_read_beyond_the_bound_in_a_randomised_race() {
     assert_eq!(beyond, 0, "stale reads beyond {BOUND:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_pending_ticket_the_race_serves_stale_values() {
+async fn without_the_pending_ticket_the_race_serves_stale_values(place: Where) {
     let _w = watchdog("without_the_pending_ticket_the_race_serves_stale_values");
-    let (beyond, _stale, _reads, _hits) = read_invalidate_race(true, 4).await;
+    let (beyond, _stale, _reads, _hits) = read_invalidate_race(place, true, 4).await;
     assert!(
         beyond > 0,
         "the race test found no stale read with the guard broken: it cannot catch a broken guard"

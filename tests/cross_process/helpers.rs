@@ -70,6 +70,32 @@ impl Backend {
         self.cluster
     }
 
+    /// Redis' command counts (`INFO commandstats`), summed over the
+    /// cluster's primaries on a cluster.
+    pub fn command_calls(&self) -> std::collections::BTreeMap<String, u64> {
+        if !self.cluster {
+            return self.server.command_calls();
+        }
+        let mut total = std::collections::BTreeMap::new();
+        for p in CLUSTER.primaries() {
+            for (cmd, n) in CLUSTER.server(p.port).command_calls() {
+                *total.entry(cmd).or_insert(0) += n;
+            }
+        }
+        total
+    }
+
+    /// Runs one command on the server, or on every primary of the cluster.
+    pub fn on_every_node(&self, args: &[&str]) {
+        if !self.cluster {
+            let () = self.server.cmd(args);
+            return;
+        }
+        for p in CLUSTER.primaries() {
+            let () = CLUSTER.server(p.port).cmd(args);
+        }
+    }
+
     /// The name a cache key is stored under: Django's `:1:<key>` on a
     /// server shared with Django, else the key itself.
     pub fn stored(&self, key: &str) -> String {

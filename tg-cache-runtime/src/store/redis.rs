@@ -1536,9 +1536,10 @@ impl Store for RedisStore {
                 .filter(|&s| !primaries.iter().any(|p| p.serves(s)))
                 .count();
             if unserved > 0 {
-                let addr = primaries
-                    .first()
-                    .map_or_else(|| "the cluster".to_owned(), |p| format!("{}:{}", p.host, p.port));
+                let addr = primaries.first().map_or_else(
+                    || "the cluster".to_owned(),
+                    |p| format!("{}:{}", p.host, p.port),
+                );
                 return Err(Error::Redis {
                     addr,
                     source: redis::RedisError::from((
