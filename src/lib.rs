@@ -62,6 +62,7 @@ pub use tg_cache_runtime::*;
 /// |---|---|
 /// | `key_prefix = "name"` | required; letters, digits, `_`, `-`, `.`; unique per program |
 /// | `timeout = MEDIUM` | `SHORT`, `MEDIUM`, `LONG`, `VERY_LONG`, `DAY`, whole seconds, or any expression convertible into [`Timeout`] (`Duration::from_millis(500)`, `Timeout::Never`); default: the cache's default |
+/// | `jitter = 0.1` | each stored entry lives a time drawn from `[timeout·(1 − j), timeout]`, `0 < j < 1` (a compile error otherwise, or with a timeout that never expires); default: the cache's ([`CacheConfig::jitter`], `TG_CACHE_JITTER`). To turn a cache-wide jitter off for one function: `timeout = Timeout::from(MEDIUM).jitter(0.0)` |
 /// | `key = "{character_id}:{page}"` | key template over parameter names and `{self.field}`; every non-skipped parameter must appear |
 /// | `skip(pool, request)` | parameters left out of the key (a pool, a request); `skip(self)` leaves out a method's receiver |
 /// | `cache = "alias"` | a named cache (see [`caches`]) instead of the default |

@@ -57,11 +57,18 @@ async fn a_burst_of_10000_keys_is_spread_over_the_jitter() {
     cache.set_many(&plain, MINUTE).await.unwrap();
     let keys: Vec<String> = plain.into_iter().map(|(k, _)| k).collect();
     let lives = pttls(&server, &keys);
+    assert!(*lives.iter().min().unwrap() > 58_000, "every key stored");
     assert!(lives.iter().max().unwrap() - lives.iter().min().unwrap() < 1000);
 }
 
 #[cache_function(key_prefix = "jittered", timeout = 60, jitter = 0.2)]
 async fn jittered(id: u64) -> u64 {
+    id
+}
+
+/// No timeout: the cache's default (300 s), spread by half.
+#[cache_function(key_prefix = "jittered_default", jitter = 0.5)]
+async fn jittered_default(id: u64) -> u64 {
     id
 }
 
@@ -81,6 +88,13 @@ async fn a_cached_functions_jitter_spreads_its_entries() {
         "every entry stored: {lives:?}"
     );
     assert_spread(&lives, 47_000, 60_000, 9_000);
+    for id in 0..200 {
+        assert_eq!(jittered_default(id).await, id);
+    }
+    let keys: Vec<String> = (0..200)
+        .map(|id| format!("tg:fn:jittered_default:id={id}"))
+        .collect();
+    assert_spread(&pttls(&server, &keys), 149_000, 300_000, 100_000);
 }
 
 async fn spread_of_set(cache: &Cache, timeout: Timeout, n: u64) -> (Duration, Duration) {

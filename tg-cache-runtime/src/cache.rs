@@ -411,6 +411,11 @@ impl Core {
         timeout.lifetime(self.default_timeout, self.jitter)
     }
 
+    /// Whether entries written with `timeout` are stored at all (no draw).
+    pub(crate) fn caches(&self, timeout: Timeout) -> bool {
+        timeout.resolve(self.default_timeout).is_some()
+    }
+
     /// A family as the stores see it.
     fn family(&self, family: &str) -> Family {
         Family {
@@ -693,7 +698,7 @@ impl Core {
             .iter()
             .map(|(k, _)| self.slot(k.as_ref()))
             .collect::<Result<Vec<_>>>()?;
-        if self.lifetime(timeout).is_none() {
+        if !self.caches(timeout) {
             let keys: Vec<String> = slots.into_iter().map(|s| s.key).collect();
             return self.delete_keys(&keys).await.map(drop);
         }

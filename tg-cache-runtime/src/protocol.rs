@@ -140,9 +140,12 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
 {
-    let Some(ttl) = core.lifetime(timeout) else {
+    // Whether to cache at all; the entry's lifetime (its jitter drawn) is
+    // only needed on a miss.
+    if !core.caches(timeout) {
         return f().await;
-    };
+    }
+    let ttl = || core.lifetime(timeout).flatten();
     let slot = match core.slot(key) {
         Ok(slot) => slot,
         Err(e) => {
@@ -156,7 +159,7 @@ where
             core,
             key,
             slot: &slot,
-            ttl,
+            ttl: ttl(),
         };
         return lead::<P, R, F, Fut>(&miss, Fill::Lease(LeaseMode::Refresh), None, share, f)
             .await
@@ -182,7 +185,7 @@ where
         core,
         key,
         slot: &slot,
-        ttl,
+        ttl: ttl(),
     };
     let mut f = Some(f);
     loop {

@@ -201,7 +201,8 @@ fn jitter(input: ParseStream) -> syn::Result<(f64, Span)> {
         }) => i.base10_parse::<f64>().map_err(|_| bad(i.span()))?,
         _ => return Err(bad(expr.span())),
     };
-    if !(value > 0.0 && value < 1.0) {
+    // At least a millionth: what a jitter is kept in.
+    if !(1e-6..1.0).contains(&value) {
         return Err(bad(expr.span()));
     }
     Ok((value, expr.span()))

@@ -27,6 +27,8 @@ pub const NODE_TIMEOUT: Duration = Duration::from_millis(5000);
 /// [`RedisCluster::wait_until_ok`].
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// The password every node requires, if any.
+    password: Option<String>,
 }
 
 /// One node as `CLUSTER NODES` describes it.
@@ -72,6 +74,17 @@ impl RedisCluster {
     /// If `redis-server` or `redis-cli` is missing (with instructions), or
     /// if the cluster is not ready within 30 s (with the nodes' logs).
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// [`RedisCluster::start`], every node requiring `password`
+    /// (`--requirepass`, and `--masterauth` for its replica): its
+    /// [`RedisCluster::urls`] carry it.
+    pub fn start_with_password(password: &str) -> Self {
+        Self::start_with(Some(password))
+    }
+
+    fn start_with(password: Option<&str>) -> Self {
         let timeout = NODE_TIMEOUT.as_millis().to_string();
         let mut nodes: Vec<RedisServer> = Vec::with_capacity(6);
         let mut attempts = 0;
@@ -83,7 +96,7 @@ impl RedisCluster {
             );
             let taken: Vec<u16> = nodes.iter().map(RedisServer::port).collect();
             let port = free_cluster_port(&taken);
-            let args = [
+            let mut args = vec![
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -91,6 +104,9 @@ impl RedisCluster {
                 "--cluster-node-timeout",
                 &timeout,
             ];
+            if let Some(pw) = password {
+                args.extend(["--requirepass", pw, "--masterauth", pw]);
+            }
             if let Some(s) = RedisServer::try_start(port, false, &args) {
                 nodes.push(s);
             }
@@ -99,7 +115,12 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        let out = match Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        if let Some(pw) = password {
+            // Through the environment: never on a command line.
+            cli.env("REDISCLI_AUTH", pw);
+        }
+        let out = match cli
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -116,7 +137,10 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = Self { nodes };
+        let cluster = Self {
+            nodes,
+            password: password.map(str::to_owned),
+        };
         cluster.wait_until_ok(Duration::from_secs(30));
         cluster
     }
@@ -262,11 +286,15 @@ impl RedisCluster {
     }
 
     /// Every node's `redis://127.0.0.1:<port>` URL (seeds for a cluster
-    /// client).
+    /// client), `redis://:<password>@...` when the nodes require one.
     pub fn urls(&self) -> Vec<String> {
+        let auth = self
+            .password
+            .as_ref()
+            .map_or_else(String::new, |pw| format!(":{pw}@"));
         self.nodes
             .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port()))
+            .map(|n| format!("redis://{auth}127.0.0.1:{}", n.port()))
             .collect()
     }
 
