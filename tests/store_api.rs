@@ -36,6 +36,8 @@ for_each_store!(
     invalidate_family_hides_every_entry,
     family_invalidation_during_fill_prevents_stale_store,
     epochs_expire_with_their_familys_values,
+    keys_are_listed_and_counted_over_many_batches,
+    a_raw_connection_reaches_the_same_redis,
 );
 
 async fn get_set_roundtrip(cache: &Cache, server: Option<&Shared<'_>>) {
@@ -796,4 +798,78 @@ async fn epochs_expire_with_their_familys_values(cache: &Cache, server: Option<&
     tokio::time::sleep(Duration::from_millis(750)).await;
     let keys: Vec<String> = server.cmd(&["KEYS", "*short*"]);
     assert!(keys.is_empty(), "left behind: {keys:?}");
+}
+
+async fn keys_are_listed_and_counted_over_many_batches(cache: &Cache, server: Option<&Shared<'_>>) {
+    use futures_util::TryStreamExt;
+    // Three SCAN batches' worth of one family, a few of another and plain
+    // keys; a family write also leaves the family's epoch behind.
+    // (The local store keeps 1,000 entries.)
+    let n = if server.is_some() { 3000 } else { 500 };
+    let items: Vec<(String, u64)> = (0..n)
+        .map(|i| (format!("tg:fn:listed:id={i}"), i))
+        .collect();
+    cache.set_many(&items, MEDIUM).await.unwrap();
+    for i in 0..5u64 {
+        cache
+            .set(&format!("tg:fn:other:id={i}"), &i, MEDIUM)
+            .await
+            .unwrap();
+        cache.set(&format!("plain:{i}"), &i, MEDIUM).await.unwrap();
+    }
+    assert_eq!(cache.count_keys("tg:fn:listed:*").await.unwrap(), n);
+    let pattern = KeyPattern::prefix("tg:fn:listed").any();
+    let mut listed: Vec<String> = cache.iter_keys(pattern).try_collect().await.unwrap();
+    listed.sort();
+    let mut expected: Vec<String> = items.iter().map(|(k, _)| k.clone()).collect();
+    expected.sort();
+    assert_eq!(listed, expected, "every key once, as given to the cache");
+    let all: Vec<String> = cache.iter_keys("*").try_collect().await.unwrap();
+    assert_eq!(all.len() as u64, n + 10, "no internal key among them");
+    assert!(
+        all.iter().all(|k| !k.contains('#')),
+        "{:?}",
+        all.iter().find(|k| k.contains('#'))
+    );
+    if server.is_some() {
+        let with: Vec<String> = cache
+            .iter_keys_including_internal("*")
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(
+            with.iter().any(|k| k.contains("#epoch:tg:fn:listed")),
+            "the family's epoch is listed when asked for"
+        );
+        assert!(with.len() as u64 > n + 10);
+    }
+    cache.delete_pattern("tg:fn:listed:*").await.unwrap();
+    assert_eq!(cache.count_keys("tg:fn:listed:*").await.unwrap(), 0);
+    assert_eq!(cache.count_keys("plain:*").await.unwrap(), 5);
+}
+
+async fn a_raw_connection_reaches_the_same_redis(cache: &Cache, server: Option<&Shared<'_>>) {
+    let Some(server) = server else {
+        let err = cache.redis_connection().await.unwrap_err();
+        assert!(err.to_string().contains("redis_connection"), "{err}");
+        return;
+    };
+    cache.set("raw:seen", &41u64, MEDIUM).await.unwrap();
+    let mut con = cache.redis_connection().await.unwrap();
+    let stored = server.stored("raw:seen");
+    let raw: String = redis::cmd("GET")
+        .arg(&stored)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(raw, "41");
+    // A write through it is what the cache reads (it bypasses the guards:
+    // no family epoch, plain JSON).
+    let () = redis::cmd("SET")
+        .arg(&stored)
+        .arg("42")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(cache.get::<u64>("raw:seen").await.unwrap(), Some(42));
 }

@@ -313,6 +313,116 @@ impl Cache {
         self.inner.store.len()
     }
 
+    /// A redis-rs connection of the application's own on this cache's
+    /// Redis (a cluster connection on a Redis Cluster), for commands
+    /// tg-cache does not wrap: django-redis' `get_redis_connection`. It
+    /// **bypasses tg-cache's guards** ([`crate::RedisConnection`]). An
+    /// error for a cache without Redis.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: &tg_cache_runtime::Cache) -> tg_cache_runtime::Result<()> {
+    /// let mut con = cache.redis_connection().await?;
+    /// let size: i64 = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
+    /// # let _ = size; Ok(()) }
+    /// ```
+    pub async fn redis_connection(&self) -> Result<crate::RedisConnection> {
+        let r = match self.inner.store.raw_connection().await {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => Err(Error::Config(crate::ConfigError::new(
+                "backend",
+                self.inner.backend.to_string(),
+                "this cache has no Redis: redis_connection() needs the redis or redis-cluster backend",
+            ))),
+            Err(e) => Err(e),
+        };
+        self.inner.track("redis_connection", "", r)
+    }
+
+    /// The keys of this cache that `pattern` matches (a [`KeyPattern`] or a
+    /// glob, under the cache's namespace and key function, as
+    /// `delete_pattern` takes it), as given to the cache: without the
+    /// namespace. A stream over `SCAN` in batches of about 1,000 (every
+    /// primary of a cluster), never `KEYS`. tg-cache's own keys (family
+    /// epochs, refresh sidecars) are left out
+    /// ([`Cache::iter_keys_including_internal`] lists them). A key being
+    /// filled is listed (its placeholder is at the key), and so are the
+    /// keys of an invalidated family until they expire (`get` misses
+    /// them).
+    ///
+    /// ```
+    /// # async fn demo() -> tg_cache_runtime::Result<()> {
+    /// use futures_util::TryStreamExt;
+    /// use tg_cache_runtime::{CacheConfig, KeyPattern, timeout::MEDIUM};
+    /// let cache = CacheConfig::local().build()?;
+    /// cache.set("tg:queryset:Character:id=5", &1, MEDIUM).await?;
+    /// let keys: Vec<String> = cache
+    ///     .iter_keys(KeyPattern::prefix("tg:queryset:Character").any())
+    ///     .try_collect()
+    ///     .await?;
+    /// assert_eq!(keys, ["tg:queryset:Character:id=5"]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`KeyPattern`]: crate::KeyPattern
+    pub fn iter_keys(
+        &self,
+        pattern: impl Into<crate::KeyPattern>,
+    ) -> impl futures_util::Stream<Item = Result<String>> + Send + '_ {
+        self.listing(pattern.into(), false)
+    }
+
+    /// [`Cache::iter_keys`] with tg-cache's own keys too, every key as
+    /// stored (with the namespace, and on a cluster internal keys with
+    /// their hash tag).
+    pub fn iter_keys_including_internal(
+        &self,
+        pattern: impl Into<crate::KeyPattern>,
+    ) -> impl futures_util::Stream<Item = Result<String>> + Send + '_ {
+        self.listing(pattern.into(), true)
+    }
+
+    /// How many keys [`Cache::iter_keys`] lists for `pattern`.
+    pub async fn count_keys(&self, pattern: impl Into<crate::KeyPattern>) -> Result<u64> {
+        use futures_util::TryStreamExt;
+        self.iter_keys(pattern)
+            .try_fold(0u64, |n, _| std::future::ready(Ok(n + 1)))
+            .await
+    }
+
+    fn listing(
+        &self,
+        pattern: crate::KeyPattern,
+        internal: bool,
+    ) -> impl futures_util::Stream<Item = Result<String>> + Send + '_ {
+        let core = &*self.inner;
+        let stored = core.make_pattern(pattern.as_str());
+        let state = (
+            Some(crate::store::ScanAt::default()),
+            std::collections::VecDeque::new(),
+        );
+        futures_util::stream::unfold(state, move |(mut at, mut ready)| {
+            let stored = stored.clone();
+            async move {
+                loop {
+                    if let Some(k) = ready.pop_front() {
+                        return Some((Ok(k), (at, ready)));
+                    }
+                    let from = at?;
+                    match core.store.scan(&stored, from).await {
+                        Ok((keys, next)) => {
+                            at = next;
+                            ready.extend(keys.into_iter().filter_map(|k| core.listed(k, internal)));
+                        }
+                        Err(e) => {
+                            core.report("iter_keys", &stored, &e);
+                            return Some((Err(e), (None, ready)));
+                        }
+                    }
+                }
+            }
+        })
+    }
+
     /// The near cache's counters by key family (`tg:fn:char_scenes`, ...;
     /// `other` for keys outside any family), sorted by family; `None`
     /// without a near cache ([`CacheConfig::near_cache`]).
@@ -414,6 +524,24 @@ impl Core {
     /// Whether entries written with `timeout` are stored at all (no draw).
     pub(crate) fn caches(&self, timeout: Timeout) -> bool {
         timeout.resolve(self.default_timeout).is_some()
+    }
+
+    /// A stored key as a listing shows it: without the namespace, and
+    /// `None` for tg-cache's own keys unless `internal` (then as stored).
+    fn listed(&self, stored: String, internal: bool) -> Option<String> {
+        let own = crate::generation::is_epoch_key(&stored)
+            || crate::lease::is_sidecar(&stored)
+            || stored.starts_with("#{");
+        if own {
+            return internal.then_some(stored);
+        }
+        if internal || self.namespace.is_empty() {
+            return Some(stored);
+        }
+        stored
+            .strip_prefix(self.namespace.as_str())
+            .and_then(|k| k.strip_prefix(':'))
+            .map(str::to_owned)
     }
 
     /// A family as the stores see it.

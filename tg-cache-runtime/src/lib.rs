@@ -5,7 +5,8 @@
 //! * [`cache()`] / [`caches()`]: the configured caches (Django's `cache` / `caches[..]`).
 //! * [`Cache`]: `get`, `set`, `add`, `get_or_set`, `get_many`, `set_many`,
 //!   `delete`, `delete_many`, `has_key`, `touch`, `incr`, `decr`, `ttl`,
-//!   `delete_pattern`, `clear`; [`Cache::blocking`] for synchronous code.
+//!   `delete_pattern`, `clear`, `iter_keys`, `count_keys`,
+//!   `redis_connection`; [`Cache::blocking`] for synchronous code.
 //! * [`key`]: escaping, [`CacheKeyGenerator`], [`KeyBuilder`], [`KeyPattern`].
 //! * [`timeout`]: `SHORT`, `MEDIUM`, `LONG`, `VERY_LONG`, `DAY` and [`Timeout`].
 //! * [`config`]: [`CacheConfig`] and the `TG_CACHE_*` environment variables.
@@ -27,6 +28,7 @@ pub(crate) mod lease;
 mod notice;
 pub mod parity;
 mod protocol;
+mod raw;
 mod registry;
 mod stats;
 mod store;
@@ -46,6 +48,7 @@ pub use function::{
 };
 pub use invalidate::{Batch, Event, Invalidate, ReceiverId, Target, connect, disconnect};
 pub use key::{CacheKeyGenerator, KeyBuilder, KeyFunction, KeyPart, KeyPattern};
+pub use raw::RedisConnection;
 pub use registry::{
     Caches, DEFAULT_ALIAS, EX_CONFIG, all_caches, cache, caches, check_caches, configure,
     init_from_env,

@@ -589,6 +589,34 @@ impl Connections {
 
     /// Whether the server that holds keys of `slot` answers a `PING`: the
     /// server, or on a cluster the primary of `slot` (behind its breaker).
+    /// A connection of the application's own (`raw.rs`), opened now,
+    /// outside the pool, the queue and the breakers.
+    pub(crate) async fn raw(&self) -> Result<crate::RedisConnection> {
+        let failed = |source| Error::Redis {
+            addr: self.addr.clone(),
+            source,
+        };
+        let connecting = async {
+            match &self.client {
+                Dialer::Node(c) => c
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map(crate::RedisConnection::Node),
+                Dialer::Cluster(c) => c
+                    .get_async_connection()
+                    .await
+                    .map(crate::RedisConnection::Cluster),
+            }
+        };
+        match crate::exec::timeout(self.connect_timeout, connecting).await {
+            Ok(r) => r.map_err(failed),
+            Err(_) => Err(Error::Timeout {
+                addr: self.addr.clone(),
+                after: self.connect_timeout,
+            }),
+        }
+    }
+
     pub(crate) async fn ping(&self, slot: Option<u16>) -> Result<()> {
         self.run(slot, move |c| async move {
             match c {

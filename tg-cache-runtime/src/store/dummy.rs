@@ -100,6 +100,14 @@ impl Store for DummyStore {
     fn ttl<'a>(&'a self, _: &'a Slot) -> StoreFuture<'a, Option<Ttl>> {
         ready(Ok(None))
     }
+    fn scan<'a>(
+        &'a self,
+        _: &'a str,
+        _: super::ScanAt,
+    ) -> StoreFuture<'a, (Vec<String>, Option<super::ScanAt>)> {
+        ready(Ok((Vec::new(), None)))
+    }
+
     fn ping<'a>(&'a self) -> StoreFuture<'a, ()> {
         ready(Ok(()))
     }

@@ -561,6 +561,20 @@ impl Store for LocalStore {
         ready(Ok(self.delete_pattern_now(pattern)))
     }
 
+    fn scan<'a>(
+        &'a self,
+        pattern: &'a str,
+        _: super::ScanAt,
+    ) -> StoreFuture<'a, (Vec<String>, Option<super::ScanAt>)> {
+        let keys = self
+            .cache
+            .iter()
+            .filter(|(k, _)| glob_match(pattern, k))
+            .map(|(k, _)| (*k).clone())
+            .collect();
+        ready(Ok((keys, None)))
+    }
+
     fn clear<'a>(&'a self, _pattern: &'a str) -> StoreFuture<'a, ()> {
         // A local store belongs to one cache: everything in it is under
         // the cache's namespace.

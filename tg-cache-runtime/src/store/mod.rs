@@ -53,6 +53,14 @@ pub(crate) struct Slot {
     pub(crate) family: Option<Family>,
 }
 
+/// Where a key listing ([`Store::scan`]) goes on: the index of the
+/// primary (0 on one server) and its `SCAN` cursor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ScanAt {
+    pub(crate) node: usize,
+    pub(crate) cursor: u64,
+}
+
 /// One write of [`Store::set_many`].
 pub(crate) struct Write<'a> {
     pub(crate) slot: Slot,
@@ -327,6 +335,23 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Removes everything in the database (`FLUSHDB`).
     fn flush<'a>(&'a self) -> StoreFuture<'a, ()>;
+
+    /// One batch of the stored keys that the glob `pattern` matches, from
+    /// `at` (start with [`ScanAt::default`]), internal keys included; and
+    /// where the next batch starts (`None`: done). On Redis a `SCAN` of
+    /// about 1,000 keys, on a cluster of one primary after another.
+    fn scan<'a>(
+        &'a self,
+        pattern: &'a str,
+        at: ScanAt,
+    ) -> StoreFuture<'a, (Vec<String>, Option<ScanAt>)>;
+
+    /// A connection of the application's own on the store's Redis (a
+    /// cluster connection on a cluster), outside tg-cache's guards; `None`
+    /// for stores without Redis.
+    fn raw_connection<'a>(&'a self) -> StoreFuture<'a, Option<crate::RedisConnection>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
 
     /// Gives `family` a new epoch: every entry of it reads as a miss, and
     /// every fill of it in progress is refused.

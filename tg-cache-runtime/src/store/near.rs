@@ -591,6 +591,18 @@ impl Store for NearStore {
         Box::pin(self.forgetting(keys.iter().map(String::as_str), self.inner.delete(keys)))
     }
 
+    fn scan<'a>(
+        &'a self,
+        pattern: &'a str,
+        at: super::ScanAt,
+    ) -> StoreFuture<'a, (Vec<String>, Option<super::ScanAt>)> {
+        self.inner.scan(pattern, at)
+    }
+
+    fn raw_connection<'a>(&'a self) -> StoreFuture<'a, Option<crate::RedisConnection>> {
+        self.inner.raw_connection()
+    }
+
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> StoreFuture<'a, usize> {
         Box::pin(async move {
             let r = self.inner.delete_pattern(pattern).await;

@@ -1474,6 +1474,60 @@ impl Store for RedisStore {
         Box::pin(self.cmd(redis::cmd("FLUSHDB")))
     }
 
+    fn scan<'a>(
+        &'a self,
+        pattern: &'a str,
+        at: super::ScanAt,
+    ) -> StoreFuture<'a, (Vec<String>, Option<super::ScanAt>)> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SCAN")
+                .arg(at.cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (reply, nodes) = if self.names == Names::Node {
+                let reply: Vec<redis::Value> = self
+                    .run(move |mut c| async move { pipe.query_async(&mut c).await })
+                    .await?;
+                (reply, 1)
+            } else {
+                // Primaries in address order, so that a listing goes on
+                // from one to the next across calls.
+                let mut primaries = self.primaries().await?;
+                primaries.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+                let Some(node) = primaries.get(at.node) else {
+                    return Ok((Vec::new(), None));
+                };
+                (self.on_primary(node, pipe).await?, primaries.len())
+            };
+            let (cursor, keys): (u64, Vec<String>) = match reply.into_iter().next() {
+                Some(v) => redis::from_redis_value(v).map_err(|source| Error::Redis {
+                    addr: self.connection.url.address(),
+                    source: source.into(),
+                })?,
+                None => (0, Vec::new()),
+            };
+            let next = match cursor {
+                0 if at.node + 1 < nodes => Some(super::ScanAt {
+                    node: at.node + 1,
+                    cursor: 0,
+                }),
+                0 => None,
+                c => Some(super::ScanAt {
+                    node: at.node,
+                    cursor: c,
+                }),
+            };
+            Ok((keys, next))
+        })
+    }
+
+    fn raw_connection<'a>(&'a self) -> StoreFuture<'a, Option<crate::RedisConnection>> {
+        Box::pin(async move { self.conns.raw().await.map(Some) })
+    }
+
     fn bump<'a>(&'a self, family: &'a Family) -> StoreFuture<'a, ()> {
         let token = generation::new_token();
         Box::pin(async move {
