@@ -15,7 +15,9 @@ use std::fmt;
 /// A redis-rs connection to a cache's Redis: a multiplexed connection to
 /// the server, or a cluster connection that routes each command by its
 /// key. Use it with any redis-rs command (`redis::cmd("INFO")
-/// .query_async(&mut con)`, `AsyncCommands`).
+/// .query_async(&mut con)`, `AsyncCommands`). Cheap to clone: clones share
+/// the connection.
+#[derive(Clone)]
 pub enum RedisConnection {
     /// One server.
     Node(redis::aio::MultiplexedConnection),

@@ -62,7 +62,6 @@ use super::tracking::Tracking;
 use crate::config::RedisUrl;
 use crate::error::{Error, Result};
 use crate::exec::{in_io, io_runtime};
-use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -101,43 +100,9 @@ const SLOTS: u16 = super::slots::SLOTS;
 const CLUSTER_PINGS_LOST: u32 = 3;
 
 /// One connection: to one server, or to a whole Redis Cluster. Both are
-/// multiplexed and cheap to clone; every store command runs on one.
-#[derive(Clone)]
-pub(crate) enum Conn {
-    Node(MultiplexedConnection),
-    Cluster(ClusterConnection),
-}
-
-impl redis::aio::ConnectionLike for Conn {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        match self {
-            Conn::Node(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Conn::Node(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Node(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
+/// multiplexed and cheap to clone; every store command runs on one. The
+/// type the application gets from `Cache::redis_connection` (`raw.rs`).
+pub(crate) use crate::RedisConnection as Conn;
 
 /// What connections are opened with.
 #[expect(
