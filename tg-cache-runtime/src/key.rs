@@ -66,7 +66,9 @@ pub const MAX_KEY_BYTES: usize = 64 * 1024;
 /// "Sharing a Redis with Django".
 ///
 /// On both, a key segment starting with `#` stays reserved for tg-cache's
-/// own keys, and keys over [`MAX_KEY_BYTES`] are refused.
+/// own keys, and keys over [`MAX_KEY_BYTES`] are refused. `Django` is for
+/// Redis: on a local store it only adds the `:1:` namespace (and a
+/// namespaced local store has no lock-free `#[cache_function]` hit path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KeyFunction {
     /// tg-cache's own: keys as given (namespaced only when a prefix or a
