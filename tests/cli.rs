@@ -192,6 +192,30 @@ async fn every_subcommand_on_one_server() {
     assert_eq!(server.cmd::<i64>(&["DBSIZE"]), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_closed_early_ends_it_quietly() {
+    // `tg-cache keys '*' | head -1`: more than a pipe's buffer of keys.
+    let server = RedisServer::start();
+    let cache = CacheConfig::redis(&server.url()).build().unwrap();
+    let items: Vec<(String, u64)> = (0..5000)
+        .map(|i| (format!("tg:fn:many:id={i:08}"), i))
+        .collect();
+    cache.set_many(&items, MEDIUM).await.unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tg-cache"))
+        .args(["--url", &server.url(), "keys", "*"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+}
+
 #[test]
 fn usage_and_configuration_errors_exit_2() {
     assert_eq!(code(&tool(&["bogus"], &[])), 2);
@@ -293,6 +317,8 @@ async fn a_cache_shared_with_django_and_a_cluster() {
     let o = tool(&["--nodes", &nodes, "--json", "status"], &[]);
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["backend"], "redis-cluster");
+    let memory = v["used_memory"].as_str().unwrap();
+    assert!(memory.ends_with("over 3 primaries"), "{memory}");
     assert_eq!(v["families"]["tg:fn:cl"], 300);
     assert_eq!(
         code(&tool(&["--nodes", &nodes, "invalidate", "tg:fn:cl"], &[])),

@@ -77,6 +77,21 @@ enum Command {
     },
 }
 
+/// `println!` that ends the program quietly when stdout is closed early
+/// (`tg-cache keys '*' | head -1`) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = writeln!(stdout, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("tg-cache: cannot write the output: {e}");
+            std::process::exit(3);
+        }
+    }};
+}
+
 /// A failure, with its exit code.
 struct Failure(u8, String);
 
@@ -145,9 +160,9 @@ fn confirm(what: &str) -> Result<(), Failure> {
 /// Prints `text`, or `value` with `--json`.
 fn out(cli: &Cli, text: impl std::fmt::Display, value: Value) {
     if cli.json {
-        println!("{value}");
+        say!("{value}");
     } else {
-        println!("{text}");
+        say!("{text}");
     }
 }
 
@@ -268,24 +283,24 @@ async fn keys(
     while let Some(k) = stream.next().await {
         let k = k?;
         n += 1;
-        if progress && count && n % 10_000 == 0 {
+        if progress && n % 10_000 == 0 {
             eprint!("\rscanned {n} keys...");
         }
         if !count {
             if cli.json {
                 listed.push(k);
             } else {
-                println!("{k}");
+                say!("{k}");
             }
         }
     }
-    if progress && count && n >= 10_000 {
+    if progress && n >= 10_000 {
         eprintln!();
     }
     if count {
         out(cli, n, json!({"pattern": pattern, "count": n}));
     } else if cli.json {
-        println!("{}", json!({"pattern": pattern, "keys": listed}));
+        say!("{}", json!({"pattern": pattern, "keys": listed}));
     }
     Ok(0)
 }
@@ -323,17 +338,36 @@ async fn get(cli: &Cli, cache: &Cache, key: &str) -> Result<u8, Failure> {
 async fn status(cli: &Cli, cfg: &CacheConfig, cache: &Cache) -> Result<u8, Failure> {
     let round_trip = cache.health().await?;
     let mut con = cache.redis_connection().await?;
-    let info: String = redis::cmd("INFO")
+    // One server's INFO, or on a cluster every primary's (a map by node).
+    let info: redis::Value = redis::cmd("INFO")
         .arg("memory")
         .query_async(&mut con)
         .await
-        .unwrap_or_default();
-    let memory = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory_human:"))
-        .unwrap_or("?")
-        .trim()
-        .to_owned();
+        .map_err(|e| Failure(3, format!("INFO memory: {e}")))?;
+    let texts: Vec<String> = match info {
+        redis::Value::Map(nodes) => nodes
+            .into_iter()
+            .filter_map(|(_, v)| redis::from_redis_value::<String>(v).ok())
+            .collect(),
+        v => redis::from_redis_value::<String>(v).into_iter().collect(),
+    };
+    let used: u64 = texts
+        .iter()
+        .filter_map(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .sum();
+    let memory = format!(
+        "{:.2} MiB{}",
+        used as f64 / (1u64 << 20) as f64,
+        if texts.len() > 1 {
+            format!(" over {} primaries", texts.len())
+        } else {
+            String::new()
+        }
+    );
     let mut families: BTreeMap<String, u64> = BTreeMap::new();
     let mut stream = cache.iter_keys("*").boxed();
     let mut total = 0u64;
@@ -346,7 +380,7 @@ async fn status(cli: &Cli, cfg: &CacheConfig, cache: &Cache) -> Result<u8, Failu
     let url = cfg.redis_url().map(ToString::to_string).unwrap_or_default();
     let near = cfg.near_cache_entries();
     if cli.json {
-        println!(
+        say!(
             "{}",
             json!({
                 "backend": cfg.backend().to_string(),
@@ -362,22 +396,22 @@ async fn status(cli: &Cli, cfg: &CacheConfig, cache: &Cache) -> Result<u8, Failu
         );
         return Ok(0);
     }
-    println!("backend      {} ({url})", cfg.backend());
-    println!(
+    say!("backend      {} ({url})", cfg.backend());
+    say!(
         "health       ok, round trip {:.2} ms",
         round_trip.as_secs_f64() * 1e3
     );
-    println!("memory       {memory}");
-    println!(
+    say!("memory       {memory}");
+    say!(
         "key function {:?}; near cache {}",
         cfg.key_function_kind(),
         near.map_or("off".to_owned(), |n| format!(
             "{n} entries per process (TG_CACHE_NEAR_CACHE)"
         ))
     );
-    println!("keys         {total}");
+    say!("keys         {total}");
     for (family, n) in &families {
-        println!("  {n:>10}  {family}");
+        say!("  {n:>10}  {family}");
     }
     Ok(0)
 }

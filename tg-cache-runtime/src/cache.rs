@@ -373,7 +373,13 @@ impl Cache {
 
     /// [`Cache::iter_keys`] with tg-cache's own keys too, every key as
     /// stored (with the namespace, and on a cluster internal keys with
-    /// their hash tag).
+    /// their hash tag). On a cluster tg-cache's keys open with that tag
+    /// (`#{<tag>}:<name>`), so only a pattern that opens with `*` matches
+    /// them there.
+    ///
+    /// A listing on a cluster whose primaries change meanwhile (a
+    /// failover, a migration) ends with an error rather than skip or
+    /// repeat keys; list again.
     pub fn iter_keys_including_internal(
         &self,
         pattern: impl Into<crate::KeyPattern>,

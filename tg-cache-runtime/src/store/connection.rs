@@ -552,8 +552,6 @@ impl Connections {
         self.run_on(slot, |conn, _| op(conn)).await
     }
 
-    /// Whether the server that holds keys of `slot` answers a `PING`: the
-    /// server, or on a cluster the primary of `slot` (behind its breaker).
     /// A connection of the application's own (`raw.rs`), opened now,
     /// outside the pool, the queue and the breakers.
     pub(crate) async fn raw(&self) -> Result<crate::RedisConnection> {
@@ -582,6 +580,8 @@ impl Connections {
         }
     }
 
+    /// Whether the server that holds keys of `slot` answers a `PING`: the
+    /// server, or on a cluster the primary of `slot` (behind its breaker).
     pub(crate) async fn ping(&self, slot: Option<u16>) -> Result<()> {
         self.run(slot, move |c| async move {
             match c {

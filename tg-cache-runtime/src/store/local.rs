@@ -566,10 +566,12 @@ impl Store for LocalStore {
         pattern: &'a str,
         _: super::ScanAt,
     ) -> StoreFuture<'a, (Vec<String>, Option<super::ScanAt>)> {
+        // Live entries only, as Redis' SCAN skips expired keys.
+        let now = clock::now();
         let keys = self
             .cache
             .iter()
-            .filter(|(k, _)| glob_match(pattern, k))
+            .filter(|(k, e)| glob_match(pattern, k) && e.expires_at.is_none_or(|t| t > now))
             .map(|(k, _)| (*k).clone())
             .collect();
         ready(Ok((keys, None)))

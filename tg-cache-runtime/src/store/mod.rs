@@ -59,6 +59,10 @@ pub(crate) struct Slot {
 pub(crate) struct ScanAt {
     pub(crate) node: usize,
     pub(crate) cursor: u64,
+    /// On a cluster, a digest of the primaries the listing began with (0
+    /// before the first batch): a listing across a topology change fails
+    /// rather than skip or repeat a primary.
+    pub(crate) topology: u64,
 }
 
 /// One write of [`Store::set_many`].

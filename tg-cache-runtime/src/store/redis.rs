@@ -1477,7 +1477,7 @@ impl Store for RedisStore {
     fn scan<'a>(
         &'a self,
         pattern: &'a str,
-        at: super::ScanAt,
+        mut at: super::ScanAt,
     ) -> StoreFuture<'a, (Vec<String>, Option<super::ScanAt>)> {
         Box::pin(async move {
             let mut pipe = redis::pipe();
@@ -1494,12 +1494,29 @@ impl Store for RedisStore {
                 (reply, 1)
             } else {
                 // Primaries in address order, so that a listing goes on
-                // from one to the next across calls.
+                // from one to the next across calls; the same primaries
+                // all along, or an error.
                 let mut primaries = self.primaries().await?;
                 primaries.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
-                let Some(node) = primaries.get(at.node) else {
-                    return Ok((Vec::new(), None));
+                let topology = {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    for p in &primaries {
+                        (&p.host, p.port, &p.slots).hash(&mut h);
+                    }
+                    h.finish() | 1
                 };
+                let changed = at.topology != 0 && at.topology != topology;
+                let Some(node) = primaries.get(at.node).filter(|_| !changed) else {
+                    return Err(Error::Redis {
+                        addr: self.connection.url.address(),
+                        source: redis::RedisError::from((
+                            redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+                            "the cluster's primaries changed during the listing (a failover or a migration); list again",
+                        )),
+                    });
+                };
+                at.topology = topology;
                 (self.on_primary(node, pipe).await?, primaries.len())
             };
             let (cursor, keys): (u64, Vec<String>) = match reply.into_iter().next() {
@@ -1513,12 +1530,10 @@ impl Store for RedisStore {
                 0 if at.node + 1 < nodes => Some(super::ScanAt {
                     node: at.node + 1,
                     cursor: 0,
+                    ..at
                 }),
                 0 => None,
-                c => Some(super::ScanAt {
-                    node: at.node,
-                    cursor: c,
-                }),
+                c => Some(super::ScanAt { cursor: c, ..at }),
             };
             Ok((keys, next))
         })
