@@ -217,6 +217,31 @@ async fn output_closed_early_ends_it_quietly() {
 }
 
 #[test]
+fn a_stalled_server_never_hangs_it() {
+    let server = RedisServer::start();
+    server.pause();
+    for args in [
+        &["status"][..],
+        &["get", "k"],
+        &["keys", "*", "--count"],
+        &["delete", "k"],
+    ] {
+        let start = Instant::now();
+        let mut all = vec!["--url", server.url().leak() as &str];
+        all.extend_from_slice(args);
+        let o = tool(&all, &[]);
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "{args:?}: {:?}",
+            start.elapsed()
+        );
+        assert_eq!(code(&o), 3, "{args:?}: {}", stderr(&o));
+        one_line_error(&o);
+    }
+    server.resume();
+}
+
+#[test]
 fn usage_and_configuration_errors_exit_2() {
     assert_eq!(code(&tool(&["bogus"], &[])), 2);
     assert_eq!(code(&tool::<&str>(&[], &[])), 2);

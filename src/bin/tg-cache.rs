@@ -138,6 +138,25 @@ fn config(cli: &Cli) -> Result<CacheConfig, Failure> {
     Ok(cfg)
 }
 
+/// How long a raw command of the tool (outside the cache's own deadlines)
+/// may take.
+const RAW_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A raw redis-rs call, bounded by [`RAW_DEADLINE`].
+async fn bounded<T>(
+    what: &str,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(RAW_DEADLINE, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Failure(3, format!("{what}: {e}"))),
+        Err(_) => Err(Failure(
+            3,
+            format!("{what}: no answer within {RAW_DEADLINE:?}"),
+        )),
+    }
+}
+
 /// Asks before a destructive command, on a terminal; refuses otherwise.
 fn confirm(what: &str) -> Result<(), Failure> {
     if !std::io::stdin().is_terminal() {
@@ -318,11 +337,11 @@ async fn get(cli: &Cli, cache: &Cache, key: &str) -> Result<u8, Failure> {
     // Not live: is something stored there at all?
     let stored = cache.make_key(key)?.into_owned();
     let mut con = cache.redis_connection().await?;
-    let exists: i64 = redis::cmd("EXISTS")
-        .arg(&stored)
-        .query_async(&mut con)
-        .await
-        .map_err(|e| Failure(3, format!("EXISTS {stored}: {e}")))?;
+    let exists: i64 = bounded(
+        &format!("EXISTS {stored}"),
+        redis::cmd("EXISTS").arg(&stored).query_async(&mut con),
+    )
+    .await?;
     let (state, text) = if exists == 1 {
         (
             "outdated",
@@ -339,11 +358,11 @@ async fn status(cli: &Cli, cfg: &CacheConfig, cache: &Cache) -> Result<u8, Failu
     let round_trip = cache.health().await?;
     let mut con = cache.redis_connection().await?;
     // One server's INFO, or on a cluster every primary's (a map by node).
-    let info: redis::Value = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut con)
-        .await
-        .map_err(|e| Failure(3, format!("INFO memory: {e}")))?;
+    let info: redis::Value = bounded(
+        "INFO memory",
+        redis::cmd("INFO").arg("memory").query_async(&mut con),
+    )
+    .await?;
     let texts: Vec<String> = match info {
         redis::Value::Map(nodes) => nodes
             .into_iter()
