@@ -1233,27 +1233,35 @@ impl RedisStore {
             Box::pin(async move {
                 let reply = self.on_primary(node, pipe).await;
                 match reply.map(|r| r.into_iter().next()) {
-                    Ok(Some(redis::Value::Array(tags))) => tags
+                    Ok(Some(redis::Value::Array(tags))) => Ok(tags
                         .iter()
                         .filter_map(|t| bytes(Some(t)))
                         .filter_map(|t| std::str::from_utf8(t).ok())
                         .map(|t| super::slots::slot_of(t.as_bytes()))
-                        .collect::<Vec<u16>>(),
-                    // The node failed (or was demoted meanwhile): its slots
-                    // are written through the routing, wherever they are.
-                    _ => node.slots.iter().flat_map(|&(a, b)| a..=b).collect(),
+                        .collect::<Vec<u16>>()),
+                    // Unreachable (or its calls fill the queue): its slots
+                    // cannot be written now, through the routing either
+                    // (which would wait out a deadline per slot).
+                    Err(e) if e.is_unreachable() || matches!(e, Error::Saturated { .. }) => Err(e),
+                    // The node refused (demoted meanwhile): its slots are
+                    // written through the routing, wherever they are.
+                    _ => Ok(node.slots.iter().flat_map(|&(a, b)| a..=b).collect()),
                 }
             })
         }))
         .await;
-        left.extend(swept.into_iter().flatten());
+        // The other primaries are swept; this one's slots stay old.
+        for s in swept {
+            left.extend(s?);
+        }
         // Each through the routing (behind the fair queue and each slot's
         // breaker), with a token of its own per run; at most
         // `BUMPS_AT_ONCE` at a time, so that thousands of them (a failed
         // primary's slots) do not time out in the queue. Every one is
-        // tried, unless one finds its node unreachable: the invalidation
-        // has then failed, and the others would wait out their deadlines
-        // for the same answer.
+        // tried, unless one finds its node unreachable, or the queue full
+        // for its whole deadline (the calls to a dead primary hold it):
+        // the invalidation has then failed, and the others would wait out
+        // their deadlines for the same answer.
         use futures_util::StreamExt;
         let mut bumps = futures_util::stream::iter(left)
             .map(|s| {
@@ -1268,7 +1276,9 @@ impl RedisStore {
         let mut failed = None;
         while let Some(r) = bumps.next().await {
             match r {
-                Err(e) if e.is_unreachable() => return Err(e),
+                Err(e) if e.is_unreachable() || matches!(e, Error::Saturated { .. }) => {
+                    return Err(e);
+                }
                 Err(e) => failed = failed.or(Some(e)),
                 Ok(_) => {}
             }
